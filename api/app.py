@@ -1,0 +1,92 @@
+"""The FastAPI app: place orders, read an order's status timeline.
+
+``create_app(shop)`` takes a started ``Shop`` (the composition root owns every client); the app
+itself builds nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from api.schemas import OrderConfirmed, OrderStatusOut, TimelineEntryOut
+from pizzashop.errors import ValidationFailed
+from pizzashop.shop import Shop
+from services.intake import OrderRequest
+
+
+def create_app(shop: Shop) -> FastAPI:
+    app = FastAPI(
+        title="Pizzashop",
+        version="0.1.0",
+        description="Order intake and status for an event-driven pizza shop on Apache Kafka.",
+    )
+    app.state.shop = shop
+
+    @app.exception_handler(ValidationFailed)
+    async def _invalid_order(_request: Request, exc: ValidationFailed) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        return JSONResponse(
+            status_code=422, content={"detail": "; ".join(problems), "errors": _plain(exc.errors())}
+        )
+
+    @app.post("/orders", status_code=202, response_model=OrderConfirmed)
+    async def place_order(
+        request: OrderRequest, traceparent: str | None = Header(default=None)
+    ) -> OrderConfirmed:
+        """Validate against the menu, store durably, confirm. Never waits for the kitchen."""
+        placed = await shop.intake.place(request, traceparent)
+        return OrderConfirmed(
+            status="Confirmed", order_id=placed.order_id, duplicate=placed.duplicate
+        )
+
+    @app.get("/orders/{order_id}", response_model=OrderStatusOut)
+    async def order_status(order_id: str) -> OrderStatusOut:
+        view = await shop.queries.order(order_id)
+        if view is None:
+            raise HTTPException(status_code=404, detail=f"no order {order_id!r}")
+        return OrderStatusOut(
+            order_id=view.order_id,
+            status=view.status,
+            final=view.final,
+            total=view.total,
+            currency=view.currency,
+            placed_at=view.placed_at,
+            timeline=[
+                TimelineEntryOut(
+                    event_type=e.event_type,
+                    event_id=e.event_id,
+                    occurred_at=e.occurred_at,
+                    detail=e.detail,
+                )
+                for e in view.timeline
+            ],
+        )
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "outbox_pending": await shop.relay.pending_count(),
+            "crashed_tasks": list(shop.crashed()),
+        }
+
+    return app
+
+
+def _plain(errors: Any) -> list[dict[str, Any]]:
+    # pydantic puts exception objects in "ctx"; JSON wants strings.
+    return [
+        {k: (str(v) if k == "ctx" else v) for k, v in err.items() if k in ("loc", "msg", "type", "ctx")}
+        for err in errors
+    ]

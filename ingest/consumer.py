@@ -1,0 +1,341 @@
+"""The consumer runtime: fetch in batches, decode, dedupe, handle, retry, dead-letter, commit.
+
+Delivery semantics, per partition, for every batch the broker hands over:
+
+1. Decode each record. Bytes that are not a known event, or an event that breaks the contract,
+   go straight to ``<topic>.dlq``: retrying cannot fix them.
+2. Drop events this consumer already handled (``ProcessedEvents``): redeliveries after a crash
+   or a rebalance repeat no side effect.
+3. Hand the rest to the handler as one batch. If the batch fails, fall back to one record at a
+   time: a retriable error (``retriable = True``, or an unknown exception) is retried with
+   exponential backoff and jitter up to ``retry_max_attempts``; a permanent one, or a record out of
+   attempts, goes to the dead-letter topic with everything needed to replay it.
+4. Mark the handled events, then commit the offset after the last record. Effects first, commit
+   after: a crash in between means a redelivery, which step 2 absorbs.
+
+If even the dead-letter topic cannot be written (the broker is down), nothing is committed: the
+partition is rewound to its first unfinished record and tried again after a pause.
+
+Shutdown: ``stop()`` sets an event; the loop finishes the batch in hand, commits, and closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import ClassVar, Self
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from ingest.codec import H_TRACEPARENT, Headers, decode, header
+from ingest.dedupe import ProcessedEvents
+from ingest.dlq import dead_letter_headers
+from ingest.events import Event
+from ingest.producer import EventProducer
+from pizzashop.errors import PizzashopError
+from pizzashop.settings import ConsumerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One decoded event and where it came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    event: Event
+    headers: Headers
+    timestamp_ms: int
+
+    @property
+    def traceparent(self) -> str | None:
+        return header(self.headers, H_TRACEPARENT)
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset} order={self.event.order_id}"
+
+
+class Handler(ABC):
+    """What a service does with its events. Subclass, set ``event_types``, implement ``handle``."""
+
+    #: Event types this handler wants; the runtime commits past every other type unread.
+    event_types: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    async def handle(self, batch: Sequence[Delivery]) -> None:
+        """Called with up to ``batch_max`` new events of ONE partition, in offset order.
+
+        Runs concurrently for different partitions. Must make its effects durable before it
+        returns (the runtime commits right after). Raise ``TransientError`` for what may pass,
+        ``PermanentError`` for what never will. On failure the runtime calls it again with one
+        event at a time, so side effects must be idempotent per event (derive output event ids
+        with ``derived_event_id``).
+        """
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    handled: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commits: int = 0
+    errors_by_class: dict[str, int] = field(default_factory=dict)
+
+
+class ConsumerRuntime:
+    """Runs one handler in one consumer group. ``async with`` starts it; ``run()`` loops."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        handler: Handler,
+        producer: EventProducer,
+        processed: ProcessedEvents,
+        settings: ConsumerSettings,
+    ) -> None:
+        self.name = name
+        self.group_id = group_id
+        self.stats = ConsumerStats()
+        self._topics = list(topics)
+        self._handler = handler
+        self._producer = producer
+        self._processed = processed
+        self._settings = settings
+        self._consumer = AIOKafkaConsumer(
+            *self._topics,
+            bootstrap_servers=bootstrap,
+            group_id=group_id,
+            client_id=f"pizzashop-{name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.batch_max,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            isolation_level="read_committed",
+        )
+        self._stop = asyncio.Event()
+        # Held while a batch is handled and committed: a rebalance waits for it, so a revoked
+        # partition is never handed over with its work half done.
+        self._busy = asyncio.Lock()
+        self._started = False
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"consumer {self.name} was stopped and cannot be restarted")
+        if self._started:
+            return
+        self._consumer.subscribe(self._topics, listener=_DrainOnRevoke(self))
+        await self._consumer.start()
+        self._started = True
+        logger.info("consumer %s started: group=%s topics=%s", self.name, self.group_id, self._topics)
+
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, commit and return. Safe to call many times."""
+        self._stop.set()
+
+    async def close(self) -> None:
+        self.stop()
+        if self._started and not self._closed:
+            await self._consumer.stop()
+        self._closed = True
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def run(self) -> None:
+        """Fetch, handle and commit until ``stop()``."""
+        await self.start()
+        settings = self._settings
+        fetch: asyncio.Task[dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] | None = None
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                fetch = asyncio.ensure_future(
+                    self._consumer.getmany(
+                        timeout_ms=settings.batch_wait_ms, max_records=settings.batch_max
+                    )
+                )
+                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    break
+                batches = fetch.result()
+                fetch = None
+                if batches:
+                    async with self._busy:
+                        await self._process(batches)
+        finally:
+            stopping.cancel()
+            if fetch is not None and not fetch.done():
+                fetch.cancel()
+
+    # -- one fetched batch -----------------------------------------------------------------
+    async def _process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        self.stats.batches += 1
+        results = await asyncio.gather(
+            *(self._process_partition(tp, records) for tp, records in batches.items()),
+            return_exceptions=True,
+        )
+        offsets: dict[TopicPartition, int] = {}
+        for (tp, records), result in zip(batches.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                # Not even the dead-letter topic took it: rewind and try this partition again.
+                logger.error(
+                    "consumer %s: %s[%d] failed from offset %d, rewinding: %r",
+                    self.name, tp.topic, tp.partition, records[0].offset, result,
+                )
+                self._consumer.seek(tp, records[0].offset)
+            else:
+                offsets[tp] = records[-1].offset + 1
+        if offsets:
+            await self._commit(offsets)
+        if len(offsets) < len(batches):
+            await asyncio.sleep(self._settings.retry_max_delay_s)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await self._consumer.commit(offsets)
+            self.stats.commits += 1
+        except (CommitFailedError, KafkaError) as exc:
+            # The group moved on (rebalance): the new owner gets these records again and the
+            # dedupe table makes that harmless.
+            logger.warning("consumer %s: commit failed, records will be redelivered: %r", self.name, exc)
+
+    async def _process_partition(
+        self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        deliveries: list[Delivery] = []
+        for record in records:
+            headers = list(record.headers)
+            try:
+                event = decode(record.value, headers)
+            except PizzashopError as exc:
+                await self._dead_letter(record, exc, attempts=1)
+                continue
+            if event.event_type not in self._handler.event_types:
+                self.stats.skipped += 1
+                continue
+            deliveries.append(
+                Delivery(tp.topic, tp.partition, record.offset, event, headers, record.timestamp)
+            )
+        if not deliveries:
+            return
+        seen = await self._processed.seen(self.group_id, (d.event.event_id for d in deliveries))
+        fresh = [d for d in deliveries if d.event.event_id not in seen]
+        self.stats.duplicates += len(deliveries) - len(fresh)
+        if not fresh:
+            return
+        try:
+            await self._handler.handle(fresh)
+        except Exception as exc:
+            self._count_error(exc)
+            logger.warning(
+                "consumer %s: batch of %d from %s[%d] failed (%r); retrying one by one",
+                self.name, len(fresh), tp.topic, tp.partition, exc,
+            )
+            for delivery in fresh:
+                await self._handle_one(delivery, records)
+        else:
+            self.stats.handled += len(fresh)
+            await self._processed.mark(self.group_id, (d.event.event_id for d in fresh))
+
+    async def _handle_one(
+        self, delivery: Delivery, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> None:
+        settings = self._settings
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._handler.handle([delivery])
+            except Exception as exc:
+                self._count_error(exc)
+                retriable = getattr(exc, "retriable", True) if isinstance(exc, PizzashopError) else True
+                if not retriable or attempt >= settings.retry_max_attempts or self._stop.is_set():
+                    logger.error(
+                        "consumer %s: %s failed after %d attempt(s), dead-lettering: %r",
+                        self.name, delivery.where, attempt, exc,
+                    )
+                    record = next(r for r in records if r.offset == delivery.offset)
+                    await self._dead_letter(record, exc, attempts=attempt)
+                    await self._processed.mark(self.group_id, [delivery.event.event_id])
+                    return
+                delay = min(settings.retry_max_delay_s, settings.retry_base_delay_s * 2 ** (attempt - 1))
+                delay *= random.uniform(0.5, 1.0)  # jitter: retries of many records do not align
+                self.stats.retries += 1
+                logger.info(
+                    "consumer %s: %s attempt %d failed (%r), retrying in %.2fs",
+                    self.name, delivery.where, attempt, exc, delay,
+                )
+                await asyncio.sleep(delay)
+            else:
+                self.stats.handled += 1
+                await self._processed.mark(self.group_id, [delivery.event.event_id])
+                return
+
+    async def _dead_letter(
+        self, record: ConsumerRecord[bytes, bytes], error: BaseException, *, attempts: int
+    ) -> None:
+        headers = dead_letter_headers(
+            list(record.headers),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            group=self.group_id,
+            error=error,
+            attempts=attempts,
+        )
+        await self._producer.send_raw(
+            record.topic + ".dlq", record.value, key=record.key, headers=headers
+        )
+        self.stats.dead_lettered += 1
+        self._count_error(error)
+        logger.warning(
+            "consumer %s: %s[%d]@%d dead-lettered: %s: %s",
+            self.name, record.topic, record.partition, record.offset, type(error).__name__, error,
+        )
+
+    def _count_error(self, exc: BaseException) -> None:
+        name = type(exc).__name__
+        self.stats.errors_by_class[name] = self.stats.errors_by_class.get(name, 0) + 1
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runtime: ConsumerRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Wait for the batch in hand to be handled and committed before giving partitions away.
+        async with self._runtime._busy:
+            pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        logger.info("consumer %s assigned %s", self._runtime.name, sorted(map(str, assigned)))

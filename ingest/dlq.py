@@ -1,0 +1,149 @@
+"""The dead-letter topics: records a consumer could not handle, kept with all a replay needs.
+
+A dead letter is the original key, value and headers, plus ``dlq.*`` headers naming where it came
+from (topic, partition, offset, consumer group), why it failed (error class and message), how
+often it was tried and when. ``replay`` sends the original bytes back to the original topic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ingest.codec import Headers, header
+from ingest.producer import EventProducer
+
+H_TOPIC = "dlq.original.topic"
+H_PARTITION = "dlq.original.partition"
+H_OFFSET = "dlq.original.offset"
+H_GROUP = "dlq.consumer.group"
+H_ERROR_CLASS = "dlq.error.class"
+H_ERROR_MESSAGE = "dlq.error.message"
+H_FAILED_AT = "dlq.failed.at"
+H_ATTEMPTS = "dlq.attempts"
+DLQ_HEADERS = (
+    H_TOPIC, H_PARTITION, H_OFFSET, H_GROUP, H_ERROR_CLASS, H_ERROR_MESSAGE, H_FAILED_AT, H_ATTEMPTS
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    dlq_topic: str
+    dlq_offset: int
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    consumer_group: str
+    error_class: str
+    error_message: str
+    failed_at: str
+    attempts: int
+    key: str | None
+    value: str
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def dead_letter_headers(
+    original: Headers,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    group: str,
+    error: BaseException,
+    attempts: int,
+) -> Headers:
+    kept = [(k, v) for k, v in original if not k.startswith("dlq.")]
+    message = str(error) or repr(error)
+    return kept + [
+        (H_TOPIC, topic.encode()),
+        (H_PARTITION, str(partition).encode()),
+        (H_OFFSET, str(offset).encode()),
+        (H_GROUP, group.encode()),
+        (H_ERROR_CLASS, type(error).__qualname__.encode()),
+        (H_ERROR_MESSAGE, message[:2000].encode()),
+        (H_FAILED_AT, datetime.now(UTC).isoformat().encode()),
+        (H_ATTEMPTS, str(attempts).encode()),
+    ]
+
+
+async def read_dead_letters(bootstrap: str, dlq_topics: Sequence[str]) -> list[DeadLetter]:
+    """Everything currently in the given dead-letter topics, oldest first."""
+    partitions = await _partitions(bootstrap, dlq_topics)
+    if not partitions:
+        return []
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+    )
+    await consumer.start()
+    letters: list[DeadLetter] = []
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        end = await consumer.end_offsets(partitions)
+        remaining = {tp for tp in partitions if end[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    letters.append(_to_letter(tp.topic, record.offset, record.key, record.value, list(record.headers)))
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return letters
+
+
+async def _partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
+    """The partitions of those ``topics`` that exist (a consumer only knows subscribed ones)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="pizzashop-dlq")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(t["topic"], p["partition"])
+        for t in described
+        if t["error_code"] == 0
+        for p in sorted(t["partitions"], key=lambda p: p["partition"])
+    ]
+
+
+async def replay(producer: EventProducer, letter_value: bytes, letter_key: bytes | None, headers: Headers) -> str:
+    """Send a dead letter's original record back to its original topic; returns that topic."""
+    topic = header(headers, H_TOPIC)
+    if topic is None:
+        raise ValueError("not a dead letter: no dlq.original.topic header")
+    original = [(k, v) for k, v in headers if not k.startswith("dlq.")]
+    await producer.send_raw(topic, letter_value, key=letter_key, headers=original)
+    return topic
+
+
+def _to_letter(
+    dlq_topic: str, offset: int, key: bytes | None, value: bytes | None, headers: Headers
+) -> DeadLetter:
+    def get(name: str, default: str = "") -> str:
+        return header(headers, name) or default
+
+    return DeadLetter(
+        dlq_topic=dlq_topic,
+        dlq_offset=offset,
+        original_topic=get(H_TOPIC),
+        original_partition=int(get(H_PARTITION, "-1")),
+        original_offset=int(get(H_OFFSET, "-1")),
+        consumer_group=get(H_GROUP),
+        error_class=get(H_ERROR_CLASS),
+        error_message=get(H_ERROR_MESSAGE),
+        failed_at=get(H_FAILED_AT),
+        attempts=int(get(H_ATTEMPTS, "0")),
+        key=key.decode("utf-8", errors="replace") if key is not None else None,
+        value=(value or b"").decode("utf-8", errors="replace"),
+    )

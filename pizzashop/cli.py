@@ -1,0 +1,217 @@
+"""The ``pizzashop`` command: the one entry point. Configures logging; everything else logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from pizzashop.errors import PizzashopError
+from pizzashop.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+broker_app = typer.Typer(no_args_is_help=True, help="The local Apache Kafka broker.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: inspect and replay.")
+app.add_typer(broker_app, name="broker")
+app.add_typer(dlq_app, name="dlq")
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO")]
+
+
+def _setup(verbose: bool = False) -> Settings:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        # aiokafka logs the group coordinator's normal start-up retries at ERROR.
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return Settings()
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code=1)
+
+
+# -- broker ---------------------------------------------------------------------------------
+@broker_app.command("start")
+def broker_start(verbose: Verbose = False) -> None:
+    """Start the local single-node Kafka (KRaft) in the background; print its bootstrap."""
+    from ingest.broker import start_detached
+    from pizzashop.kafka import broker_data_dir
+
+    settings = _setup(verbose)
+    try:
+        state = start_detached(
+            cache_dir=settings.cache_dir,
+            data_dir=broker_data_dir(settings),
+            version=settings.broker.kafka_version,
+            heap=settings.broker.heap,
+            start_timeout_s=settings.broker.start_timeout_s,
+        )
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+    typer.echo(state.bootstrap)
+
+
+@broker_app.command("stop")
+def broker_stop(verbose: Verbose = False) -> None:
+    """Stop the local broker (clean shutdown)."""
+    from ingest.broker import stop_detached
+    from pizzashop.kafka import broker_data_dir
+
+    settings = _setup(verbose)
+    typer.echo("stopped" if stop_detached(broker_data_dir(settings)) else "not running")
+
+
+@broker_app.command("status")
+def broker_status(verbose: Verbose = False) -> None:
+    """Say whether the local broker runs and answers a metadata request."""
+    from ingest.broker import status
+    from pizzashop.kafka import broker_data_dir
+
+    settings = _setup(verbose)
+    state = status(broker_data_dir(settings))
+    if state is None:
+        typer.echo("not running")
+        raise typer.Exit(code=3)
+    typer.echo(f"running: {state.bootstrap} (pid {state.pid}, Kafka {state.version})")
+
+
+# -- the shop -------------------------------------------------------------------------------
+@app.command()
+def topics(verbose: Verbose = False) -> None:
+    """Create the shop's topics (harmless when they exist)."""
+    from ingest.topics import Topics, ensure_topics
+    from pizzashop.kafka import running_bootstrap
+
+    settings = _setup(verbose)
+    try:
+        bootstrap = running_bootstrap(settings)
+        specs = Topics(settings.topic_prefix).specs(
+            settings.orders_partitions, settings.events_partitions
+        )
+        created = asyncio.run(ensure_topics(bootstrap, specs))
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+    typer.echo(json.dumps({"created": created, "all": [s.name for s in specs]}))
+
+
+@app.command()
+def run(
+    workers: Annotated[
+        str, typer.Option(help="comma-separated workers: status,payment,kitchen,notification")
+    ] = "status,payment,kitchen,notification",
+    api: Annotated[bool, typer.Option(help="serve the HTTP API and relay the outbox")] = True,
+    verbose: Verbose = False,
+) -> None:
+    """Run the API and/or workers until SIGINT/SIGTERM, then shut down in order."""
+    settings = _setup(verbose)
+    chosen = tuple(w for w in workers.split(",") if w)
+    try:
+        asyncio.run(_run(settings, chosen, api))
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+
+
+async def _run(settings: Settings, workers: tuple[str, ...], api: bool) -> None:
+    import uvicorn
+
+    from api.app import create_app
+    from pizzashop.kafka import running_bootstrap
+    from pizzashop.shop import Shop, Wiring
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bootstrap = running_bootstrap(settings)
+    async with Shop(settings, bootstrap, Wiring(api=api, workers=workers)) as shop:
+        server = None
+        if api:
+            config = uvicorn.Config(
+                create_app(shop), host=settings.api_host, port=settings.api_port, log_level="info"
+            )
+            server = uvicorn.Server(config)
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            serving = asyncio.create_task(server.serve())
+        logging.getLogger(__name__).warning(
+            "pizzashop running (api=%s, workers=%s, kafka=%s)", api, ",".join(workers), bootstrap
+        )
+        await stop.wait()
+        if server is not None:
+            server.should_exit = True
+            await serving
+
+
+@app.command()
+def demo(
+    orders: Annotated[int, typer.Option(min=1, help="orders to place through the API")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for every order to finish")] = 180.0,
+    verbose: Verbose = False,
+) -> None:
+    """Start everything on real parts, place N orders, report what happened to each."""
+    from pizzashop.demo import run_demo
+
+    settings = _setup(verbose)
+    try:
+        report = asyncio.run(run_demo(settings, orders, timeout_s=timeout))
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+    data = report.as_dict()
+    if as_json:
+        typer.echo(json.dumps(data))
+    else:
+        for key, value in data.items():
+            typer.echo(f"{key:>24}: {value}")
+    if report.lost or report.timed_out:
+        raise typer.Exit(code=2)
+
+
+# -- dead letters ---------------------------------------------------------------------------
+@dlq_app.command("list")
+def dlq_list(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Show every dead letter: where it came from, why it failed, its original bytes."""
+    from ingest.dlq import read_dead_letters
+    from ingest.topics import Topics
+    from pizzashop.kafka import running_bootstrap
+
+    settings = _setup(verbose)
+    try:
+        letters = asyncio.run(
+            read_dead_letters(
+                running_bootstrap(settings), Topics(settings.topic_prefix).dlq_topics()
+            )
+        )
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+    for letter in letters:
+        if as_json:
+            typer.echo(letter.as_json())
+        else:
+            typer.echo(
+                f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset} "
+                f"group={letter.consumer_group} {letter.error_class}: {letter.error_message} "
+                f"(attempts={letter.attempts}, at {letter.failed_at})"
+            )
+    if not as_json:
+        typer.echo(f"{len(letters)} dead letter(s)")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The database: SQLite by default (embedded), PostgreSQL through a URL.
+
+Every package defines its tables with SQLAlchemy Core on the shared ``metadata`` below;
+``Database.start()`` creates what is missing. SQLite runs in WAL mode with a busy timeout so the
+API and the workers (one process or several) can write to one file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import MetaData, Table, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Insert
+
+from pizzashop.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+
+class Database:
+    """An async engine plus schema creation. ``async with Database(url) as db: db.engine``."""
+
+    def __init__(self, url: str) -> None:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ConfigError(
+                f"unsupported database URL {url!r}: use sqlite+aiosqlite:///path "
+                "or postgresql+asyncpg://user:pass@host/db"
+            )
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._stopped = False
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("Database is not started")
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def start(self) -> None:
+        if self._stopped:
+            raise RuntimeError("a stopped Database cannot be restarted")
+        if self._engine is not None:
+            return
+        kwargs: dict[str, Any] = {}
+        if self.url.startswith("sqlite"):
+            path = self.url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_size"] = 10
+        engine = create_async_engine(self.url, **kwargs)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        self._engine = engine
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def stop(self) -> None:
+        if self._engine is not None and not self._stopped:
+            await self._engine.dispose()
+        self._stopped = True
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def insert_ignore(self, table: Table) -> Insert:
+        """INSERT that silently skips rows whose key exists: the idempotent write."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # NORMAL is durable across process crashes in WAL mode; only an OS crash can drop the tail.
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,200 @@
+"""``pizzashop demo``: the whole shop on real parts, N orders through the HTTP API, one report.
+
+Starts what is needed (a local Kafka unless one is configured or running, a loopback SMTP sink,
+the API on a loopback port, every worker), places N realistic orders over HTTP, writes a few
+deliberately malformed records straight onto the orders topic, waits until every confirmed order
+is final and every email has arrived, and reports. Each run has its own topics and consumer
+groups (a run id prefix), so runs never see each other's records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import uvicorn
+
+from api.app import create_app
+from ingest.codec import encode
+from ingest.dlq import read_dead_letters
+from ingest.events import OrderItem, OrderPlaced, PaymentMethod, utcnow
+from pizzashop.kafka import kafka
+from pizzashop.settings import Settings
+from pizzashop.shop import Shop
+from services.mailer import SmtpSink
+from services.traffic import OrderRequests
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class DemoReport:
+    orders_submitted: int = 0
+    orders_confirmed: int = 0
+    api_errors: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    ready: int = 0
+    receipts_emailed: int = 0
+    refunds_issued: int = 0
+    refund_notices_emailed: int = 0
+    dlq_records: int = 0
+    malformed_injected: int = 0
+    lost: int = 0
+    duplicates_skipped: int = 0
+    placing_seconds: float = 0.0
+    settle_seconds: float = 0.0
+    orders_per_second: float = 0.0
+    p50_confirm_ms: float = 0.0
+    p99_confirm_ms: float = 0.0
+    bootstrap: str = ""
+    run_id: str = ""
+    timed_out: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def malformed_records(order_id_prefix: str) -> list[tuple[bytes | None, list[tuple[str, bytes]]]]:
+    """Records no consumer can accept, each broken in a different way."""
+    good = OrderPlaced(
+        order_id=f"{order_id_prefix}-bad-total",
+        customer_id="c-x",
+        customer_email="x@example.com",
+        items=(OrderItem(sku="pepperoni_m", name="P", size="M", quantity=1, unit_price=12),),
+        total=12,
+        placed_at=utcnow(),
+        payment=PaymentMethod(card_fingerprint="fingerprint-x", last4="0000"),
+    )
+    headers = encode(good).headers
+    body = json.dumps({**good.model_dump(mode="json"), "total": "99.00"})
+    return [
+        (b"{not json", headers),  # bytes that are not JSON
+        (body.encode(), headers),  # total does not match the items
+        (good.model_dump_json().encode(), [h for h in headers if h[0] != "event-type"]),
+        (b'{"x": 1}', [("event-type", b"PizzaTeleported"), ("schema-version", b"1")]),
+        (None, headers),  # empty value
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: Any, host: str) -> AsyncIterator[str]:
+    config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def run_demo(
+    settings: Settings, orders: int, *, timeout_s: float = 180.0, concurrency: int = 16
+) -> DemoReport:
+    run_id = uuid.uuid4().hex[:8]
+    report = DemoReport(run_id=run_id)
+    async with kafka(settings) as bootstrap, SmtpSink() as sink:
+        report.bootstrap = bootstrap
+        run_settings = settings.model_copy(
+            update={
+                "topic_prefix": f"{settings.topic_prefix}demo-{run_id}.",
+                "group_prefix": f"{settings.group_prefix}.demo-{run_id}",
+                "smtp": settings.smtp.model_copy(update={"host": sink.host, "port": sink.port}),
+            }
+        )
+        async with Shop(run_settings, bootstrap) as shop, _serve(create_app(shop), settings.api_host) as url:
+            confirmed = await _place_orders(url, shop, orders, concurrency, report)
+            await _inject_malformed(shop, report)
+            began = time.monotonic()
+            await _settle(shop, sink, confirmed, report, timeout_s)
+            report.settle_seconds = round(time.monotonic() - began, 2)
+            await _count(shop, sink, confirmed, report)
+            report.duplicates_skipped = sum(r.stats.duplicates for r in shop.runtimes.values())
+    return report
+
+
+async def _place_orders(
+    url: str, shop: Shop, orders: int, concurrency: int, report: DemoReport
+) -> list[str]:
+    requests = list(itertools.islice(OrderRequests(shop.menu, seed=int(time.time())), orders))
+    confirmed: list[str] = []
+    latencies: list[float] = []
+    slots = asyncio.Semaphore(concurrency)
+
+    async def place(client: httpx.AsyncClient, body: dict[str, Any]) -> None:
+        async with slots:
+            began = time.perf_counter()
+            response = await client.post("/orders", json=body)
+            latencies.append((time.perf_counter() - began) * 1000)
+        report.orders_submitted += 1
+        if response.status_code == 202 and response.json()["status"] == "Confirmed":
+            confirmed.append(response.json()["order_id"])
+        else:
+            report.api_errors += 1
+            logger.warning("order refused: %s %s", response.status_code, response.text)
+
+    began = time.monotonic()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await asyncio.gather(*(place(client, body) for body in requests))
+    report.placing_seconds = round(time.monotonic() - began, 2)
+    report.orders_confirmed = len(confirmed)
+    report.orders_per_second = round(orders / max(report.placing_seconds, 1e-9), 1)
+    latencies.sort()
+    if latencies:
+        report.p50_confirm_ms = round(latencies[len(latencies) // 2], 2)
+        report.p99_confirm_ms = round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2)
+    return confirmed
+
+
+async def _inject_malformed(shop: Shop, report: DemoReport) -> None:
+    for value, headers in malformed_records(f"demo-{report.run_id}"):
+        await shop.producer.send_raw(shop.topics.orders, value, key=b"malformed", headers=headers)
+        report.malformed_injected += 1
+
+
+async def _settle(
+    shop: Shop, sink: SmtpSink, confirmed: list[str], report: DemoReport, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        await _count(shop, sink, confirmed, report)
+        if (
+            report.lost == 0
+            and report.receipts_emailed >= report.orders_confirmed
+            and report.refund_notices_emailed >= report.refunds_issued
+            and report.dlq_records >= report.malformed_injected
+        ):
+            return
+        await asyncio.sleep(0.5)
+    report.timed_out = True
+
+
+async def _count(shop: Shop, sink: SmtpSink, confirmed: list[str], report: DemoReport) -> None:
+    counts = await shop.queries.counts(confirmed)
+    report.accepted = counts.get("OrderAccepted", 0)
+    report.rejected = counts.get("OrderRejected", 0)
+    report.ready = counts.get("OrderReady", 0)
+    report.refunds_issued = counts.get("RefundIssued", 0)
+    report.lost = len(await shop.queries.unfinished(confirmed))
+    ours = set(confirmed)
+    receipts = {m.subject.rsplit(" ", 1)[-1] for m in sink.messages if m.subject.startswith("Your Pizzashop receipt")}
+    refunds = {m.subject.rsplit(" ", 1)[-1] for m in sink.messages if m.subject.startswith("Refund for order")}
+    report.receipts_emailed = len(receipts & ours)
+    report.refund_notices_emailed = len(refunds & ours)
+    letters = await read_dead_letters(shop.bootstrap, shop.topics.dlq_topics())
+    report.dlq_records = len({(d.original_topic, d.original_partition, d.original_offset) for d in letters})

@@ -1,0 +1,64 @@
+"""The one exception tree of Pizzashop.
+
+Every class says whether retrying can help (``retriable``), so the consumer runtime picks
+retry-with-backoff or the dead-letter topic by type, never by message::
+
+    PizzashopError                      retriable=False
+    ├── ConfigError(ValueError)         misuse: bad settings, missing Java or Maven
+    ├── TransientError                  retriable=True: try again later
+    │   ├── BrokerUnavailable           Kafka cannot be reached right now
+    │   ├── DependencyPending           a fact this step needs has not arrived yet
+    │   └── DeliveryFailed              SMTP or another side effect failed for now
+    └── PermanentError                  retriable=False: the same input fails the same way
+        ├── DecodeError                 bytes that are not a known event
+        ├── ValidationFailed(ValueError) an event or request that breaks the contract
+        └── ModelError                  a model could not score at all
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class PizzashopError(Exception):
+    """Base of every error Pizzashop raises on purpose."""
+
+    retriable: ClassVar[bool] = False
+
+
+class ConfigError(PizzashopError, ValueError):
+    """The system is set up wrongly: a bad setting, a missing tool (Java, Maven)."""
+
+
+class TransientError(PizzashopError):
+    """A failure that may pass: the runtime retries it with exponential backoff."""
+
+    retriable = True
+
+
+class BrokerUnavailable(TransientError):
+    """Kafka could not be reached or did not acknowledge in time."""
+
+
+class DependencyPending(TransientError):
+    """A step needs a fact that has not arrived yet (e.g. a refund before the capture)."""
+
+
+class DeliveryFailed(TransientError):
+    """An outbound side effect (an email, say) failed in a way that may pass."""
+
+
+class PermanentError(PizzashopError):
+    """Retrying cannot help: the record goes to the dead-letter topic."""
+
+
+class DecodeError(PermanentError):
+    """A record whose bytes are not a known, well-formed event."""
+
+
+class ValidationFailed(PermanentError, ValueError):
+    """An event or a request that breaks the contract (unknown item, bad total...)."""
+
+
+class ModelError(PermanentError):
+    """A model failed on an input; the enrichment marks that score degraded."""

@@ -1,0 +1,52 @@
+"""Which Kafka this process talks to.
+
+An external cluster when ``PIZZASHOP_KAFKA_BOOTSTRAP`` is set; else the detached local broker
+(``pizzashop broker start``) if it runs; else, for commands that need one now (the demo), a
+local broker owned by this process for its lifetime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ingest.broker import LocalKafka, status
+from pizzashop.errors import ConfigError
+from pizzashop.settings import Settings
+
+
+def broker_data_dir(settings: Settings) -> Path:
+    return settings.home / "kafka"
+
+
+def running_bootstrap(settings: Settings) -> str:
+    """The bootstrap of a cluster that is already up, or a ConfigError saying how to get one."""
+    if settings.kafka_bootstrap:
+        return settings.kafka_bootstrap
+    state = status(broker_data_dir(settings))
+    if state is None:
+        raise ConfigError(
+            "no Kafka: run `pizzashop broker start` or set PIZZASHOP_KAFKA_BOOTSTRAP=host:port"
+        )
+    return state.bootstrap
+
+
+@contextlib.asynccontextmanager
+async def kafka(settings: Settings) -> AsyncIterator[str]:
+    """A bootstrap address, starting a broker for the duration if none is up."""
+    if settings.kafka_bootstrap:
+        yield settings.kafka_bootstrap
+        return
+    state = status(broker_data_dir(settings))
+    if state is not None:
+        yield state.bootstrap
+        return
+    async with LocalKafka(
+        cache_dir=settings.cache_dir,
+        data_dir=broker_data_dir(settings),
+        version=settings.broker.kafka_version,
+        heap=settings.broker.heap,
+        start_timeout_s=settings.broker.start_timeout_s,
+    ) as broker:
+        yield broker.bootstrap

@@ -1,0 +1,80 @@
+"""The one settings object, built once at start-up and passed down.
+
+Every field can be set from the environment with the ``PIZZASHOP_`` prefix, nested groups with
+``__`` (``PIZZASHOP_CONSUMER__BATCH_MAX=200``). Nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BrokerSettings(BaseModel):
+    """The local Apache Kafka the project starts itself when no external cluster is named."""
+
+    kafka_version: str = "4.2.0"
+    heap: str = "512m"
+    start_timeout_s: float = 90.0
+
+
+class ConsumerSettings(BaseModel):
+    """The consumer runtime: batching, retries, session liveness."""
+
+    batch_max: int = Field(default=500, ge=1)
+    batch_wait_ms: int = Field(default=100, ge=0)
+    retry_max_attempts: int = Field(default=5, ge=1)
+    retry_base_delay_s: float = Field(default=0.2, gt=0)
+    retry_max_delay_s: float = Field(default=5.0, gt=0)
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    shutdown_deadline_s: float = 10.0
+
+
+class SmtpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8025
+    sender: str = "receipts@pizzashop.local"
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: float = 10.0
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in one place."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIZZASHOP_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="host:port of an external Kafka cluster; unset means start the local broker",
+    )
+    topic_prefix: str = Field(default="", description="prefix of every topic (tests isolate by it)")
+    group_prefix: str = Field(default="pizzashop", description="prefix of every consumer group")
+    home: Path = Field(default=Path(".pizzashop"), description="broker data, database, registry")
+    cache_dir: Path = Field(default=Path(".cache"), description="jars resolved by Maven")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; unset means SQLite under `home`"
+    )
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    cook_seconds: float = Field(default=0.5, ge=0, description="how long the kitchen bakes")
+    orders_partitions: int = Field(default=6, ge=1)
+    events_partitions: int = Field(default=6, ge=1)
+    broker: BrokerSettings = BrokerSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    smtp: SmtpSettings = SmtpSettings()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.home / 'pizzashop.db').resolve()}"
+
+    def group(self, name: str) -> str:
+        """The consumer group id of one service."""
+        return f"{self.group_prefix}.{name}"

@@ -1,0 +1,174 @@
+"""Order intake: validate a request against the menu, make it durable, confirm at once.
+
+The order and its ``OrderPlaced`` event are written in ONE database transaction (the order row,
+its first timeline entry, the outbox row). Only then is the order confirmed. The outbox relay
+publishes to Kafka on its own schedule, so the answer never waits for the broker, let alone
+the kitchen, and an outage of Kafka loses nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from ingest.events import Address, OrderItem, OrderPlaced, PaymentMethod, utcnow
+from ingest.outbox import add_to_outbox
+from pizzashop.database import Database
+from pizzashop.errors import ValidationFailed
+from services.menu import Menu
+from services.status import orders, record_placed
+
+MAX_QUANTITY_PER_LINE = 20
+MAX_ITEMS_PER_ORDER = 60
+
+
+class LineRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int
+    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+
+
+class OrderRequest(BaseModel):
+    """What a client sends to ``POST /orders``. Card numbers are not accepted, only a token."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    order_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="client-chosen id; sending the same id twice places the order once",
+    )
+    customer_id: str = Field(min_length=1, max_length=64)
+    customer_email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    items: list[LineRequest] = Field(min_length=1, max_length=50)
+    total: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+    currency: str = "USD"
+    channel: Literal["web", "app", "phone", "walk_in"] = "web"
+    delivery_address: Address | None = None
+    payment: PaymentMethod
+    device_id: str | None = Field(default=None, max_length=64)
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    order_id: str
+    event_id: str
+    duplicate: bool
+
+
+def build_order(request: OrderRequest, menu: Menu, order_id: str) -> OrderPlaced:
+    """The ``OrderPlaced`` a valid request becomes; ``ValidationFailed`` says what is wrong."""
+    problems: list[str] = []
+    if request.currency != menu.currency:
+        problems.append(f"currency {request.currency} is not accepted, prices are in {menu.currency}")
+    items: list[OrderItem] = []
+    for index, line in enumerate(request.items):
+        where = f"items[{index}]"
+        known = menu.get(line.sku)
+        if known is None:
+            problems.append(f"{where}: unknown item {line.sku!r}")
+            continue
+        if line.quantity <= 0:
+            problems.append(f"{where}: quantity must be at least 1, got {line.quantity}")
+            continue
+        if line.quantity > MAX_QUANTITY_PER_LINE:
+            problems.append(
+                f"{where}: quantity {line.quantity} of {line.sku} is more than the "
+                f"{MAX_QUANTITY_PER_LINE} one order may hold"
+            )
+            continue
+        if line.unit_price != known.price:
+            problems.append(
+                f"{where}: unit_price {line.unit_price} for {line.sku} does not match the menu "
+                f"price {known.price}"
+            )
+            continue
+        items.append(
+            OrderItem(
+                sku=known.sku,
+                name=known.name,
+                size=known.size,
+                quantity=line.quantity,
+                unit_price=known.price,
+            )
+        )
+    count = sum(line.quantity for line in request.items if line.quantity > 0)
+    if count > MAX_ITEMS_PER_ORDER:
+        problems.append(f"{count} items in one order is more than {MAX_ITEMS_PER_ORDER}")
+    if not problems:
+        expected = sum((i.unit_price * i.quantity for i in items), Decimal(0))
+        if expected != request.total:
+            problems.append(f"total {request.total} does not match the items' sum {expected}")
+    if problems:
+        raise ValidationFailed("; ".join(problems))
+    now = utcnow()
+    return OrderPlaced(
+        order_id=order_id,
+        customer_id=request.customer_id,
+        customer_email=request.customer_email,
+        items=tuple(items),
+        total=request.total,
+        currency=request.currency,
+        placed_at=now,
+        occurred_at=now,
+        channel=request.channel,
+        delivery_address=request.delivery_address,
+        payment=request.payment,
+        device_id=request.device_id,
+    )
+
+
+class OrderIntake:
+    def __init__(
+        self,
+        db: Database,
+        menu: Menu,
+        orders_topic: str,
+        *,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._db = db
+        self._menu = menu
+        self._topic = orders_topic
+        self._on_committed = on_committed
+
+    async def place(self, request: OrderRequest, traceparent: str | None = None) -> Placed:
+        order_id = request.order_id or f"ord-{uuid.uuid4().hex[:16]}"
+        event = build_order(request, self._menu, order_id)
+        if request.order_id is not None:
+            existing = await self._existing(order_id)
+            if existing is not None:
+                return existing
+        try:
+            async with self._db.engine.begin() as conn:
+                await record_placed(conn, self._db, event)
+                await add_to_outbox(conn, self._topic, event, traceparent)
+        except IntegrityError:
+            # The same client order id raced in twice: the other request won, report it.
+            existing = await self._existing(order_id)
+            if existing is None:
+                raise
+            return existing
+        self._on_committed()
+        return Placed(order_id=order_id, event_id=event.event_id, duplicate=False)
+
+    async def _existing(self, order_id: str) -> Placed | None:
+        async with self._db.engine.connect() as conn:
+            row = (
+                await conn.execute(select(orders.c.body).where(orders.c.order_id == order_id))
+            ).first()
+        if row is None:
+            return None
+        event = OrderPlaced.model_validate_json(row.body)
+        return Placed(order_id=order_id, event_id=event.event_id, duplicate=True)

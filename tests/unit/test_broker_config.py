@@ -1,0 +1,215 @@
+"""The local broker's configuration and tool checks: no JVM, no broker."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from ingest.broker import (
+    BrokerState,
+    LocalKafka,
+    ensure_tools,
+    new_cluster_id,
+    render_properties,
+    resolve_jars,
+    server_properties,
+)
+from ingest.broker._config import Layout
+from pizzashop.errors import ConfigError
+
+
+def _parse(text: str) -> dict[str, str]:
+    props = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            props[key] = value
+    return props
+
+
+@pytest.fixture
+def bare_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATH with neither java nor mvn on it (and no JAVA_HOME to fall back on)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    return bin_dir
+
+
+def _fake_tool(bin_dir: Path, name: str) -> None:
+    tool = bin_dir / name
+    tool.write_text("#!/bin/sh\nexit 0\n")
+    tool.chmod(0o755)
+
+
+def test_missing_java_and_maven_are_named_with_the_install_command(bare_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        ensure_tools()
+    message = str(info.value)
+    assert "Java 17+ (the `java` command)" in message
+    assert "Maven (the `mvn` command)" in message
+    assert "apt-get install openjdk-17-jre-headless maven" in message
+
+
+def test_only_the_missing_tool_is_named(bare_path: Path) -> None:
+    _fake_tool(bare_path, "mvn")
+    with pytest.raises(ConfigError, match="needs Java 17\\+ \\(the `java` command\\), not found"):
+        ensure_tools()
+
+
+def test_maven_is_not_required_once_jars_are_cached(bare_path: Path) -> None:
+    _fake_tool(bare_path, "java")
+    assert ensure_tools(maven=False) == str(bare_path / "java")
+
+
+async def test_start_without_java_raises_config_error(bare_path: Path, tmp_path: Path) -> None:
+    kafka = LocalKafka(cache_dir=tmp_path / "cache", data_dir=tmp_path / "data")
+    with pytest.raises(ConfigError, match="`java` command"):
+        await kafka.start()
+    # A failed start leaves nothing running and the instance closed.
+    assert kafka.pid is None
+    with pytest.raises(RuntimeError, match="create a new one"):
+        await kafka.start()
+
+
+def test_server_properties_for_one_node(tmp_path: Path) -> None:
+    props = _parse(
+        render_properties(
+            server_properties(log_dir=tmp_path / "kraft", port=19092, controller_port=19093)
+        )
+    )
+    assert props["process.roles"] == "broker,controller"
+    assert props["node.id"] == "1"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19092"
+    assert props["controller.listener.names"] == "CONTROLLER"
+    assert props["log.dirs"] == str((tmp_path / "kraft").resolve())
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.replication.factor",
+        "share.coordinator.state.topic.min.isr",
+    ):
+        assert props[key] == "1", key
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+    assert props["auto.create.topics.enable"] == "false"
+    assert props["num.partitions"] == "6"
+    assert int(props["offsets.topic.num.partitions"]) <= 5
+    # Kafka refuses 1 MiB or less per cleaner thread, and the 128 MiB default wastes the heap.
+    assert 1024 * 1024 < int(props["log.cleaner.dedupe.buffer.size"]) <= 16 * 1024 * 1024
+    assert "controller.quorum.bootstrap.servers" not in props
+
+
+def test_properties_escape_what_java_properties_would_misread() -> None:
+    text = render_properties({"log.dirs": "/data/pizzä\\x"})
+    assert "log.dirs=/data/pizz\\u00e4\\\\x" in text
+    text.encode("ascii")  # Kafka reads the file as ISO-8859-1: keep it plain ASCII
+
+
+def test_prepare_writes_config_and_log4j(tmp_path: Path) -> None:
+    layout = Layout.of(tmp_path / "data")
+    layout.prepare(port=1234, controller_port=1235)
+    props = _parse(layout.properties.read_text("latin-1"))
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:1234,CONTROLLER://127.0.0.1:1235"
+    assert "${sys:kafka.logs.dir}/server.log" in layout.log4j_config.read_text()
+    assert layout.logs.is_dir()
+    assert not layout.formatted
+
+
+def test_cluster_id_has_kafkas_uuid_form() -> None:
+    ids = {new_cluster_id() for _ in range(500)}
+    assert len(ids) == 500
+    for cluster_id in ids:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id), cluster_id
+        assert not cluster_id.startswith("-")
+        assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_cluster_id_is_persisted_in_the_data_dir(tmp_path: Path) -> None:
+    layout = Layout.of(tmp_path)
+    first = layout.cluster_id()
+    assert Layout.of(tmp_path).cluster_id() == first
+    assert layout.cluster_id_file.read_text().strip() == first
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"version": "3.9.0"}, "4.x"),
+        ({"version": "4.2"}, "look like 4.2.0"),
+        ({"heap": "half"}, "heap"),
+        ({"port": 9092, "controller_port": 9092}, "differ"),
+    ],
+)
+def test_bad_arguments_are_config_errors(
+    tmp_path: Path, kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        LocalKafka(cache_dir=tmp_path, data_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_stopped_instance_refuses_to_start(tmp_path: Path) -> None:
+    kafka = LocalKafka(cache_dir=tmp_path, data_dir=tmp_path)
+    await kafka.stop()
+    await kafka.stop()  # idempotent
+    with pytest.raises(RuntimeError, match="stopped"):
+        await kafka.start()
+
+
+def test_broker_state_round_trips_and_is_frozen(tmp_path: Path) -> None:
+    state = BrokerState(
+        pid=os.getpid(),
+        bootstrap="127.0.0.1:9092",
+        port=9092,
+        controller_port=9093,
+        version="4.2.0",
+        data_dir=tmp_path,
+        started_at=1.5,
+    )
+    assert BrokerState.from_json(state.to_json()) == state
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.pid = 1  # type: ignore[misc]
+
+
+_FAKE_MVN = """#!/bin/sh
+# Stands in for Maven: counts its runs, then "resolves" one jar unless told to fail.
+PATH=/usr/bin:/bin
+echo run >> "$CALLS"
+[ -n "$FAIL" ] && { echo "[ERROR] Could not find artifact"; exit 1; }
+for arg in "$@"; do
+  case "$arg" in
+    -Dkafka.version=*) version="${arg#-Dkafka.version=}" ;;
+    -DoutputDirectory=*) out="${arg#-DoutputDirectory=}" ;;
+  esac
+done
+mkdir -p "$out" && touch "$out/kafka_2.13-$version.jar"
+"""
+
+
+def test_jars_resolve_once_and_a_failed_resolve_is_redone(
+    bare_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_tool(bare_path, "java")
+    (bare_path / "mvn").write_text(_FAKE_MVN)
+    (bare_path / "mvn").chmod(0o755)
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("CALLS", str(calls))
+    cache = tmp_path / "cache"
+
+    monkeypatch.setenv("FAIL", "1")
+    with pytest.raises(ConfigError, match="Could not find artifact"):
+        resolve_jars(cache, "4.2.0")
+    monkeypatch.delenv("FAIL")
+    lib = resolve_jars(cache, "4.2.0")
+    assert lib == cache.resolve() / "kafka-4.2.0" / "lib"
+    assert (lib / "kafka_2.13-4.2.0.jar").is_file()
+    assert resolve_jars(cache, "4.2.0") == lib
+    assert calls.read_text().count("run") == 2  # the failure, the success; then the marker
