@@ -249,7 +249,12 @@ class ConsumerRuntime:
         if not deliveries:
             return
         seen = await self._processed.seen(self.group_id, (d.event.event_id for d in deliveries))
-        fresh = [d for d in deliveries if d.event.event_id not in seen]
+        fresh: list[Delivery] = []
+        for delivery in deliveries:
+            # A copy may arrive in the very batch of its original: keep the first only.
+            if delivery.event.event_id not in seen:
+                seen.add(delivery.event.event_id)
+                fresh.append(delivery)
         self.stats.duplicates += len(deliveries) - len(fresh)
         if not fresh:
             return

@@ -65,8 +65,12 @@ class ReceivedMail:
 @dataclass(slots=True)
 class _Collector:
     messages: list[ReceivedMail] = field(default_factory=list)
+    temporary_failures: int = 0
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.temporary_failures > 0:
+            self.temporary_failures -= 1
+            return "451 Requested action aborted: try again later"
         parsed = BytesParser(policy=default_policy).parsebytes(envelope.content)
         body = parsed.get_body(preferencelist=("plain",))
         self.messages.append(
@@ -82,10 +86,14 @@ class _Collector:
 
 
 class SmtpSink:
-    """A real SMTP server (aiosmtpd) on loopback that keeps what it receives in memory."""
+    """A real SMTP server (aiosmtpd) on loopback that keeps what it receives in memory.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._collector = _Collector()
+    ``temporary_failures`` makes it answer the first N messages with 451 (try again later), as
+    a busy mail server does, to exercise the sender's retries.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, temporary_failures: int = 0) -> None:
+        self._collector = _Collector(temporary_failures=temporary_failures)
         self._controller = Controller(self._collector, hostname=host, port=port or _free_port(host))
         self._running = False
 

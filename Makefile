@@ -1,0 +1,38 @@
+# The front door. `make demo` sets everything up from nothing and runs the shop end to end;
+# `make test` runs the whole test suite (unit + integration on a real Kafka).
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+ORDERS ?= 500
+TORCH   = torch==2.15.0
+
+.PHONY: setup demo test unit integration lint clean
+
+setup: $(STAMP)
+
+# torch first and pinned, so pip never swaps in another build while resolving the rest.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/pizzashop demo --orders $(ORDERS)
+
+test: setup
+	$(PY) -m pytest -q
+
+unit: setup
+	$(PY) -m pytest -q tests/unit
+
+integration: setup
+	$(PY) -m pytest -q tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pizzashop .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,4 @@
+from ingest.schemas import export
+
+for written in export():
+    print(written)

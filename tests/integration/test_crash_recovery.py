@@ -1,0 +1,83 @@
+"""A worker process killed with SIGKILL mid-stream loses no order and repeats no refund."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections import Counter
+
+import httpx
+
+from api.app import create_app
+from pizzashop.settings import Settings
+from pizzashop.shop import Shop, Wiring
+from services.mailer import SmtpSink
+from tests.integration.conftest import eventually
+from tests.integration.test_order_flow import order_body
+
+
+async def _start_workers(settings: Settings) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "PIZZASHOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+        "PIZZASHOP_TOPIC_PREFIX": settings.topic_prefix,
+        "PIZZASHOP_GROUP_PREFIX": settings.group_prefix,
+        "PIZZASHOP_HOME": str(settings.home),
+        "PIZZASHOP_COOK_SECONDS": "1.0",
+        "PIZZASHOP_SMTP__PORT": str(settings.smtp.port),
+        "PIZZASHOP_CONSUMER__SESSION_TIMEOUT_MS": "6000",
+        "PIZZASHOP_CONSUMER__HEARTBEAT_INTERVAL_MS": "1000",
+        "PIZZASHOP_CONSUMER__BATCH_MAX": "5",
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pizzashop.cli", "run", "--no-api",
+        "--workers", "payment,kitchen,notification",
+        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def test_sigkilled_workers_lose_no_order(shop_settings: Settings, smtp_sink: SmtpSink) -> None:
+    wiring = Wiring(api=True, workers=("status",))
+    async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", wiring) as shop:
+        transport = httpx.ASGITransport(app=create_app(shop))
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+            first = await _start_workers(shop_settings)
+            ids = []
+            for i in range(40):
+                sku = "hawaiian_m" if i % 4 == 0 else "pepperoni_m"
+                response = await http.post("/orders", json=order_body(sku, customer=f"c-{i}"))
+                ids.append(response.json()["order_id"])
+
+            async def some_done() -> bool:
+                counts = await shop.queries.counts(ids)
+                return counts.get("OrderAccepted", 0) >= 5
+
+            await eventually(some_done, timeout_s=60)
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            unfinished_at_crash = len(await shop.queries.unfinished(ids))
+
+            second = await _start_workers(shop_settings)
+            try:
+                async def all_final() -> bool:
+                    return not await shop.queries.unfinished(ids)
+
+                await eventually(all_final, timeout_s=90)
+
+                async def all_receipts() -> bool:
+                    receipts = {m.subject for m in smtp_sink.messages if m.subject.startswith("Your")}
+                    return len(receipts) == len(ids)
+
+                await eventually(all_receipts, timeout_s=30)
+                counts = await shop.queries.counts(ids)
+            finally:
+                second.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(second.wait(), 30) == 0
+
+    assert unfinished_at_crash > 0, "the crash came too late to test anything"
+    assert counts["OrderRejected"] == counts["RefundIssued"] == 10
+    assert counts["OrderReady"] == 30
+    refunds = Counter(m.subject for m in smtp_sink.messages if m.subject.startswith("Refund"))
+    assert len(refunds) == 10

@@ -1,0 +1,95 @@
+"""What goes wrong: Kafka away, SMTP failing for a while, redelivered records."""
+
+from __future__ import annotations
+
+import httpx
+
+from api.app import create_app
+from ingest.codec import encode
+from pizzashop.settings import Settings
+from pizzashop.shop import Shop, Wiring
+from services.mailer import SmtpSink
+from tests.integration.conftest import eventually
+from tests.integration.tcp_proxy import TcpProxy
+from tests.integration.test_order_flow import order_body
+from tests.unit.conftest import make_order
+
+
+async def test_orders_taken_while_kafka_is_down_are_relayed_when_it_is_back(
+    shop_settings: Settings,
+) -> None:
+    host, port = (shop_settings.kafka_bootstrap or "").rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    bootstrap = shop_settings.kafka_bootstrap or ""
+    # The workers see Kafka; the API's process reaches it only through the proxy, closed for now.
+    async with Shop(shop_settings, bootstrap, Wiring(api=False)) as workers:
+        api_settings = shop_settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{proxy.port}"})
+        api = Shop(api_settings, api_settings.kafka_bootstrap or "", Wiring(api=True, workers=(), create_topics=False))
+        async with api:
+            transport = httpx.ASGITransport(app=create_app(api))
+            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+                ids = []
+                for i in range(5):
+                    response = await http.post("/orders", json=order_body("pepperoni_m", customer=f"c-{i}"))
+                    assert response.status_code == 202
+                    ids.append(response.json()["order_id"])
+                assert await api.relay.pending_count() == 5
+                assert api.relay.published == 0
+
+                await proxy.open()
+                try:
+                    async def relayed() -> bool:
+                        return await api.relay.pending_count() == 0
+
+                    await eventually(relayed, timeout_s=60)
+
+                    async def all_ready() -> bool:
+                        return not await workers.queries.unfinished(ids)
+
+                    await eventually(all_ready, timeout_s=60)
+                finally:
+                    await proxy.close()
+        assert api.relay.failures >= 1
+        counts = await workers.queries.counts(ids)
+        assert counts["OrderReady"] == 5
+
+
+async def test_transient_smtp_failures_are_retried_and_mail_goes_out_once(
+    shop_settings: Settings,
+) -> None:
+    async with SmtpSink(temporary_failures=2) as sink:
+        settings = shop_settings.model_copy(
+            update={"smtp": shop_settings.smtp.model_copy(update={"port": sink.port})}
+        )
+        async with Shop(settings, settings.kafka_bootstrap or "", Wiring(api=False, workers=("notification",))) as shop:
+            order = make_order()
+            await shop.producer.publish(shop.topics.orders, order)
+
+            async def delivered() -> bool:
+                return len(sink.messages) == 1
+
+            await eventually(delivered)
+            stats = shop.runtimes["notification"].stats
+            assert stats.retries >= 1 and stats.dead_lettered == 0
+            assert stats.errors_by_class.get("DeliveryFailed", 0) >= 2
+            assert sink.messages[0].recipients == (order.customer_email,)
+
+
+async def test_redelivered_events_send_no_second_email(
+    shop_settings: Settings, smtp_sink: SmtpSink
+) -> None:
+    async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", Wiring(api=False, workers=("notification",))) as shop:
+        order = make_order()
+        record = encode(order)
+        for _ in range(3):  # the same record three times: what a redelivery looks like
+            await shop.producer.send_raw(shop.topics.orders, record.value, key=record.key, headers=record.headers)
+        marker = make_order()
+        await shop.producer.publish(shop.topics.orders, marker)
+
+        async def marker_mailed() -> bool:
+            return any(marker.order_id in m.subject for m in smtp_sink.messages)
+
+        await eventually(marker_mailed)
+        mails = [m for m in smtp_sink.messages if order.order_id in m.subject]
+        assert len(mails) == 1
+        assert shop.runtimes["notification"].stats.duplicates == 2
