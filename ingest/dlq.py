@@ -43,11 +43,20 @@ class DeadLetter:
     error_message: str
     failed_at: str
     attempts: int
-    key: str | None
-    value: str
+    key: bytes | None
+    value: bytes | None
+    original_headers: Headers
 
     def as_json(self) -> str:
-        return json.dumps(asdict(self))
+        data = asdict(self)
+        data["key"] = _text(self.key)
+        data["value"] = _text(self.value)
+        data["original_headers"] = {k: _text(v) for k, v in self.original_headers}
+        return json.dumps(data)
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode("utf-8", errors="replace") if raw is not None else None
 
 
 def dead_letter_headers(
@@ -117,14 +126,15 @@ async def _partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartit
     ]
 
 
-async def replay(producer: EventProducer, letter_value: bytes, letter_key: bytes | None, headers: Headers) -> str:
-    """Send a dead letter's original record back to its original topic; returns that topic."""
-    topic = header(headers, H_TOPIC)
-    if topic is None:
-        raise ValueError("not a dead letter: no dlq.original.topic header")
-    original = [(k, v) for k, v in headers if not k.startswith("dlq.")]
-    await producer.send_raw(topic, letter_value, key=letter_key, headers=original)
-    return topic
+async def replay(producer: EventProducer, letter: DeadLetter) -> None:
+    """Send a dead letter's original record, byte for byte, back to its original topic.
+
+    Consumers that already handled it drop it again by event id; the one that failed takes it
+    anew (after its fix was deployed, one hopes).
+    """
+    await producer.send_raw(
+        letter.original_topic, letter.value, key=letter.key, headers=letter.original_headers
+    )
 
 
 def _to_letter(
@@ -144,6 +154,7 @@ def _to_letter(
         error_message=get(H_ERROR_MESSAGE),
         failed_at=get(H_FAILED_AT),
         attempts=int(get(H_ATTEMPTS, "0")),
-        key=key.decode("utf-8", errors="replace") if key is not None else None,
-        value=(value or b"").decode("utf-8", errors="replace"),
+        key=key,
+        value=value,
+        original_headers=[(k, v) for k, v in headers if not k.startswith("dlq.")],
     )

@@ -209,6 +209,49 @@ def dlq_list(
         typer.echo(f"{len(letters)} dead letter(s)")
 
 
+@dlq_app.command("replay")
+def dlq_replay(
+    group: Annotated[str | None, typer.Option(help="only letters of this consumer group")] = None,
+    topic: Annotated[str | None, typer.Option(help="only letters from this original topic")] = None,
+    error_class: Annotated[str | None, typer.Option(help="only letters with this error class")] = None,
+    dry_run: Annotated[bool, typer.Option(help="list what would be replayed")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Send dead letters back to their original topics, byte for byte."""
+    settings = _setup(verbose)
+    try:
+        count = asyncio.run(_replay(settings, group, topic, error_class, dry_run))
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"{'would replay' if dry_run else 'replayed'} {count} dead letter(s)")
+
+
+async def _replay(
+    settings: Settings, group: str | None, topic: str | None, error_class: str | None, dry_run: bool
+) -> int:
+    from ingest.dlq import read_dead_letters, replay
+    from ingest.producer import EventProducer
+    from ingest.topics import Topics
+    from pizzashop.kafka import running_bootstrap
+
+    bootstrap = running_bootstrap(settings)
+    letters = [
+        letter
+        for letter in await read_dead_letters(bootstrap, Topics(settings.topic_prefix).dlq_topics())
+        if (group is None or letter.consumer_group == group)
+        and (topic is None or letter.original_topic == topic)
+        and (error_class is None or letter.error_class == error_class)
+    ]
+    if dry_run:
+        for letter in letters:
+            typer.echo(f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}")
+        return len(letters)
+    async with EventProducer(bootstrap, client_id="pizzashop-replay") as producer:
+        for letter in letters:
+            await replay(producer, letter)
+    return len(letters)
+
+
 def main() -> None:
     app()
 

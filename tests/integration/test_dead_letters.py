@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ingest.dlq import (
     H_ERROR_CLASS,
     read_dead_letters,
@@ -34,3 +36,35 @@ async def test_malformed_records_are_dead_lettered_once_per_group(shop_settings:
         assert "total" in bad_total.error_message
         assert all(d.failed_at and d.attempts == 1 for d in letters)
         assert shop.runtimes["kitchen"].stats.dead_lettered == len(bad)
+
+
+async def test_a_replayed_letter_is_handled_once_its_cause_is_gone(shop_settings: Settings) -> None:
+    from ingest.codec import encode
+    from ingest.events import OrderPlaced
+    from tests.unit.conftest import make_order
+
+    wiring = Wiring(api=False, workers=("kitchen", "status"))
+    async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", wiring) as shop:
+        order = make_order()
+        record = encode(order)
+        # Sent without its event-type header: undecodable, so dead-lettered by both groups.
+        stripped = [h for h in record.headers if h[0] != "event-type"]
+        await shop.producer.send_raw(shop.topics.orders, record.value, key=record.key, headers=stripped)
+
+        async def dead_twice() -> bool:
+            return len(await read_dead_letters(shop.bootstrap, shop.topics.dlq_topics())) == 2
+
+        await eventually(dead_twice)
+        letters = await read_dead_letters(shop.bootstrap, shop.topics.dlq_topics())
+        assert all(letter.value == record.value for letter in letters)
+        assert all(letter.key == record.key for letter in letters)
+        assert all(letter.original_headers == stripped for letter in letters)
+        # "The fix": the letter is replayed with its header restored.
+        await replay(shop.producer, dataclasses.replace(letters[0], original_headers=record.headers))
+
+        async def accepted() -> bool:
+            view = await shop.queries.order(order.order_id)
+            return view is not None and view.status in ("baking", "ready")
+
+        await eventually(accepted)
+        assert isinstance(OrderPlaced.model_validate_json(letters[0].value or b""), OrderPlaced)

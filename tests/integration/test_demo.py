@@ -1,0 +1,22 @@
+"""`pizzashop demo` end to end, on the session's broker: every number adds up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pizzashop.demo import run_demo
+from pizzashop.settings import Settings
+
+
+async def test_demo_accounts_for_every_order(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, home=tmp_path, cook_seconds=0.2)
+    report = await run_demo(settings, 60, timeout_s=120)
+    assert not report.timed_out
+    assert report.orders_submitted == report.orders_confirmed == 60
+    assert report.lost == 0
+    assert report.accepted + report.rejected == report.orders_confirmed
+    assert report.ready == report.accepted
+    assert report.receipts_emailed == report.orders_confirmed
+    assert report.refunds_issued == report.rejected > 0
+    assert report.refund_notices_emailed == report.refunds_issued
+    assert report.dlq_records == report.malformed_injected == 5
