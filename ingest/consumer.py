@@ -38,6 +38,7 @@ from ingest.codec import H_TRACEPARENT, Headers, decode, header
 from ingest.dedupe import ProcessedEvents
 from ingest.dlq import dead_letter_headers
 from ingest.events import Event
+from ingest.topics import DLQ_SUFFIX
 from ingest.producer import EventProducer
 from pizzashop.errors import PizzashopError
 from pizzashop.settings import ConsumerSettings
@@ -55,6 +56,8 @@ class Delivery:
     event: Event
     headers: Headers
     timestamp_ms: int
+    key: bytes | None = None
+    value: bytes | None = None
 
     @property
     def traceparent(self) -> str | None:
@@ -70,10 +73,14 @@ class Handler(ABC):
 
     #: Event types this handler wants; the runtime commits past every other type unread.
     event_types: ClassVar[frozenset[str]]
+    #: False: one call per partition (concurrently). True: one call with the whole fetch, in
+    #: partition then offset order, for handlers that gain from big batches (model inference).
+    whole_batch: ClassVar[bool] = False
 
     @abstractmethod
     async def handle(self, batch: Sequence[Delivery]) -> None:
-        """Called with up to ``batch_max`` new events of ONE partition, in offset order.
+        """Called with up to ``batch_max`` new events of ONE partition, in offset order
+        (or of the whole fetch, when ``whole_batch``).
 
         Runs concurrently for different partitions. Must make its effects durable before it
         returns (the runtime commits right after). Raise ``TransientError`` for what may pass,
@@ -200,24 +207,40 @@ class ConsumerRuntime:
     # -- one fetched batch -----------------------------------------------------------------
     async def _process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         self.stats.batches += 1
-        results = await asyncio.gather(
-            *(self._process_partition(tp, records) for tp, records in batches.items()),
-            return_exceptions=True,
-        )
-        offsets: dict[TopicPartition, int] = {}
-        for (tp, records), result in zip(batches.items(), results, strict=True):
+        failed: dict[TopicPartition, BaseException] = {}
+        decoded: list[Delivery] = []
+        for tp, records in batches.items():
+            try:
+                decoded += await self._decode(tp, records)
+            except Exception as exc:
+                failed[tp] = exc
+        fresh = await self._fresh(decoded)
+        if self._handler.whole_batch:
+            groups = [fresh] if fresh else []
+        else:
+            by_tp: dict[tuple[str, int], list[Delivery]] = {}
+            for delivery in fresh:
+                by_tp.setdefault((delivery.topic, delivery.partition), []).append(delivery)
+            groups = list(by_tp.values())
+        results = await asyncio.gather(*(self._handle_group(g) for g in groups), return_exceptions=True)
+        for group, result in zip(groups, results, strict=True):
             if isinstance(result, BaseException):
+                for delivery in group:
+                    failed.setdefault(TopicPartition(delivery.topic, delivery.partition), result)
+        offsets: dict[TopicPartition, int] = {}
+        for tp, records in batches.items():
+            if tp in failed:
                 # Not even the dead-letter topic took it: rewind and try this partition again.
                 logger.error(
                     "consumer %s: %s[%d] failed from offset %d, rewinding: %r",
-                    self.name, tp.topic, tp.partition, records[0].offset, result,
+                    self.name, tp.topic, tp.partition, records[0].offset, failed[tp],
                 )
                 self._consumer.seek(tp, records[0].offset)
             else:
                 offsets[tp] = records[-1].offset + 1
         if offsets:
             await self._commit(offsets)
-        if len(offsets) < len(batches):
+        if failed:
             await asyncio.sleep(self._settings.retry_max_delay_s)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -229,52 +252,60 @@ class ConsumerRuntime:
             # dedupe table makes that harmless.
             logger.warning("consumer %s: commit failed, records will be redelivered: %r", self.name, exc)
 
-    async def _process_partition(
+    async def _decode(
         self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> None:
+    ) -> list[Delivery]:
         deliveries: list[Delivery] = []
         for record in records:
             headers = list(record.headers)
             try:
                 event = decode(record.value, headers)
             except PizzashopError as exc:
-                await self._dead_letter(record, exc, attempts=1)
+                await self._dead_letter(
+                    tp.topic, tp.partition, record.offset, record.key, record.value, headers,
+                    exc, attempts=1,
+                )
                 continue
             if event.event_type not in self._handler.event_types:
                 self.stats.skipped += 1
                 continue
             deliveries.append(
-                Delivery(tp.topic, tp.partition, record.offset, event, headers, record.timestamp)
+                Delivery(
+                    tp.topic, tp.partition, record.offset, event, headers, record.timestamp,
+                    record.key, record.value,
+                )
             )
+        return deliveries
+
+    async def _fresh(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Drop events this group already handled, and copies within the batch itself."""
         if not deliveries:
-            return
+            return []
         seen = await self._processed.seen(self.group_id, (d.event.event_id for d in deliveries))
         fresh: list[Delivery] = []
         for delivery in deliveries:
-            # A copy may arrive in the very batch of its original: keep the first only.
             if delivery.event.event_id not in seen:
                 seen.add(delivery.event.event_id)
                 fresh.append(delivery)
         self.stats.duplicates += len(deliveries) - len(fresh)
-        if not fresh:
-            return
+        return fresh
+
+    async def _handle_group(self, group: list[Delivery]) -> None:
         try:
-            await self._handler.handle(fresh)
+            await self._handler.handle(group)
         except Exception as exc:
             self._count_error(exc)
             logger.warning(
-                "consumer %s: batch of %d from %s[%d] failed (%r); retrying one by one",
-                self.name, len(fresh), tp.topic, tp.partition, exc,
+                "consumer %s: batch of %d from %s failed (%r); retrying one by one",
+                self.name, len(group), group[0].where, exc,
             )
-            for delivery in fresh:
-                await self._handle_one(delivery, records)
+            for delivery in group:
+                await self._handle_one(delivery)
         else:
-            self.stats.handled += len(fresh)
-            await self._processed.mark(self.group_id, (d.event.event_id for d in fresh))
+            self.stats.handled += len(group)
+            await self._processed.mark(self.group_id, (d.event.event_id for d in group))
 
-    async def _handle_one(
-        self, delivery: Delivery, records: list[ConsumerRecord[bytes, bytes]]
-    ) -> None:
+    async def _handle_one(self, delivery: Delivery) -> None:
         settings = self._settings
         attempt = 0
         while True:
@@ -283,14 +314,16 @@ class ConsumerRuntime:
                 await self._handler.handle([delivery])
             except Exception as exc:
                 self._count_error(exc)
-                retriable = getattr(exc, "retriable", True) if isinstance(exc, PizzashopError) else True
+                retriable = exc.retriable if isinstance(exc, PizzashopError) else True
                 if not retriable or attempt >= settings.retry_max_attempts or self._stop.is_set():
                     logger.error(
                         "consumer %s: %s failed after %d attempt(s), dead-lettering: %r",
                         self.name, delivery.where, attempt, exc,
                     )
-                    record = next(r for r in records if r.offset == delivery.offset)
-                    await self._dead_letter(record, exc, attempts=attempt)
+                    await self._dead_letter(
+                        delivery.topic, delivery.partition, delivery.offset, delivery.key,
+                        delivery.value, delivery.headers, exc, attempts=attempt,
+                    )
                     await self._processed.mark(self.group_id, [delivery.event.event_id])
                     return
                 delay = min(settings.retry_max_delay_s, settings.retry_base_delay_s * 2 ** (attempt - 1))
@@ -307,25 +340,32 @@ class ConsumerRuntime:
                 return
 
     async def _dead_letter(
-        self, record: ConsumerRecord[bytes, bytes], error: BaseException, *, attempts: int
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        error: BaseException,
+        *,
+        attempts: int,
     ) -> None:
-        headers = dead_letter_headers(
-            list(record.headers),
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
+        letter_headers = dead_letter_headers(
+            headers,
+            topic=topic,
+            partition=partition,
+            offset=offset,
             group=self.group_id,
             error=error,
             attempts=attempts,
         )
-        await self._producer.send_raw(
-            record.topic + ".dlq", record.value, key=record.key, headers=headers
-        )
+        await self._producer.send_raw(topic + DLQ_SUFFIX, value, key=key, headers=letter_headers)
         self.stats.dead_lettered += 1
         self._count_error(error)
         logger.warning(
             "consumer %s: %s[%d]@%d dead-lettered: %s: %s",
-            self.name, record.topic, record.partition, record.offset, type(error).__name__, error,
+            self.name, topic, partition, offset, type(error).__name__, error,
         )
 
     def _count_error(self, exc: BaseException) -> None:

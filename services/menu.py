@@ -38,19 +38,19 @@ class Menu(Mapping[str, MenuItem]):
     """The menu keyed by SKU."""
 
     currency: str
-    items: Mapping[str, MenuItem]
+    by_sku: Mapping[str, MenuItem]
 
     def __getitem__(self, sku: str) -> MenuItem:
-        return self.items[sku]
+        return self.by_sku[sku]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.items)
+        return iter(self.by_sku)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.by_sku)
 
     def by_category(self, category: str) -> list[MenuItem]:
-        return [item for item in self.items.values() if item.category == category]
+        return [item for item in self.by_sku.values() if item.category == category]
 
 
 @cache
@@ -70,4 +70,4 @@ def load_menu(path: Path = MENU_PATH) -> Menu:
         )
         for entry in raw["items"]
     }
-    return Menu(currency=raw["currency"], items=items)
+    return Menu(currency=raw["currency"], by_sku=items)
