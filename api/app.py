@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from pathlib import Path
+
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from api.schemas import OrderConfirmed, OrderStatusOut, TimelineEntryOut
+from ingest.events import OrderEnriched
 from pizzashop.errors import ValidationFailed
 from pizzashop.shop import Shop
 from services.intake import OrderRequest
+
+
+DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 
 
 def create_app(shop: Shop) -> FastAPI:
@@ -72,6 +78,30 @@ def create_app(shop: Shop) -> FastAPI:
                 for e in view.timeline
             ],
         )
+
+    @app.get("/orders/{order_id}/scores", response_model=OrderEnriched)
+    async def order_scores(order_id: str) -> OrderEnriched:
+        """The models' view of one order, with each score's model version and features."""
+        enriched = await shop.scores.for_order(order_id)
+        if enriched is None:
+            raise HTTPException(status_code=404, detail=f"no scores for order {order_id!r} (yet)")
+        return enriched
+
+    @app.get("/scores", response_model=list[OrderEnriched])
+    async def recent_scores(
+        limit: int = Query(default=50, ge=1, le=1000), flagged: bool = False
+    ) -> list[OrderEnriched]:
+        """The most recently enriched orders, newest first."""
+        return await shop.scores.recent(limit=limit, flagged_only=flagged)
+
+    @app.get("/scores/summary")
+    async def scores_summary() -> dict[str, Any]:
+        summary = await shop.scores.summary()
+        return {field: getattr(summary, field) for field in summary.__slots__}
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> str:
+        return DASHBOARD
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

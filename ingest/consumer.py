@@ -77,6 +77,9 @@ class Handler(ABC):
     #: partition then offset order, for handlers that gain from big batches (model inference).
     whole_batch: ClassVar[bool] = False
 
+    async def start(self) -> None:
+        """Called once before the first batch: load models, warm caches. Default: nothing."""
+
     @abstractmethod
     async def handle(self, batch: Sequence[Delivery]) -> None:
         """Called with up to ``batch_max`` new events of ONE partition, in offset order
@@ -154,6 +157,9 @@ class ConsumerRuntime:
         await self._consumer.start()
         self._started = True
         logger.info("consumer %s started: group=%s topics=%s", self.name, self.group_id, self._topics)
+
+    async def handler_start(self) -> None:
+        await self._handler.start()
 
     def stop(self) -> None:
         """Ask the loop to finish its batch, commit and return. Safe to call many times."""

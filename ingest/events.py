@@ -157,6 +157,92 @@ class RefundNoticeSent(Event):
     message_id: str
 
 
+class OrderFlagged(Event):
+    """The fraud model scored the order past the hold threshold."""
+
+    fraud_score: float = Field(ge=0, le=1)
+    threshold: float = Field(ge=0, le=1)
+    model: str = Field(description="model tag, e.g. fraud-v3")
+
+
+class OrderCancelled(Event):
+    """The kitchen stopped an order it had not finished (a fraud hold)."""
+
+    reason: str = Field(min_length=1, max_length=200)
+
+
+# -- enrichment -----------------------------------------------------------------------------
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FeatureContribution(_Part):
+    name: str
+    contribution: float
+
+
+class ScoreLineage(_Part):
+    """Where a score came from: enough to reproduce it."""
+
+    model: str
+    version: int
+    feature_schema_version: int
+    backend: str
+    latency_ms: float = Field(ge=0)
+    top_features: tuple[FeatureContribution, ...] = ()
+
+
+class FraudAssessment(_Part):
+    probability: float | None = Field(default=None, ge=0, le=1)
+    degraded: bool = False
+    reason: str | None = None
+    lineage: ScoreLineage | None = None
+
+
+class AnomalyAssessment(_Part):
+    error: float | None = None
+    percentile: float | None = Field(default=None, ge=0, le=100)
+    degraded: bool = False
+    reason: str | None = None
+    lineage: ScoreLineage | None = None
+
+
+class UpsellSuggestion(_Part):
+    sku: str
+    name: str
+    reason: Literal["size_upgrade", "complement", "taste_match"]
+    score: float
+
+
+class UpsellAssessment(_Part):
+    suggestions: tuple[UpsellSuggestion, ...] = ()
+    degraded: bool = False
+    reason: str | None = None
+    lineage: ScoreLineage | None = None
+
+
+class OrderEnriched(Event):
+    """An ``OrderPlaced`` with the models' view of it; one per order (same id on a re-run)."""
+
+    source_event_id: str
+    customer_id: str
+    fraud: FraudAssessment
+    anomaly: AnomalyAssessment
+    upsell: UpsellAssessment | None = None
+    flagged: bool = False
+
+
+class ScoreShadowed(Event):
+    """A challenger model scored the same order as the champion; it changed no decision."""
+
+    model: str
+    champion_version: int
+    challenger_version: int
+    champion_score: float | None
+    challenger_score: float | None
+    difference: float | None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
@@ -168,11 +254,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReceiptSent,
         RefundIssued,
         RefundNoticeSent,
+        OrderFlagged,
+        OrderCancelled,
+        OrderEnriched,
+        ScoreShadowed,
     )
 }
 
-
-def register(cls: type[Event]) -> type[Event]:
-    """Add an event class defined elsewhere (e.g. ``OrderEnriched``) to the contract."""
-    EVENT_TYPES[cls.event_type] = cls
-    return cls

@@ -33,6 +33,19 @@ class ConsumerSettings(BaseModel):
     shutdown_deadline_s: float = 10.0
 
 
+class EnricherSettings(BaseModel):
+    """The enrichment workers: models, thresholds, reloads."""
+
+    fraud_threshold: float = Field(default=0.9, ge=0, le=1, description="hold orders at or above")
+    reload_every_s: float = Field(default=5.0, gt=0, description="how often to look for new models")
+    model_timeout_s: float = Field(default=2.0, gt=0, description="a slower model is degraded")
+    prefer_onnx: bool = True
+    with_upsell: bool = True
+    shadow_fraud_version: int | None = Field(
+        default=None, description="a fraud model version to run as a challenger (decides nothing)"
+    )
+
+
 class SmtpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8025
@@ -65,7 +78,11 @@ class Settings(BaseSettings):
     cook_seconds: float = Field(default=0.5, ge=0, description="how long the kitchen bakes")
     orders_partitions: int = Field(default=6, ge=1)
     events_partitions: int = Field(default=6, ge=1)
+    registry_dir: Path | None = Field(
+        default=None, description="versioned model artifacts; unset means `home`/registry"
+    )
     broker: BrokerSettings = BrokerSettings()
+    enricher: EnricherSettings = EnricherSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     smtp: SmtpSettings = SmtpSettings()
 
@@ -74,6 +91,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.home / 'pizzashop.db').resolve()}"
+
+    @property
+    def resolved_registry_dir(self) -> Path:
+        return self.registry_dir if self.registry_dir is not None else self.home / "registry"
 
     def group(self, name: str) -> str:
         """The consumer group id of one service."""

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from ingest.consumer import ConsumerRuntime, Handler
 from ingest.dedupe import ProcessedEvents
@@ -29,11 +29,13 @@ from services.mailer import Mailer
 from services.menu import Menu, load_menu
 from services.notification import Notifier
 from services.payment import PaymentSaga
+from services.scores import ScoreProjection, ScoreQueries
 from services.status import StatusProjection, StatusQueries
 
 logger = logging.getLogger(__name__)
 
-WORKERS = ("status", "payment", "kitchen", "notification")
+CORE_WORKERS = ("status", "payment", "kitchen", "notification")
+WORKERS = (*CORE_WORKERS, "scores", "enricher")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +61,13 @@ class Shop:
         self.producer = EventProducer(bootstrap, client_id="pizzashop")
         self.processed = ProcessedEvents(self.db)
         self.queries = StatusQueries(self.db)
+        self.scores = ScoreQueries(self.db)
         self.relay = OutboxRelay(self.db, self.producer)
         self.intake = OrderIntake(
             self.db, self.menu, self.topics.orders, on_committed=self.relay.wake
         )
         self.runtimes: dict[str, ConsumerRuntime] = {}
+        self._feature_state: Any = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -74,7 +78,9 @@ class Shop:
         if name == "payment":
             return PaymentSaga(self.db, self.producer, t.order_events), [t.orders, t.order_events]
         if name == "kitchen":
-            kitchen = Kitchen(self.producer, t.order_events, self.menu, self.settings.cook_seconds)
+            kitchen = Kitchen(
+                self.db, self.producer, t.order_events, self.menu, self.settings.cook_seconds
+            )
             return kitchen, [t.orders, t.order_events]
         if name == "notification":
             notifier = Notifier(
@@ -85,7 +91,43 @@ class Shop:
                 consumer_name=self.settings.group("notification"),
             )
             return notifier, [t.orders, t.order_events]
+        if name == "scores":
+            return ScoreProjection(self.db), [t.enriched]
+        if name == "enricher":
+            return self._enricher(), [t.orders]
         raise ConfigError(f"unknown worker {name!r}")
+
+    def _enricher(self) -> Handler:
+        # Imported here: torch and the models load only in processes that enrich.
+        from enrichers.pipeline import ScoringPipeline
+        from enrichers.worker import Enricher
+        from models.feature_state import SqlFeatureState
+        from models.registry import Registry
+
+        cfg = self.settings.enricher
+        store = SqlFeatureState(self.db.url, engine=self.db.engine)
+        registry = Registry(self.settings.resolved_registry_dir)
+        options = {
+            "timeout_s": cfg.model_timeout_s,
+            "prefer_onnx": cfg.prefer_onnx,
+            "with_upsell": cfg.with_upsell,
+        }
+        pipeline = ScoringPipeline(registry, store, **options)  # type: ignore[arg-type]
+        shadow = None
+        if cfg.shadow_fraud_version is not None:
+            shadow = ScoringPipeline.challenger(
+                registry, store, fraud_version=cfg.shadow_fraud_version, **options
+            )
+        self._feature_state = store
+        return Enricher(
+            pipeline,
+            self.producer,
+            self.topics,
+            self.menu,
+            fraud_threshold=cfg.fraud_threshold,
+            reload_every_s=cfg.reload_every_s,
+            shadow=shadow,
+        )
 
     async def start(self) -> None:
         stack = self._stack
@@ -99,6 +141,12 @@ class Shop:
         stack.push_async_callback(self.producer.stop)
         for name in self.wiring.workers:
             self.runtimes[name] = self._runtime(name)
+        if self._feature_state is not None:
+            await self._feature_state.start()
+            stack.push_async_callback(self._feature_state.stop)
+        for runtime in self.runtimes.values():
+            # Warm-up (model loading) before the first record, not on it.
+            await runtime.handler_start()
         for runtime in self.runtimes.values():
             await stack.enter_async_context(runtime)
         if self.wiring.api:

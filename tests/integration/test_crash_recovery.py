@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from collections import Counter
+from pathlib import Path
 
 import httpx
 
@@ -18,7 +19,7 @@ from tests.integration.conftest import eventually
 from tests.integration.test_order_flow import order_body
 
 
-async def _start_workers(settings: Settings) -> asyncio.subprocess.Process:
+async def _start_workers(settings: Settings, log: Path) -> asyncio.subprocess.Process:
     env = {
         **os.environ,
         "PIZZASHOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
@@ -31,11 +32,12 @@ async def _start_workers(settings: Settings) -> asyncio.subprocess.Process:
         "PIZZASHOP_CONSUMER__HEARTBEAT_INTERVAL_MS": "1000",
         "PIZZASHOP_CONSUMER__BATCH_MAX": "5",
     }
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pizzashop.cli", "run", "--no-api",
-        "--workers", "payment,kitchen,notification",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
+    with log.open("ab") as sink:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pizzashop.cli", "run", "--no-api", "--verbose",
+            "--workers", "payment,kitchen,notification",
+            env=env, stdout=sink, stderr=sink,
+        )
 
 
 async def test_sigkilled_workers_lose_no_order(shop_settings: Settings, smtp_sink: SmtpSink) -> None:
@@ -43,7 +45,8 @@ async def test_sigkilled_workers_lose_no_order(shop_settings: Settings, smtp_sin
     async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", wiring) as shop:
         transport = httpx.ASGITransport(app=create_app(shop))
         async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
-            first = await _start_workers(shop_settings)
+            log = shop_settings.home / "workers.log"
+            first = await _start_workers(shop_settings, log)
             ids = []
             for i in range(40):
                 sku = "hawaiian_m" if i % 4 == 0 else "pepperoni_m"
@@ -59,18 +62,20 @@ async def test_sigkilled_workers_lose_no_order(shop_settings: Settings, smtp_sin
             await first.wait()
             unfinished_at_crash = len(await shop.queries.unfinished(ids))
 
-            second = await _start_workers(shop_settings)
+            second = await _start_workers(shop_settings, log)
             try:
                 async def all_final() -> bool:
+                    assert second.returncode is None, "workers died:\n" + log.read_text()[-3000:]
                     return not await shop.queries.unfinished(ids)
 
                 await eventually(all_final, timeout_s=90)
 
-                async def all_receipts() -> bool:
+                async def all_mail_sent() -> bool:
                     receipts = {m.subject for m in smtp_sink.messages if m.subject.startswith("Your")}
-                    return len(receipts) == len(ids)
+                    refunds = {m.subject for m in smtp_sink.messages if m.subject.startswith("Refund")}
+                    return len(receipts) == len(ids) and len(refunds) == 10
 
-                await eventually(all_receipts, timeout_s=30)
+                await eventually(all_mail_sent, timeout_s=30)
                 counts = await shop.queries.counts(ids)
             finally:
                 second.send_signal(signal.SIGTERM)

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from ingest.consumer import Delivery
-from ingest.events import OrderAccepted, OrderReady, OrderRejected, utcnow
+from ingest.events import (
+    OrderAccepted,
+    OrderCancelled,
+    OrderFlagged,
+    OrderReady,
+    OrderRejected,
+    utcnow,
+)
 from services.kitchen import REJECTION_REASON, Kitchen, has_pineapple
 from services.menu import load_menu
+from pizzashop.database import Database
 from services.status import derive_status
 from tests.unit.conftest import RecordingProducer, make_order
 
@@ -18,9 +26,9 @@ def test_pineapple_is_found_by_menu_and_by_name() -> None:
     assert not has_pineapple(make_order(skus=[("pepperoni_m", "12.50", 3)]), MENU)
 
 
-async def test_kitchen_rejects_pineapple_and_accepts_the_rest() -> None:
+async def test_kitchen_rejects_pineapple_and_accepts_the_rest(db: Database) -> None:
     producer = RecordingProducer()
-    kitchen = Kitchen(producer, "events", MENU, cook_seconds=30)  # type: ignore[arg-type]
+    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=30)  # type: ignore[arg-type]
     good, bad = make_order(), make_order(skus=[("hawaiian_m", "13.25", 1)])
     await kitchen.handle([Delivery("o", 0, 0, good, [], 0), Delivery("o", 0, 1, bad, [], 0)])
     accepted, rejected = (e for _, e in producer.published)
@@ -29,9 +37,9 @@ async def test_kitchen_rejects_pineapple_and_accepts_the_rest() -> None:
     assert isinstance(rejected, OrderRejected) and rejected.reason == REJECTION_REASON
 
 
-async def test_baked_orders_become_ready_after_ready_by() -> None:
+async def test_baked_orders_become_ready_after_ready_by(db: Database) -> None:
     producer = RecordingProducer()
-    kitchen = Kitchen(producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
+    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
     accepted = OrderAccepted(order_id="o-1", ready_by=utcnow())
     await kitchen.handle([Delivery("e", 0, 0, accepted, [], 0)])
     [(_, ready)] = producer.published
@@ -44,3 +52,39 @@ def test_status_follows_the_furthest_fact() -> None:
     assert derive_status({"OrderPlaced", "OrderAccepted", "OrderReady"}) == "ready"
     assert derive_status({"OrderPlaced", "OrderRejected"}) == "rejected"
     assert derive_status({"OrderPlaced", "OrderRejected", "RefundIssued"}) == "refunded"
+
+
+async def test_a_fraud_hold_cancels_an_order_still_in_the_oven(db: Database) -> None:
+    producer = RecordingProducer()
+    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
+    order = make_order()
+    await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
+    [(_, accepted)] = producer.published
+    flag = OrderFlagged(order_id=order.order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
+    await kitchen.handle([Delivery("e", 0, 1, flag, [], 0), Delivery("e", 0, 2, accepted, [], 0)])
+    types = [e.event_type for _, e in producer.published]
+    assert types == ["OrderAccepted", "OrderCancelled"]  # and never OrderReady
+    cancelled = producer.of_type("OrderCancelled")[0]
+    assert isinstance(cancelled, OrderCancelled) and "fraud hold" in cancelled.reason
+
+
+async def test_a_fraud_hold_comes_too_late_for_a_ready_order(db: Database) -> None:
+    producer = RecordingProducer()
+    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
+    order = make_order()
+    await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
+    [(_, accepted)] = producer.published
+    await kitchen.handle([Delivery("e", 0, 1, accepted, [], 0)])
+    flag = OrderFlagged(order_id=order.order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
+    await kitchen.handle([Delivery("e", 0, 2, flag, [], 0)])
+    assert [e.event_type for _, e in producer.published] == ["OrderAccepted", "OrderReady"]
+
+
+async def test_an_order_held_before_the_kitchen_saw_it_is_never_started(db: Database) -> None:
+    producer = RecordingProducer()
+    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
+    order = make_order()
+    flag = OrderFlagged(order_id=order.order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
+    await kitchen.handle([Delivery("e", 0, 0, flag, [], 0)])
+    await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
+    assert [e.event_type for _, e in producer.published] == ["OrderCancelled"]

@@ -1,0 +1,185 @@
+"""The enrichment worker: batches of ``OrderPlaced`` → features → models → ``OrderEnriched``.
+
+It consumes ``orders`` in its own consumer group with whole-fetch batches (inference is cheaper
+per order in bulk), runs the scoring pipeline (features vectorised, forward passes in threads),
+and publishes one ``OrderEnriched`` per order to ``orders.enriched``, keyed by order id, under
+an id derived from the ``OrderPlaced`` id so that a re-run after a crash is dropped downstream.
+An order whose fraud probability reaches the threshold also yields ``OrderFlagged`` on
+``order-events``, which the kitchen and the saga act on. A shadow (challenger) fraud model, when
+configured, scores the same batches; its differences go out as ``ScoreShadowed`` and decide
+nothing.
+
+The core flows never wait for this worker: they consume ``orders`` in their own groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from enrichers.pipeline import Lineage, OrderScores, ScoringPipeline
+from ingest.consumer import Delivery, Handler
+from ingest.events import (
+    AnomalyAssessment,
+    Event,
+    FeatureContribution,
+    FraudAssessment,
+    OrderEnriched,
+    OrderFlagged,
+    OrderPlaced,
+    ScoreLineage,
+    ScoreShadowed,
+    UpsellAssessment,
+    UpsellSuggestion,
+    derived_event_id,
+)
+from ingest.producer import EventProducer
+from ingest.topics import Topics
+from services.menu import Menu
+
+logger = logging.getLogger(__name__)
+
+
+def _lineage(lineage: Lineage | None) -> ScoreLineage | None:
+    if lineage is None:
+        return None
+    return ScoreLineage(
+        model=lineage.model,
+        version=lineage.version,
+        feature_schema_version=lineage.feature_schema_version,
+        backend=lineage.backend,
+        latency_ms=round(lineage.latency_ms, 3),
+        top_features=tuple(
+            FeatureContribution(name=name, contribution=round(value, 6))
+            for name, value in lineage.top_features
+        ),
+    )
+
+
+def to_enriched(order: OrderPlaced, scores: OrderScores, menu: Menu, threshold: float) -> OrderEnriched:
+    fraud, anomaly, upsell = scores.fraud, scores.anomaly, scores.upsell
+    probability = fraud.probability
+    return OrderEnriched(
+        event_id=derived_event_id(order.event_id, "OrderEnriched"),
+        order_id=order.order_id,
+        source_event_id=order.event_id,
+        customer_id=order.customer_id,
+        fraud=FraudAssessment(
+            probability=probability,
+            degraded=fraud.degraded,
+            reason=fraud.reason,
+            lineage=_lineage(fraud.lineage),
+        ),
+        anomaly=AnomalyAssessment(
+            error=anomaly.error,
+            percentile=anomaly.percentile,
+            degraded=anomaly.degraded,
+            reason=anomaly.reason,
+            lineage=_lineage(anomaly.lineage),
+        ),
+        upsell=None
+        if upsell is None
+        else UpsellAssessment(
+            suggestions=tuple(
+                UpsellSuggestion(
+                    sku=s.sku,
+                    name=menu[s.sku].name if s.sku in menu else s.sku,
+                    reason=s.reason,  # type: ignore[arg-type]
+                    score=round(s.score, 6),
+                )
+                for s in upsell.suggestions
+            ),
+            degraded=upsell.degraded,
+            reason=upsell.reason,
+            lineage=_lineage(upsell.lineage),
+        ),
+        flagged=probability is not None and probability >= threshold,
+    )
+
+
+class Enricher(Handler):
+    event_types = frozenset({"OrderPlaced"})
+    whole_batch = True
+
+    def __init__(
+        self,
+        pipeline: ScoringPipeline,
+        producer: EventProducer,
+        topics: Topics,
+        menu: Menu,
+        *,
+        fraud_threshold: float,
+        reload_every_s: float = 5.0,
+        shadow: ScoringPipeline | None = None,
+    ) -> None:
+        self._pipeline = pipeline
+        self._producer = producer
+        self._topics = topics
+        self._menu = menu
+        self._threshold = fraud_threshold
+        self._reload_every_s = reload_every_s
+        self._next_reload = time.monotonic() + reload_every_s
+        self._shadow = shadow
+        self.enriched = 0
+        self.flagged = 0
+
+    async def start(self) -> None:
+        """Load and warm up the models before the first record arrives."""
+        await self._pipeline.start()
+        if self._shadow is not None:
+            await self._shadow.start()
+
+    async def handle(self, batch: Sequence[Delivery]) -> None:
+        # Reload between batches only, so one batch is scored by one set of versions.
+        if time.monotonic() >= self._next_reload:
+            self._next_reload = time.monotonic() + self._reload_every_s
+            await self._pipeline.reload_if_newer()
+        # Features see each customer's orders in the order they were placed.
+        orders = sorted(
+            (d.event for d in batch if isinstance(d.event, OrderPlaced)),
+            key=lambda o: (o.placed_at, o.order_id),
+        )
+        scores = await self._pipeline.score_batch(orders)
+        enriched = [to_enriched(o, s, self._menu, self._threshold) for o, s in zip(orders, scores, strict=True)]
+        outputs: list[Event] = list(enriched)
+        if self._shadow is not None:
+            outputs += await self._shadow_scores(orders, scores)
+        await self._producer.publish_many(self._topics.enriched, outputs)
+        flags = [self._flag(e) for e in enriched if e.flagged]
+        if flags:
+            await self._producer.publish_many(self._topics.order_events, flags)
+        self.enriched += len(enriched)
+        self.flagged += len(flags)
+
+    def _flag(self, enriched: OrderEnriched) -> OrderFlagged:
+        lineage = enriched.fraud.lineage
+        return OrderFlagged(
+            event_id=derived_event_id(enriched.source_event_id, "OrderFlagged"),
+            order_id=enriched.order_id,
+            fraud_score=enriched.fraud.probability or 0.0,
+            threshold=self._threshold,
+            model=f"{lineage.model}-v{lineage.version}" if lineage else "unknown",
+        )
+
+    async def _shadow_scores(
+        self, orders: Sequence[OrderPlaced], champion: Sequence[OrderScores]
+    ) -> list[Event]:
+        assert self._shadow is not None
+        challenger = await self._shadow.score_batch(orders)
+        out: list[Event] = []
+        for order, mine, theirs in zip(orders, champion, challenger, strict=True):
+            a, b = mine.fraud.probability, theirs.fraud.probability
+            out.append(
+                ScoreShadowed(
+                    event_id=derived_event_id(order.event_id, "ScoreShadowed"),
+                    order_id=order.order_id,
+                    model="fraud",
+                    champion_version=mine.fraud.lineage.version if mine.fraud.lineage else 0,
+                    challenger_version=theirs.fraud.lineage.version if theirs.fraud.lineage else 0,
+                    champion_score=a,
+                    challenger_score=b,
+                    difference=(b - a) if a is not None and b is not None else None,
+                )
+            )
+        return out
