@@ -1,0 +1,76 @@
+"""Latency of the scoring stack: ONNX vs eager torch per batch, and the whole pipeline.
+
+    PYTHONPATH=. python bench/score.py --registry .pizzashop/registry
+
+Trains a small registry into a temp dir when ``--registry`` has no models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from enrichers.pipeline import ScoringPipeline
+from models.anomaly import AnomalyModel
+from models.feature_state import InMemoryFeatureState, features_for_stream
+from models.fraud import FraudModel
+from models.registry import Registry
+from models.simulator import simulate
+from models.training import train
+
+
+def _ms(fn: Callable[[], object], repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--registry", type=Path, default=None)
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+    root = args.registry
+    if root is None or Registry(root).latest("fraud") is None:
+        root = Path(tempfile.mkdtemp(prefix="bench-registry-"))
+        train(root, n_orders=8000, seed=0, progress=False, with_upsell=False)
+    registry = Registry(root)
+    stream = simulate(3000, seed=99)
+    x = features_for_stream(stream.orders)
+    for name, cls in (("fraud", FraudModel), ("anomaly", AnomalyModel)):
+        mv = registry.load(name)
+        onnx, eager = cls.load(mv), cls.load(mv, prefer_onnx=False)  # type: ignore[attr-defined]
+        for n in (100, 1000):
+            batch = onnx.pre(x[:n])
+            a = _ms(lambda m=onnx, b=batch: m.core(b), args.repeat)
+            b = _ms(lambda m=eager, b=batch: m.core(b), args.repeat)
+            print(f"{name:8s} batch={n:5d} onnx={a:7.3f} ms  torch={b:7.3f} ms")
+
+    async def pipeline_run(n: int) -> float:
+        pipe = ScoringPipeline(registry, InMemoryFeatureState())
+        await pipe.start()
+        times = []
+        for start in range(0, 2000, n):
+            t0 = time.perf_counter()
+            await pipe.score_batch(stream.orders[start : start + n])
+            times.append(1000 * (time.perf_counter() - t0))
+        return statistics.median(times)
+
+    for n in (100, 1000):
+        print(
+            f"pipeline batch={n:5d} end-to-end={asyncio.run(pipeline_run(n)):8.2f} ms "
+            f"(features + fraud + anomaly + attributions + upsell if deployed)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Command functions for the ``pizzashop`` CLI (the lead mounts them; see ``app`` below).
+
+They print (this is CLI output), everything else logs. ``registry`` defaults to
+``.pizzashop/registry``; the composition root should pass ``<settings.home>/registry``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, TextIO
+
+import typer
+from pydantic import ValidationError
+
+from ingest.events import OrderPlaced
+from models.registry import Registry
+
+DEFAULT_REGISTRY = Path(".pizzashop/registry")
+RegistryOption = Annotated[Path, typer.Option(help="model registry directory")]
+
+
+def train(
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    n_orders: Annotated[
+        int, typer.Option(help="simulated orders (60% train, 15% validation)")
+    ] = 60_000,
+    seed: Annotated[int, typer.Option(help="simulation and training seed")] = 0,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Simulate traffic, train fraud + anomaly (+ upsell) and publish new registry versions."""
+    from models.training import train as run
+
+    report = run(registry, n_orders=n_orders, seed=seed, progress=progress)
+    for name, tag in report.versions.items():
+        typer.echo(f"{name}: {tag} ({report.seconds.get(name, 0.0):.1f}s)")
+    for name, why in report.skipped.items():
+        typer.echo(f"{name}: skipped ({why})")
+
+
+def evaluate(
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    n_orders: Annotated[int | None, typer.Option(help="default: as trained")] = None,
+    seed: Annotated[int | None, typer.Option(help="default: as trained")] = None,
+) -> None:
+    """Metrics of the latest models on the held-out later period of the simulated stream."""
+    from models.evaluation import evaluate as run
+
+    report = run(registry, n_orders=n_orders, seed=seed)
+    if as_json:
+        typer.echo(json.dumps(report, sort_keys=True))
+        return
+    for group, metrics in report.items():
+        for key, value in metrics.items():
+            typer.echo(f"{group}.{key} = {value:.4f}")
+
+
+def list_models(registry: RegistryOption = DEFAULT_REGISTRY) -> None:
+    """Every model version in the registry, oldest first."""
+    for mv in Registry(registry).list():
+        meta = mv.metadata
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(meta.metrics.items()))
+        typer.echo(
+            f"{meta.tag}\t{meta.created_at}\tfeatures-v{meta.feature_schema_version}\t"
+            f"{meta.training_data_hash}\t{metrics}"
+        )
+
+
+def score(
+    input: Annotated[Path, typer.Option("--input", help="OrderPlaced JSON lines, or - ")],
+    output: Annotated[Path, typer.Option("--output", help="scores JSON lines, or -")],
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    batch_size: Annotated[int, typer.Option(min=1)] = 100,
+) -> None:
+    """Score orders in file order with in-memory feature state. Bad lines are reported on
+    stderr by line number and skipped; the exit code is 1 if there were any."""
+    source = sys.stdin if str(input) == "-" else input.open()
+    sink = sys.stdout if str(output) == "-" else output.open("w")
+    try:
+        bad = asyncio.run(score_lines(source, sink, Registry(registry), batch_size))
+    finally:
+        if source is not sys.stdin:
+            source.close()
+        if sink is not sys.stdout:
+            sink.close()
+    if bad:
+        typer.echo(f"{bad} line(s) skipped", err=True)
+        raise typer.Exit(code=1)
+
+
+async def score_lines(
+    source: TextIO, sink: TextIO, registry: Registry, batch_size: int = 100
+) -> int:
+    """The body of ``score``: returns the number of bad lines."""
+    from enrichers.pipeline import ScoringPipeline
+    from models.feature_state import InMemoryFeatureState
+
+    pipeline = ScoringPipeline(registry, InMemoryFeatureState())
+    await pipeline.start()
+    versions = {name: f"{name}-v{v}" for name, v in pipeline.versions.items()}
+    bad = 0
+    batch: list[tuple[int, OrderPlaced]] = []
+
+    async def flush() -> None:
+        scores = await pipeline.score_batch([order for _, order in batch])
+        for (line_no, _), result in zip(batch, scores, strict=True):
+            sink.write(
+                json.dumps({"line": line_no, **result.to_dict(), "versions": versions}) + "\n"
+            )
+        batch.clear()
+
+    for line_no, line in enumerate(source, start=1):
+        if not line.strip():
+            continue
+        try:
+            batch.append((line_no, OrderPlaced.model_validate_json(line)))
+        except ValidationError as exc:
+            bad += 1
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+            typer.echo(
+                f"line {line_no}: not a valid OrderPlaced ({where}: {first['msg']})", err=True
+            )
+            continue
+        if len(batch) >= batch_size:
+            await flush()
+    if batch:
+        await flush()
+    return bad
+
+
+app = typer.Typer(help="Models: train, evaluate, list, score.", no_args_is_help=True)
+app.command("train")(train)
+app.command("evaluate")(evaluate)
+app.command("list")(list_models)
+app.command("score")(score)
+
+__all__ = ["app", "evaluate", "list_models", "score", "score_lines", "train"]
