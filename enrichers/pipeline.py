@@ -213,6 +213,21 @@ class ScoringPipeline:
         versions = {m.name: m.version for m in (fraud, anomaly) if m is not None}
         return cls(None, store, bundle=ModelBundle(fraud, anomaly, upsell, 0, versions), **kwargs)
 
+    @classmethod
+    def challenger(
+        cls, registry: Registry, store: FeatureStateStore, *, fraud_version: int, **kwargs: Any
+    ) -> ScoringPipeline:
+        """A shadow pipeline: one pinned fraud version, nothing else, never reloaded.
+
+        Sharing the champion's feature store is safe: features are stored per order id, so the
+        challenger reads exactly the features the champion computed.
+        """
+        fraud = FraudModel.load(
+            registry.load("fraud", fraud_version), prefer_onnx=kwargs.get("prefer_onnx", True)
+        )
+        kwargs["with_upsell"] = False
+        return cls.from_models(store, fraud, None, **kwargs)
+
     @property
     def versions(self) -> dict[str, int]:
         return dict(self._bundle.versions) if self._bundle else {}

@@ -78,7 +78,10 @@ class Handler(ABC):
     whole_batch: ClassVar[bool] = False
 
     async def start(self) -> None:
-        """Called once before the first batch: load models, warm caches. Default: nothing."""
+        """Called once before the first batch: load models, warm caches, start helpers."""
+
+    async def stop(self) -> None:
+        """Called once when the runtime closes, before the producer is flushed."""
 
     @abstractmethod
     async def handle(self, batch: Sequence[Delivery]) -> None:
@@ -168,6 +171,7 @@ class ConsumerRuntime:
     async def close(self) -> None:
         self.stop()
         if self._started and not self._closed:
+            await self._handler.stop()
             await self._consumer.stop()
         self._closed = True
 

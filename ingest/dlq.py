@@ -12,11 +12,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from ingest.codec import Headers, header
 from ingest.producer import EventProducer
+from ingest.reader import read_topics
 
 H_TOPIC = "dlq.original.topic"
 H_PARTITION = "dlq.original.partition"
@@ -85,44 +84,9 @@ def dead_letter_headers(
 
 async def read_dead_letters(bootstrap: str, dlq_topics: Sequence[str]) -> list[DeadLetter]:
     """Everything currently in the given dead-letter topics, oldest first."""
-    partitions = await _partitions(bootstrap, dlq_topics)
-    if not partitions:
-        return []
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
-    )
-    await consumer.start()
-    letters: list[DeadLetter] = []
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if end[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                for record in records:
-                    letters.append(_to_letter(tp.topic, record.offset, record.key, record.value, list(record.headers)))
-                if await consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-    return letters
-
-
-async def _partitions(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
-    """The partitions of those ``topics`` that exist (a consumer only knows subscribed ones)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="pizzashop-dlq")
-    await admin.start()
-    try:
-        described = await admin.describe_topics(list(topics))
-    finally:
-        await admin.close()
     return [
-        TopicPartition(t["topic"], p["partition"])
-        for t in described
-        if t["error_code"] == 0
-        for p in sorted(t["partitions"], key=lambda p: p["partition"])
+        _to_letter(r.topic, r.offset, r.key, r.value, list(r.headers))
+        for r in await read_topics(bootstrap, dlq_topics)
     ]
 
 

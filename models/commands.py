@@ -1,7 +1,7 @@
 """Command functions for the ``pizzashop`` CLI (the lead mounts them; see ``app`` below).
 
-They print (this is CLI output), everything else logs. ``registry`` defaults to
-``.pizzashop/registry``; the composition root should pass ``<settings.home>/registry``.
+They print (this is CLI output), everything else logs. ``--registry`` defaults to the
+settings' registry (``PIZZASHOP_REGISTRY_DIR``, else ``<PIZZASHOP_HOME>/registry``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,18 @@ from pydantic import ValidationError
 from ingest.events import OrderPlaced
 from models.registry import Registry
 
-DEFAULT_REGISTRY = Path(".pizzashop/registry")
-RegistryOption = Annotated[Path, typer.Option(help="model registry directory")]
+DEFAULT_REGISTRY: Path | None = None
+RegistryOption = Annotated[
+    Path | None, typer.Option(help="model registry directory (default: from settings)")
+]
+
+
+def _registry_dir(registry: Path | None) -> Path:
+    if registry is not None:
+        return registry
+    from pizzashop.settings import Settings
+
+    return Settings().resolved_registry_dir
 
 
 def train(
@@ -33,7 +43,7 @@ def train(
     """Simulate traffic, train fraud + anomaly (+ upsell) and publish new registry versions."""
     from models.training import train as run
 
-    report = run(registry, n_orders=n_orders, seed=seed, progress=progress)
+    report = run(_registry_dir(registry), n_orders=n_orders, seed=seed, progress=progress)
     for name, tag in report.versions.items():
         typer.echo(f"{name}: {tag} ({report.seconds.get(name, 0.0):.1f}s)")
     for name, why in report.skipped.items():
@@ -49,7 +59,7 @@ def evaluate(
     """Metrics of the latest models on the held-out later period of the simulated stream."""
     from models.evaluation import evaluate as run
 
-    report = run(registry, n_orders=n_orders, seed=seed)
+    report = run(_registry_dir(registry), n_orders=n_orders, seed=seed)
     if as_json:
         typer.echo(json.dumps(report, sort_keys=True))
         return
@@ -60,7 +70,7 @@ def evaluate(
 
 def list_models(registry: RegistryOption = DEFAULT_REGISTRY) -> None:
     """Every model version in the registry, oldest first."""
-    for mv in Registry(registry).list():
+    for mv in Registry(_registry_dir(registry)).list():
         meta = mv.metadata
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(meta.metrics.items()))
         typer.echo(
@@ -75,12 +85,13 @@ def score(
     registry: RegistryOption = DEFAULT_REGISTRY,
     batch_size: Annotated[int, typer.Option(min=1)] = 100,
 ) -> None:
-    """Score orders in file order with in-memory feature state. Bad lines are reported on
-    stderr by line number and skipped; the exit code is 1 if there were any."""
+    """Score orders in file order with in-memory feature state, through the enrichment
+    worker's own code: each output line is the ``OrderEnriched`` a worker would publish.
+    Bad lines are reported on stderr by line number and skipped; exit code 1 if any."""
     source = sys.stdin if str(input) == "-" else input.open()
     sink = sys.stdout if str(output) == "-" else output.open("w")
     try:
-        bad = asyncio.run(score_lines(source, sink, Registry(registry), batch_size))
+        bad = asyncio.run(score_lines(source, sink, Registry(_registry_dir(registry)), batch_size))
     finally:
         if source is not sys.stdin:
             source.close()
@@ -96,20 +107,23 @@ async def score_lines(
 ) -> int:
     """The body of ``score``: returns the number of bad lines."""
     from enrichers.pipeline import ScoringPipeline
+    from enrichers.worker import to_enriched
     from models.feature_state import InMemoryFeatureState
+    from pizzashop.settings import Settings
+    from services.menu import load_menu
 
+    menu = load_menu()
+    threshold = Settings().enricher.fraud_threshold
     pipeline = ScoringPipeline(registry, InMemoryFeatureState())
     await pipeline.start()
-    versions = {name: f"{name}-v{v}" for name, v in pipeline.versions.items()}
     bad = 0
     batch: list[tuple[int, OrderPlaced]] = []
 
     async def flush() -> None:
         scores = await pipeline.score_batch([order for _, order in batch])
-        for (line_no, _), result in zip(batch, scores, strict=True):
-            sink.write(
-                json.dumps({"line": line_no, **result.to_dict(), "versions": versions}) + "\n"
-            )
+        for (line_no, order), result in zip(batch, scores, strict=True):
+            enriched = to_enriched(order, result, menu, threshold)
+            sink.write(json.dumps({"line": line_no, **enriched.model_dump(mode="json")}) + "\n")
         batch.clear()
 
     for line_no, line in enumerate(source, start=1):

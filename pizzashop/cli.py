@@ -11,14 +11,21 @@ from typing import Annotated
 
 import typer
 
+from models import commands as model_commands
 from pizzashop.errors import PizzashopError
 from pizzashop.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 broker_app = typer.Typer(no_args_is_help=True, help="The local Apache Kafka broker.")
 dlq_app = typer.Typer(no_args_is_help=True, help="Dead letters: inspect and replay.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
 app.add_typer(broker_app, name="broker")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(models_app, name="models")
+app.command("train")(model_commands.train)
+app.command("evaluate")(model_commands.evaluate)
+app.command("score")(model_commands.score)
+models_app.command("list")(model_commands.list_models)
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO")]
 

@@ -1,9 +1,10 @@
 """``pizzashop demo``: the whole shop on real parts, N orders through the HTTP API, one report.
 
 Starts what is needed (a local Kafka unless one is configured or running, a loopback SMTP sink,
-the API on a loopback port, every worker), places N realistic orders over HTTP, writes a few
-deliberately malformed records straight onto the orders topic, waits until every confirmed order
-is final and every email has arrived, and reports. Each run has its own topics and consumer
+the API on a loopback port, every worker including the enricher; the default models are trained
+first if the registry has none), places N realistic orders over HTTP, writes a few deliberately
+malformed records straight onto the orders topic, waits until every confirmed order is final,
+enriched and every email has arrived, and reports. Each run has its own topics and consumer
 groups (a run id prefix), so runs never see each other's records.
 """
 
@@ -24,9 +25,11 @@ import httpx
 import uvicorn
 
 from api.app import create_app
-from ingest.codec import encode
+from ingest.codec import decode, encode
 from ingest.dlq import read_dead_letters
-from ingest.events import OrderItem, OrderPlaced, PaymentMethod, utcnow
+from ingest.events import Event, OrderEnriched, OrderItem, OrderPlaced, PaymentMethod, utcnow
+from ingest.reader import read_topics
+from pizzashop.errors import PizzashopError
 from pizzashop.kafka import kafka
 from pizzashop.settings import Settings
 from pizzashop.shop import Shop
@@ -47,6 +50,11 @@ class DemoReport:
     receipts_emailed: int = 0
     refunds_issued: int = 0
     refund_notices_emailed: int = 0
+    enriched: int = 0
+    enriched_records: int = 0
+    flagged: int = 0
+    cancelled: int = 0
+    degraded_scores: int = 0
     dlq_records: int = 0
     malformed_injected: int = 0
     lost: int = 0
@@ -108,6 +116,7 @@ async def run_demo(
 ) -> DemoReport:
     run_id = uuid.uuid4().hex[:8]
     report = DemoReport(run_id=run_id)
+    await asyncio.to_thread(ensure_models, settings)
     async with kafka(settings) as bootstrap, SmtpSink() as sink:
         report.bootstrap = bootstrap
         run_settings = settings.model_copy(
@@ -124,6 +133,7 @@ async def run_demo(
             await _settle(shop, sink, confirmed, report, timeout_s)
             report.settle_seconds = round(time.monotonic() - began, 2)
             await _count(shop, sink, confirmed, report)
+            await _count_enrichments(shop, confirmed, report)
             report.duplicates_skipped = sum(r.stats.duplicates for r in shop.runtimes.values())
     return report
 
@@ -161,6 +171,41 @@ async def _place_orders(
     return confirmed
 
 
+async def _count_enrichments(shop: Shop, confirmed: list[str], report: DemoReport) -> None:
+    """Read ``orders.enriched`` whole: how many ``OrderEnriched`` each order got, and how."""
+    ours = set(confirmed)
+    enriched = [
+        event
+        for record in await read_topics(shop.bootstrap, [shop.topics.enriched])
+        if (event := _decode_or_none(record.value, list(record.headers))) is not None
+        and isinstance(event, OrderEnriched)
+        and event.order_id in ours
+    ]
+    report.enriched_records = len(enriched)
+    report.flagged = sum(1 for e in enriched if e.flagged)
+    report.degraded_scores = sum(
+        e.fraud.degraded + e.anomaly.degraded + bool(e.upsell and e.upsell.degraded)
+        for e in enriched
+    )
+
+
+def _decode_or_none(value: bytes | None, headers: list[tuple[str, bytes]]) -> Event | None:
+    try:
+        return decode(value, headers)
+    except PizzashopError:
+        return None
+
+
+def ensure_models(settings: Settings) -> None:
+    """Train the default models once, if the registry has none (about 20 s here)."""
+    from models.registry import Registry
+    from models.training import train
+
+    if Registry(settings.resolved_registry_dir).latest("fraud") is None:
+        logger.warning("no models in %s yet: training the defaults", settings.resolved_registry_dir)
+        train(settings.resolved_registry_dir, progress=False)
+
+
 async def _inject_malformed(shop: Shop, report: DemoReport) -> None:
     for value, headers in malformed_records(f"demo-{report.run_id}"):
         await shop.producer.send_raw(shop.topics.orders, value, key=b"malformed", headers=headers)
@@ -178,6 +223,7 @@ async def _settle(
             and report.receipts_emailed >= report.orders_confirmed
             and report.refund_notices_emailed >= report.refunds_issued
             and report.dlq_records >= report.malformed_injected
+            and report.enriched >= report.orders_confirmed
         ):
             return
         await asyncio.sleep(0.5)
@@ -190,6 +236,8 @@ async def _count(shop: Shop, sink: SmtpSink, confirmed: list[str], report: DemoR
     report.rejected = counts.get("OrderRejected", 0)
     report.ready = counts.get("OrderReady", 0)
     report.refunds_issued = counts.get("RefundIssued", 0)
+    report.cancelled = counts.get("OrderCancelled", 0)
+    report.enriched = await shop.scores.count(confirmed)
     report.lost = len(await shop.queries.unfinished(confirmed))
     ours = set(confirmed)
     receipts = {m.subject.rsplit(" ", 1)[-1] for m in sink.messages if m.subject.startswith("Your Pizzashop receipt")}

@@ -85,3 +85,13 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"condition {check.__name__} not met within {timeout_s}s")
         await asyncio.sleep(every_s)
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Small but real models (fraud, anomaly, upsell) for the enrichment tests."""
+    from models.training import train
+
+    root = tmp_path_factory.mktemp("registry")
+    train(root, n_orders=8000, seed=3, progress=False, fraud_epochs=8, anomaly_epochs=8)
+    return root

@@ -8,8 +8,12 @@ from pizzashop.demo import run_demo
 from pizzashop.settings import Settings
 
 
-async def test_demo_accounts_for_every_order(kafka_bootstrap: str, tmp_path: Path) -> None:
-    settings = Settings(kafka_bootstrap=kafka_bootstrap, home=tmp_path, cook_seconds=0.2)
+async def test_demo_accounts_for_every_order(
+    kafka_bootstrap: str, tmp_path: Path, trained_registry: Path
+) -> None:
+    settings = Settings(
+        kafka_bootstrap=kafka_bootstrap, home=tmp_path, cook_seconds=0.2, registry_dir=trained_registry
+    )
     report = await run_demo(settings, 60, timeout_s=120)
     assert not report.timed_out
     assert report.orders_submitted == report.orders_confirmed == 60
@@ -20,3 +24,6 @@ async def test_demo_accounts_for_every_order(kafka_bootstrap: str, tmp_path: Pat
     assert report.refunds_issued == report.rejected > 0
     assert report.refund_notices_emailed == report.refunds_issued
     assert report.dlq_records == report.malformed_injected == 5
+    # Every order enriched exactly once, with all three scores.
+    assert report.enriched == report.enriched_records == report.orders_confirmed
+    assert report.degraded_scores == 0

@@ -37,13 +37,35 @@ async def test_kitchen_rejects_pineapple_and_accepts_the_rest(db: Database) -> N
     assert isinstance(rejected, OrderRejected) and rejected.reason == REJECTION_REASON
 
 
-async def test_baked_orders_become_ready_after_ready_by(db: Database) -> None:
+async def test_the_oven_takes_out_due_orders_once(db: Database) -> None:
     producer = RecordingProducer()
     kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
-    accepted = OrderAccepted(order_id="o-1", ready_by=utcnow())
-    await kitchen.handle([Delivery("e", 0, 0, accepted, [], 0)])
-    [(_, ready)] = producer.published
-    assert isinstance(ready, OrderReady) and ready.order_id == "o-1"
+    order = make_order()
+    await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
+    assert await kitchen.take_out_due() == 1
+    assert await kitchen.take_out_due() == 0
+    ready = producer.of_type("OrderReady")
+    assert len(ready) == 1 and isinstance(ready[0], OrderReady)
+    assert ready[0].order_id == order.order_id
+
+
+async def test_orders_still_baking_stay_in_the_oven(db: Database) -> None:
+    producer = RecordingProducer()
+    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=60)  # type: ignore[arg-type]
+    await kitchen.handle([Delivery("o", 0, 0, make_order(), [], 0)])
+    assert await kitchen.take_out_due() == 0
+    assert producer.of_type("OrderReady") == []
+
+
+async def test_a_redelivered_order_keeps_its_first_ready_by(db: Database) -> None:
+    producer = RecordingProducer()
+    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=30)  # type: ignore[arg-type]
+    order = make_order()
+    for offset in range(2):
+        await kitchen.handle([Delivery("o", 0, offset, order, [], 0)])
+    first, second = producer.of_type("OrderAccepted")
+    assert isinstance(first, OrderAccepted) and isinstance(second, OrderAccepted)
+    assert (first.event_id, first.ready_by) == (second.event_id, second.ready_by)
 
 
 def test_status_follows_the_furthest_fact() -> None:
@@ -59,9 +81,9 @@ async def test_a_fraud_hold_cancels_an_order_still_in_the_oven(db: Database) -> 
     kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
     order = make_order()
     await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
-    [(_, accepted)] = producer.published
     flag = OrderFlagged(order_id=order.order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
-    await kitchen.handle([Delivery("e", 0, 1, flag, [], 0), Delivery("e", 0, 2, accepted, [], 0)])
+    await kitchen.handle([Delivery("e", 0, 1, flag, [], 0)])
+    assert await kitchen.take_out_due() == 0
     types = [e.event_type for _, e in producer.published]
     assert types == ["OrderAccepted", "OrderCancelled"]  # and never OrderReady
     cancelled = producer.of_type("OrderCancelled")[0]
@@ -73,8 +95,7 @@ async def test_a_fraud_hold_comes_too_late_for_a_ready_order(db: Database) -> No
     kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
     order = make_order()
     await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
-    [(_, accepted)] = producer.published
-    await kitchen.handle([Delivery("e", 0, 1, accepted, [], 0)])
+    assert await kitchen.take_out_due() == 1
     flag = OrderFlagged(order_id=order.order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
     await kitchen.handle([Delivery("e", 0, 2, flag, [], 0)])
     assert [e.event_type for _, e in producer.published] == ["OrderAccepted", "OrderReady"]

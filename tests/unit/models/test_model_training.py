@@ -64,5 +64,7 @@ async def test_score_lines_reports_bad_lines_and_keeps_going(
     assert [r["line"] for r in rows] == [1, 3, 5, 6, 7]
     assert [r["order_id"] for r in rows] == [o.order_id for o in stream.orders[:5]]
     assert all(0 <= r["fraud"]["probability"] <= 1 for r in rows)
-    assert rows[0]["versions"]["fraud"].startswith("fraud-v")
+    assert rows[0]["fraud"]["lineage"]["model"] == "fraud"
+    assert rows[0]["fraud"]["lineage"]["version"] >= 1
+    assert rows[0]["source_event_id"] == stream.orders[0].event_id
     assert 0 <= rows[0]["anomaly"]["percentile"] <= 100
