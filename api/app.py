@@ -6,9 +6,8 @@ itself builds nothing.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,7 +18,6 @@ from ingest.events import OrderEnriched
 from pizzashop.errors import ValidationFailed
 from pizzashop.shop import Shop
 from services.intake import OrderRequest
-
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 
@@ -117,6 +115,10 @@ def create_app(shop: Shop) -> FastAPI:
 def _plain(errors: Any) -> list[dict[str, Any]]:
     # pydantic puts exception objects in "ctx"; JSON wants strings.
     return [
-        {k: (str(v) if k == "ctx" else v) for k, v in err.items() if k in ("loc", "msg", "type", "ctx")}
+        {
+            k: (str(v) if k == "ctx" else v)
+            for k, v in err.items()
+            if k in ("loc", "msg", "type", "ctx")
+        }
         for err in errors
     ]

@@ -57,7 +57,9 @@ def _lineage(lineage: Lineage | None) -> ScoreLineage | None:
     )
 
 
-def to_enriched(order: OrderPlaced, scores: OrderScores, menu: Menu, threshold: float) -> OrderEnriched:
+def to_enriched(
+    order: OrderPlaced, scores: OrderScores, menu: Menu, threshold: float
+) -> OrderEnriched:
     fraud, anomaly, upsell = scores.fraud, scores.anomaly, scores.upsell
     probability = fraud.probability
     return OrderEnriched(
@@ -85,7 +87,7 @@ def to_enriched(order: OrderPlaced, scores: OrderScores, menu: Menu, threshold: 
                 UpsellSuggestion(
                     sku=s.sku,
                     name=menu[s.sku].name if s.sku in menu else s.sku,
-                    reason=s.reason,  # type: ignore[arg-type]
+                    reason=s.reason,
                     score=round(s.score, 6),
                 )
                 for s in upsell.suggestions
@@ -141,7 +143,10 @@ class Enricher(Handler):
             key=lambda o: (o.placed_at, o.order_id),
         )
         scores = await self._pipeline.score_batch(orders)
-        enriched = [to_enriched(o, s, self._menu, self._threshold) for o, s in zip(orders, scores, strict=True)]
+        enriched = [
+            to_enriched(o, s, self._menu, self._threshold)
+            for o, s in zip(orders, scores, strict=True)
+        ]
         outputs: list[Event] = list(enriched)
         if self._shadow is not None:
             outputs += await self._shadow_scores(orders, scores)

@@ -83,7 +83,9 @@ def decode(value: bytes | None, headers: Headers | tuple[tuple[str, bytes], ...]
         return cls.model_validate_json(value)
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors()):
-            raise DecodeError(f"{event_type} value is not valid JSON: {exc.errors()[0]['msg']}") from exc
+            raise DecodeError(
+                f"{event_type} value is not valid JSON: {exc.errors()[0]['msg']}"
+            ) from exc
         raise ValidationFailed(f"{event_type} breaks the contract: {_summary(exc)}") from exc
 
 

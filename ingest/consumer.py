@@ -38,8 +38,8 @@ from ingest.codec import H_TRACEPARENT, Headers, decode, header
 from ingest.dedupe import ProcessedEvents
 from ingest.dlq import dead_letter_headers
 from ingest.events import Event
-from ingest.topics import DLQ_SUFFIX
 from ingest.producer import EventProducer
+from ingest.topics import DLQ_SUFFIX
 from pizzashop.errors import PizzashopError
 from pizzashop.settings import ConsumerSettings
 
@@ -159,7 +159,9 @@ class ConsumerRuntime:
         self._consumer.subscribe(self._topics, listener=_DrainOnRevoke(self))
         await self._consumer.start()
         self._started = True
-        logger.info("consumer %s started: group=%s topics=%s", self.name, self.group_id, self._topics)
+        logger.info(
+            "consumer %s started: group=%s topics=%s", self.name, self.group_id, self._topics
+        )
 
     async def handler_start(self) -> None:
         await self._handler.start()
@@ -215,7 +217,9 @@ class ConsumerRuntime:
                 fetch.cancel()
 
     # -- one fetched batch -----------------------------------------------------------------
-    async def _process(self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    async def _process(
+        self, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
         self.stats.batches += 1
         failed: dict[TopicPartition, BaseException] = {}
         decoded: list[Delivery] = []
@@ -232,7 +236,9 @@ class ConsumerRuntime:
             for delivery in fresh:
                 by_tp.setdefault((delivery.topic, delivery.partition), []).append(delivery)
             groups = list(by_tp.values())
-        results = await asyncio.gather(*(self._handle_group(g) for g in groups), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._handle_group(g) for g in groups), return_exceptions=True
+        )
         for group, result in zip(groups, results, strict=True):
             if isinstance(result, BaseException):
                 for delivery in group:
@@ -243,7 +249,11 @@ class ConsumerRuntime:
                 # Not even the dead-letter topic took it: rewind and try this partition again.
                 logger.error(
                     "consumer %s: %s[%d] failed from offset %d, rewinding: %r",
-                    self.name, tp.topic, tp.partition, records[0].offset, failed[tp],
+                    self.name,
+                    tp.topic,
+                    tp.partition,
+                    records[0].offset,
+                    failed[tp],
                 )
                 self._consumer.seek(tp, records[0].offset)
             else:
@@ -260,7 +270,9 @@ class ConsumerRuntime:
         except (CommitFailedError, KafkaError) as exc:
             # The group moved on (rebalance): the new owner gets these records again and the
             # dedupe table makes that harmless.
-            logger.warning("consumer %s: commit failed, records will be redelivered: %r", self.name, exc)
+            logger.warning(
+                "consumer %s: commit failed, records will be redelivered: %r", self.name, exc
+            )
 
     async def _decode(
         self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]
@@ -272,8 +284,14 @@ class ConsumerRuntime:
                 event = decode(record.value, headers)
             except PizzashopError as exc:
                 await self._dead_letter(
-                    tp.topic, tp.partition, record.offset, record.key, record.value, headers,
-                    exc, attempts=1,
+                    tp.topic,
+                    tp.partition,
+                    record.offset,
+                    record.key,
+                    record.value,
+                    headers,
+                    exc,
+                    attempts=1,
                 )
                 continue
             if event.event_type not in self._handler.event_types:
@@ -281,8 +299,14 @@ class ConsumerRuntime:
                 continue
             deliveries.append(
                 Delivery(
-                    tp.topic, tp.partition, record.offset, event, headers, record.timestamp,
-                    record.key, record.value,
+                    tp.topic,
+                    tp.partition,
+                    record.offset,
+                    event,
+                    headers,
+                    record.timestamp,
+                    record.key,
+                    record.value,
                 )
             )
         return deliveries
@@ -307,7 +331,10 @@ class ConsumerRuntime:
             self._count_error(exc)
             logger.warning(
                 "consumer %s: batch of %d from %s failed (%r); retrying one by one",
-                self.name, len(group), group[0].where, exc,
+                self.name,
+                len(group),
+                group[0].where,
+                exc,
             )
             for delivery in group:
                 await self._handle_one(delivery)
@@ -328,20 +355,35 @@ class ConsumerRuntime:
                 if not retriable or attempt >= settings.retry_max_attempts or self._stop.is_set():
                     logger.error(
                         "consumer %s: %s failed after %d attempt(s), dead-lettering: %r",
-                        self.name, delivery.where, attempt, exc,
+                        self.name,
+                        delivery.where,
+                        attempt,
+                        exc,
                     )
                     await self._dead_letter(
-                        delivery.topic, delivery.partition, delivery.offset, delivery.key,
-                        delivery.value, delivery.headers, exc, attempts=attempt,
+                        delivery.topic,
+                        delivery.partition,
+                        delivery.offset,
+                        delivery.key,
+                        delivery.value,
+                        delivery.headers,
+                        exc,
+                        attempts=attempt,
                     )
                     await self._processed.mark(self.group_id, [delivery.event.event_id])
                     return
-                delay = min(settings.retry_max_delay_s, settings.retry_base_delay_s * 2 ** (attempt - 1))
+                delay = min(
+                    settings.retry_max_delay_s, settings.retry_base_delay_s * 2 ** (attempt - 1)
+                )
                 delay *= random.uniform(0.5, 1.0)  # jitter: retries of many records do not align
                 self.stats.retries += 1
                 logger.info(
                     "consumer %s: %s attempt %d failed (%r), retrying in %.2fs",
-                    self.name, delivery.where, attempt, exc, delay,
+                    self.name,
+                    delivery.where,
+                    attempt,
+                    exc,
+                    delay,
                 )
                 await asyncio.sleep(delay)
             else:
@@ -375,7 +417,12 @@ class ConsumerRuntime:
         self._count_error(error)
         logger.warning(
             "consumer %s: %s[%d]@%d dead-lettered: %s: %s",
-            self.name, topic, partition, offset, type(error).__name__, error,
+            self.name,
+            topic,
+            partition,
+            offset,
+            type(error).__name__,
+            error,
         )
 
     def _count_error(self, exc: BaseException) -> None:

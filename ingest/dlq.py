@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-
 from ingest.codec import Headers, header
 from ingest.producer import EventProducer
 from ingest.reader import read_topics
@@ -26,7 +25,14 @@ H_ERROR_MESSAGE = "dlq.error.message"
 H_FAILED_AT = "dlq.failed.at"
 H_ATTEMPTS = "dlq.attempts"
 DLQ_HEADERS = (
-    H_TOPIC, H_PARTITION, H_OFFSET, H_GROUP, H_ERROR_CLASS, H_ERROR_MESSAGE, H_FAILED_AT, H_ATTEMPTS
+    H_TOPIC,
+    H_PARTITION,
+    H_OFFSET,
+    H_GROUP,
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_FAILED_AT,
+    H_ATTEMPTS,
 )
 
 
@@ -70,7 +76,8 @@ def dead_letter_headers(
 ) -> Headers:
     kept = [(k, v) for k, v in original if not k.startswith("dlq.")]
     message = str(error) or repr(error)
-    return kept + [
+    return [
+        *kept,
         (H_TOPIC, topic.encode()),
         (H_PARTITION, str(partition).encode()),
         (H_OFFSET, str(offset).encode()),

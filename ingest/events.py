@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -61,7 +61,7 @@ class Event(BaseModel):
     order_id: str = Field(min_length=1, max_length=64)
     occurred_at: AwareDatetime = Field(default_factory=utcnow)
 
-    def __init_subclass__(cls, **kwargs: object) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "event_type" not in cls.__dict__:
             cls.event_type = cls.__name__
@@ -260,4 +260,3 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ScoreShadowed,
     )
 }
-

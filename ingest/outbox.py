@@ -10,13 +10,25 @@ and mark publishes a row twice; its event id is the same, so consumers drop the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, LargeBinary, String, Table, Text
-from sqlalchemy import func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingest.codec import EncodedRecord, encode
@@ -30,7 +42,9 @@ logger = logging.getLogger(__name__)
 outbox = Table(
     "outbox",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("topic", String(255), nullable=False),
     Column("event_id", String(64), nullable=False, unique=True),
     Column("key", LargeBinary, nullable=False),
@@ -111,10 +125,8 @@ class OutboxRelay:
             logger.warning("outbox relay: stopping with rows pending; they go out on next start")
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
         self._wake.clear()
 
     async def relay_once(self) -> int:

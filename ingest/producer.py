@@ -97,14 +97,15 @@ class EventProducer:
     ) -> None:
         """Send all, then wait for every acknowledgement (sends pipeline in one linger window)."""
         parents = traceparents or [None] * len(events)
-        await self.send_encoded(topic, [encode(e, tp) for e, tp in zip(events, parents, strict=True)])
+        await self.send_encoded(
+            topic, [encode(e, tp) for e, tp in zip(events, parents, strict=True)]
+        )
 
     async def send_encoded(self, topic: str, records: Sequence[EncodedRecord]) -> None:
         producer = await self._ready()
         try:
             futures = [
-                await producer.send(topic, r.value, key=r.key, headers=r.headers)
-                for r in records
+                await producer.send(topic, r.value, key=r.key, headers=r.headers) for r in records
             ]
             await asyncio.gather(*futures)
         except KafkaError as exc:

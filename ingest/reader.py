@@ -29,9 +29,7 @@ async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPart
     ]
 
 
-async def read_topics(
-    bootstrap: str, topics: Sequence[str]
-) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_topics(bootstrap: str, topics: Sequence[str]) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record now in ``topics``, partition by partition, oldest first."""
     partitions = await partitions_of(bootstrap, topics)
     if not partitions:

@@ -141,28 +141,33 @@ async def _run(settings: Settings, workers: tuple[str, ...], api: bool) -> None:
         loop.add_signal_handler(sig, stop.set)
     bootstrap = running_bootstrap(settings)
     async with Shop(settings, bootstrap, Wiring(api=api, workers=workers)) as shop:
-        server = None
-        if api:
-            config = uvicorn.Config(
-                create_app(shop), host=settings.api_host, port=settings.api_port, log_level="info"
-            )
-            server = uvicorn.Server(config)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-            serving = asyncio.create_task(server.serve())
         logging.getLogger(__name__).warning(
             "pizzashop running (api=%s, workers=%s, kafka=%s)", api, ",".join(workers), bootstrap
         )
-        await stop.wait()
-        if server is not None:
-            server.should_exit = True
-            await serving
+        if not api:
+            await stop.wait()
+            return
+        config = uvicorn.Config(
+            create_app(shop), host=settings.api_host, port=settings.api_port, log_level="info"
+        )
+        server = uvicorn.Server(config)
+        # While it serves, uvicorn takes SIGINT/SIGTERM itself and returns; the shop then
+        # shuts down in order as the `async with` unwinds.
+        serving = asyncio.ensure_future(server.serve())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        server.should_exit = True
+        stopping.cancel()
+        await serving
 
 
 @app.command()
 def demo(
     orders: Annotated[int, typer.Option(min=1, help="orders to place through the API")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    timeout: Annotated[float, typer.Option(help="seconds to wait for every order to finish")] = 180.0,
+    timeout: Annotated[
+        float, typer.Option(help="seconds to wait for every order to finish")
+    ] = 180.0,
     verbose: Verbose = False,
 ) -> None:
     """Start everything on real parts, place N orders, report what happened to each."""
@@ -220,7 +225,9 @@ def dlq_list(
 def dlq_replay(
     group: Annotated[str | None, typer.Option(help="only letters of this consumer group")] = None,
     topic: Annotated[str | None, typer.Option(help="only letters from this original topic")] = None,
-    error_class: Annotated[str | None, typer.Option(help="only letters with this error class")] = None,
+    error_class: Annotated[
+        str | None, typer.Option(help="only letters with this error class")
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="list what would be replayed")] = False,
     verbose: Verbose = False,
 ) -> None:
@@ -251,7 +258,9 @@ async def _replay(
     ]
     if dry_run:
         for letter in letters:
-            typer.echo(f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}")
+            typer.echo(
+                f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
+            )
         return len(letters)
     async with EventProducer(bootstrap, client_id="pizzashop-replay") as producer:
         for letter in letters:

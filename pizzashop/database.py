@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import MetaData, Table, event
+from sqlalchemy import MetaData, Table, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
@@ -66,6 +66,15 @@ class Database:
         self._engine = engine
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            stale = await conn.run_sync(_missing_columns)
+        if stale:
+            await engine.dispose()
+            self._engine = None
+            raise ConfigError(
+                f"the database at {self.url} was made by an older Pizzashop: "
+                + "; ".join(f"table {t} lacks {', '.join(c)}" for t, c in stale.items())
+                + ". Point PIZZASHOP_DATABASE_URL elsewhere or remove the old file."
+            )
 
     async def stop(self) -> None:
         if self._engine is not None and not self._stopped:
@@ -89,6 +98,17 @@ class Database:
         if self.dialect == "postgresql":
             return postgresql.insert(table).on_conflict_do_nothing()
         return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def _missing_columns(sync_conn: Any) -> dict[str, list[str]]:
+    """Tables that exist with fewer columns than the code expects (create_all adds none)."""
+    inspector = inspect(sync_conn)
+    missing: dict[str, list[str]] = {}
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        if lacking := [c.name for c in table.columns if c.name not in present]:
+            missing[table.name] = lacking
+    return missing
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -126,7 +126,10 @@ async def run_demo(
                 "smtp": settings.smtp.model_copy(update={"host": sink.host, "port": sink.port}),
             }
         )
-        async with Shop(run_settings, bootstrap) as shop, _serve(create_app(shop), settings.api_host) as url:
+        async with (
+            Shop(run_settings, bootstrap) as shop,
+            _serve(create_app(shop), settings.api_host) as url,
+        ):
             confirmed = await _place_orders(url, shop, orders, concurrency, report)
             await _inject_malformed(shop, report)
             began = time.monotonic()
@@ -167,7 +170,9 @@ async def _place_orders(
     latencies.sort()
     if latencies:
         report.p50_confirm_ms = round(latencies[len(latencies) // 2], 2)
-        report.p99_confirm_ms = round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2)
+        report.p99_confirm_ms = round(
+            latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 2
+        )
     return confirmed
 
 
@@ -240,9 +245,19 @@ async def _count(shop: Shop, sink: SmtpSink, confirmed: list[str], report: DemoR
     report.enriched = await shop.scores.count(confirmed)
     report.lost = len(await shop.queries.unfinished(confirmed))
     ours = set(confirmed)
-    receipts = {m.subject.rsplit(" ", 1)[-1] for m in sink.messages if m.subject.startswith("Your Pizzashop receipt")}
-    refunds = {m.subject.rsplit(" ", 1)[-1] for m in sink.messages if m.subject.startswith("Refund for order")}
+    receipts = {
+        m.subject.rsplit(" ", 1)[-1]
+        for m in sink.messages
+        if m.subject.startswith("Your Pizzashop receipt")
+    }
+    refunds = {
+        m.subject.rsplit(" ", 1)[-1]
+        for m in sink.messages
+        if m.subject.startswith("Refund for order")
+    }
     report.receipts_emailed = len(receipts & ours)
     report.refund_notices_emailed = len(refunds & ours)
     letters = await read_dead_letters(shop.bootstrap, shop.topics.dlq_topics())
-    report.dlq_records = len({(d.original_topic, d.original_partition, d.original_offset) for d in letters})
+    report.dlq_records = len(
+        {(d.original_topic, d.original_partition, d.original_offset) for d in letters}
+    )

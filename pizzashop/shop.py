@@ -204,7 +204,9 @@ class Shop:
 
     def crashed(self) -> Iterable[str]:
         """Names of tasks that ended with an error (they should run until stopped)."""
-        return [t.get_name() for t in self._tasks if t.done() and not t.cancelled() and t.exception()]
+        return [
+            t.get_name() for t in self._tasks if t.done() and not t.cancelled() and t.exception()
+        ]
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -71,7 +71,9 @@ def build_order(request: OrderRequest, menu: Menu, order_id: str) -> OrderPlaced
     """The ``OrderPlaced`` a valid request becomes; ``ValidationFailed`` says what is wrong."""
     problems: list[str] = []
     if request.currency != menu.currency:
-        problems.append(f"currency {request.currency} is not accepted, prices are in {menu.currency}")
+        problems.append(
+            f"currency {request.currency} is not accepted, prices are in {menu.currency}"
+        )
     items: list[OrderItem] = []
     for index, line in enumerate(request.items):
         where = f"items[{index}]"

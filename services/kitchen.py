@@ -173,7 +173,7 @@ class Kitchen(Handler):
                 .values({flag.name: True, **values})
             )
             row = (await conn.execute(select(tickets).where(tickets.c.order_id == order_id))).one()
-            return row  # type: ignore[no-any-return]
+            return row
 
     # -- the oven -------------------------------------------------------------------------
     async def start(self) -> None:

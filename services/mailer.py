@@ -67,7 +67,7 @@ class _Collector:
     messages: list[ReceivedMail] = field(default_factory=list)
     temporary_failures: int = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.temporary_failures > 0:
             self.temporary_failures -= 1
             return "451 Requested action aborted: try again later"
@@ -92,7 +92,9 @@ class SmtpSink:
     a busy mail server does, to exercise the sender's retries.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, temporary_failures: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, temporary_failures: int = 0
+    ) -> None:
         self._collector = _Collector(temporary_failures=temporary_failures)
         self._controller = Controller(self._collector, hostname=host, port=port or _free_port(host))
         self._running = False

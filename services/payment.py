@@ -26,7 +26,6 @@ from ingest.consumer import Delivery, Handler
 from ingest.events import (
     Event,
     OrderPlaced,
-    OrderRejected,
     PaymentCaptured,
     RefundIssued,
     derived_event_id,

@@ -132,7 +132,9 @@ class ScoreQueries:
         async with self._db.engine.connect() as conn:
             if order_ids is None:
                 return int(
-                    (await conn.execute(select(func.count()).select_from(order_scores))).scalar_one()
+                    (
+                        await conn.execute(select(func.count()).select_from(order_scores))
+                    ).scalar_one()
                 )
             total = 0
             for start in range(0, len(order_ids), 500):
@@ -184,4 +186,3 @@ class ScoreQueries:
             shadowed=int(shadow[0]),
             mean_abs_shadow_difference=float(shadow[1]) if shadow[1] is not None else None,
         )
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Numeric, String, Table, Text, func, select
@@ -68,6 +68,11 @@ class OrderView:
     timeline: tuple[TimelineEntry, ...]
 
 
+def _utc(moment: datetime) -> datetime:
+    # SQLite returns stored UTC datetimes without their offset; say what they are.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def derive_status(event_types: set[str]) -> str:
     """The status a person would say, from the set of events seen for an order."""
     if "OrderRejected" in event_types or "OrderCancelled" in event_types:
@@ -110,8 +115,16 @@ def _timeline_row(event: Event) -> dict[str, Any]:
 class StatusProjection(Handler):
     event_types = frozenset(
         {
-            "OrderPlaced", "PaymentCaptured", "OrderAccepted", "OrderRejected", "OrderReady",
-            "ReceiptSent", "RefundIssued", "RefundNoticeSent", "OrderFlagged", "OrderCancelled",
+            "OrderPlaced",
+            "PaymentCaptured",
+            "OrderAccepted",
+            "OrderRejected",
+            "OrderReady",
+            "ReceiptSent",
+            "RefundIssued",
+            "RefundNoticeSent",
+            "OrderFlagged",
+            "OrderCancelled",
         }
     )
 
@@ -122,9 +135,7 @@ class StatusProjection(Handler):
         placed = [d.event for d in batch if isinstance(d.event, OrderPlaced)]
         async with self._db.engine.begin() as conn:
             if placed:
-                await conn.execute(
-                    self._db.insert_ignore(orders), [_order_row(e) for e in placed]
-                )
+                await conn.execute(self._db.insert_ignore(orders), [_order_row(e) for e in placed])
             await conn.execute(
                 self._db.insert_ignore(timeline), [_timeline_row(d.event) for d in batch]
             )
@@ -136,9 +147,7 @@ class StatusQueries:
 
     async def order(self, order_id: str) -> OrderView | None:
         async with self._db.engine.connect() as conn:
-            head = (
-                await conn.execute(select(orders).where(orders.c.order_id == order_id))
-            ).first()
+            head = (await conn.execute(select(orders).where(orders.c.order_id == order_id))).first()
             if head is None:
                 return None
             rows = await conn.execute(
@@ -147,7 +156,7 @@ class StatusQueries:
                 .order_by(timeline.c.occurred_at, timeline.c.recorded_at)
             )
             entries = tuple(
-                TimelineEntry(r.event_type, r.event_id, r.occurred_at, json.loads(r.detail))
+                TimelineEntry(r.event_type, r.event_id, _utc(r.occurred_at), json.loads(r.detail))
                 for r in rows
             )
         types = {e.event_type for e in entries}
@@ -157,7 +166,7 @@ class StatusQueries:
             final=bool(types & FINAL_EVENTS),
             total=f"{head.total:.2f}",
             currency=head.currency,
-            placed_at=head.placed_at,
+            placed_at=_utc(head.placed_at),
             timeline=entries,
         )
 

@@ -61,9 +61,9 @@ class OrderRequests:
     def __next__(self) -> dict[str, Any]:
         rng = self._rng
         basket = rng.choice(self._baskets)
-        lines = [
-            (sku, min(qty, 20)) for sku, qty in basket.lines if sku in self._menu
-        ] or [("pepperoni_m", 1)]
+        lines = [(sku, min(qty, 20)) for sku, qty in basket.lines if sku in self._menu] or [
+            ("pepperoni_m", 1)
+        ]
         if rng.random() < 0.35:
             lines.append((rng.choice(self._extras).sku, rng.randint(1, 2)))
         customer = rng.choice(self._customers)
@@ -85,6 +85,10 @@ class OrderRequests:
                 "city": "Springfield",
                 "postcode": f"{int(token[:4], 16) % 90000 + 10000}",
             },
-            "payment": {"kind": "card", "card_fingerprint": token, "last4": f"{int(token[-4:], 16) % 10000:04d}"},
+            "payment": {
+                "kind": "card",
+                "card_fingerprint": token,
+                "last4": f"{int(token[-4:], 16) % 10000:04d}",
+            },
             "device_id": f"dev-{token[:8]}",
         }

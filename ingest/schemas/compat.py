@@ -11,8 +11,19 @@ from __future__ import annotations
 from typing import Any
 
 # Keys that decide which values a field accepts; descriptions, titles and defaults do not.
-_SHAPE_KEYS = ("type", "anyOf", "oneOf", "allOf", "$ref", "enum", "const", "format", "items",
-               "prefixItems", "pattern")
+_SHAPE_KEYS = (
+    "type",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+    "enum",
+    "const",
+    "format",
+    "items",
+    "prefixItems",
+    "pattern",
+)
 # Bounds may loosen (a lower bound fall, an upper bound rise) but never tighten.
 _LOWER_BOUNDS = ("minLength", "minimum", "exclusiveMinimum", "minItems")
 _UPPER_BOUNDS = ("maxLength", "maximum", "exclusiveMaximum", "maxItems")

@@ -34,13 +34,23 @@ async def _start_workers(settings: Settings, log: Path) -> asyncio.subprocess.Pr
     }
     with log.open("ab") as sink:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pizzashop.cli", "run", "--no-api", "--verbose",
-            "--workers", "payment,kitchen,notification",
-            env=env, stdout=sink, stderr=sink,
+            sys.executable,
+            "-m",
+            "pizzashop.cli",
+            "run",
+            "--no-api",
+            "--verbose",
+            "--workers",
+            "payment,kitchen,notification",
+            env=env,
+            stdout=sink,
+            stderr=sink,
         )
 
 
-async def test_sigkilled_workers_lose_no_order(shop_settings: Settings, smtp_sink: SmtpSink) -> None:
+async def test_sigkilled_workers_lose_no_order(
+    shop_settings: Settings, smtp_sink: SmtpSink
+) -> None:
     wiring = Wiring(api=True, workers=("status",))
     async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", wiring) as shop:
         transport = httpx.ASGITransport(app=create_app(shop))
@@ -64,6 +74,7 @@ async def test_sigkilled_workers_lose_no_order(shop_settings: Settings, smtp_sin
 
             second = await _start_workers(shop_settings, log)
             try:
+
                 async def all_final() -> bool:
                     assert second.returncode is None, "workers died:\n" + log.read_text()[-3000:]
                     return not await shop.queries.unfinished(ids)
@@ -71,8 +82,12 @@ async def test_sigkilled_workers_lose_no_order(shop_settings: Settings, smtp_sin
                 await eventually(all_final, timeout_s=90)
 
                 async def all_mail_sent() -> bool:
-                    receipts = {m.subject for m in smtp_sink.messages if m.subject.startswith("Your")}
-                    refunds = {m.subject for m in smtp_sink.messages if m.subject.startswith("Refund")}
+                    receipts = {
+                        m.subject for m in smtp_sink.messages if m.subject.startswith("Your")
+                    }
+                    refunds = {
+                        m.subject for m in smtp_sink.messages if m.subject.startswith("Refund")
+                    }
                     return len(receipts) == len(ids) and len(refunds) == 10
 
                 await eventually(all_mail_sent, timeout_s=30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from ingest.dlq import (
-    H_ERROR_CLASS,
     read_dead_letters,
     replay,
 )
@@ -16,7 +15,9 @@ from tests.integration.conftest import eventually
 
 
 async def test_malformed_records_are_dead_lettered_once_per_group(shop_settings: Settings) -> None:
-    async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", Wiring(api=False, workers=("kitchen",))) as shop:
+    async with Shop(
+        shop_settings, shop_settings.kafka_bootstrap or "", Wiring(api=False, workers=("kitchen",))
+    ) as shop:
         bad = malformed_records("t")
         for value, headers in bad:
             await shop.producer.send_raw(shop.topics.orders, value, key=b"k", headers=headers)
@@ -49,7 +50,9 @@ async def test_a_replayed_letter_is_handled_once_its_cause_is_gone(shop_settings
         record = encode(order)
         # Sent without its event-type header: undecodable, so dead-lettered by both groups.
         stripped = [h for h in record.headers if h[0] != "event-type"]
-        await shop.producer.send_raw(shop.topics.orders, record.value, key=record.key, headers=stripped)
+        await shop.producer.send_raw(
+            shop.topics.orders, record.value, key=record.key, headers=stripped
+        )
 
         async def dead_twice() -> bool:
             return len(await read_dead_letters(shop.bootstrap, shop.topics.dlq_topics())) == 2
@@ -60,7 +63,9 @@ async def test_a_replayed_letter_is_handled_once_its_cause_is_gone(shop_settings
         assert all(letter.key == record.key for letter in letters)
         assert all(letter.original_headers == stripped for letter in letters)
         # "The fix": the letter is replayed with its header restored.
-        await replay(shop.producer, dataclasses.replace(letters[0], original_headers=record.headers))
+        await replay(
+            shop.producer, dataclasses.replace(letters[0], original_headers=record.headers)
+        )
 
         async def accepted() -> bool:
             view = await shop.queries.order(order.order_id)

@@ -12,7 +12,10 @@ async def test_demo_accounts_for_every_order(
     kafka_bootstrap: str, tmp_path: Path, trained_registry: Path
 ) -> None:
     settings = Settings(
-        kafka_bootstrap=kafka_bootstrap, home=tmp_path, cook_seconds=0.2, registry_dir=trained_registry
+        kafka_bootstrap=kafka_bootstrap,
+        home=tmp_path,
+        cook_seconds=0.2,
+        registry_dir=trained_registry,
     )
     report = await run_demo(settings, 60, timeout_s=120)
     assert not report.timed_out

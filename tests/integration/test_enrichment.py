@@ -54,7 +54,9 @@ async def wait_scored(shop: Shop, ids: Sequence[str], timeout_s: float = 60) -> 
     await eventually(scored, timeout_s=timeout_s)
 
 
-async def test_every_order_is_enriched_once_with_three_scores_and_lineage(settings: Settings) -> None:
+async def test_every_order_is_enriched_once_with_three_scores_and_lineage(
+    settings: Settings,
+) -> None:
     async with Shop(settings, settings.kafka_bootstrap or "", ENRICH) as shop:
         batch = orders(120)
         await shop.producer.publish_many(shop.topics.orders, batch)
@@ -90,7 +92,9 @@ async def test_a_flagged_order_is_cancelled_refunded_and_the_customer_told(
     async with Shop(held, held.kafka_bootstrap or "") as shop:
         transport = httpx.ASGITransport(app=create_app(shop))
         async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
-            order_id = (await http.post("/orders", json=order_body("pepperoni_m"))).json()["order_id"]
+            order_id = (await http.post("/orders", json=order_body("pepperoni_m"))).json()[
+                "order_id"
+            ]
 
             async def refund_notice_sent() -> bool:
                 return any(f"Refund for order {order_id}" == m.subject for m in smtp_sink.messages)
@@ -107,7 +111,9 @@ async def test_a_flagged_order_is_cancelled_refunded_and_the_customer_told(
     assert "fraud hold" in notice.body
 
 
-async def test_a_model_that_times_out_degrades_its_score_but_never_stalls(settings: Settings) -> None:
+async def test_a_model_that_times_out_degrades_its_score_but_never_stalls(
+    settings: Settings,
+) -> None:
     slow = settings.model_copy(
         update={"enricher": settings.enricher.model_copy(update={"model_timeout_s": 1e-6})}
     )
@@ -203,7 +209,9 @@ async def test_new_models_are_picked_up_without_restart_and_shadowed(
     assert {version[o.order_id] for o in second} == {2}
     # The challenger (v1) scored every order beside the champion and decided nothing.
     assert len(shadowed) == 60 and {s.challenger_version for s in shadowed} == {1}
-    assert {s.champion_version for s in shadowed if s.order_id in {o.order_id for o in second}} == {2}
+    assert {s.champion_version for s in shadowed if s.order_id in {o.order_id for o in second}} == {
+        2
+    }
     # Same weights under a new number: the challenger agrees with the champion exactly.
     assert all(s.difference is not None and abs(s.difference) < 1e-6 for s in shadowed)
     assert summary.shadowed == 60 and summary.models["fraud-v2"] == 30
@@ -223,14 +231,27 @@ async def _enricher_process(settings: Settings, log: Path) -> asyncio.subprocess
     }
     with log.open("ab") as sink:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pizzashop.cli", "run", "--no-api", "--verbose",
-            "--workers", "enricher", env=env, stdout=sink, stderr=sink,
+            sys.executable,
+            "-m",
+            "pizzashop.cli",
+            "run",
+            "--no-api",
+            "--verbose",
+            "--workers",
+            "enricher",
+            env=env,
+            stdout=sink,
+            stderr=sink,
         )
 
 
-async def test_two_workers_share_the_orders_and_survive_one_being_killed(settings: Settings) -> None:
+async def test_two_workers_share_the_orders_and_survive_one_being_killed(
+    settings: Settings,
+) -> None:
     log = settings.home / "enrichers.log"
-    async with Shop(settings, settings.kafka_bootstrap or "", Wiring(api=False, workers=("scores",))) as shop:
+    async with Shop(
+        settings, settings.kafka_bootstrap or "", Wiring(api=False, workers=("scores",))
+    ) as shop:
         workers = [await _enricher_process(settings, log) for _ in range(2)]
         try:
             batch = orders(300, seed=31)

@@ -23,14 +23,22 @@ async def test_orders_taken_while_kafka_is_down_are_relayed_when_it_is_back(
     bootstrap = shop_settings.kafka_bootstrap or ""
     # The workers see Kafka; the API's process reaches it only through the proxy, closed for now.
     async with Shop(shop_settings, bootstrap, Wiring(api=False)) as workers:
-        api_settings = shop_settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{proxy.port}"})
-        api = Shop(api_settings, api_settings.kafka_bootstrap or "", Wiring(api=True, workers=(), create_topics=False))
+        api_settings = shop_settings.model_copy(
+            update={"kafka_bootstrap": f"127.0.0.1:{proxy.port}"}
+        )
+        api = Shop(
+            api_settings,
+            api_settings.kafka_bootstrap or "",
+            Wiring(api=True, workers=(), create_topics=False),
+        )
         async with api:
             transport = httpx.ASGITransport(app=create_app(api))
             async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
                 ids = []
                 for i in range(5):
-                    response = await http.post("/orders", json=order_body("pepperoni_m", customer=f"c-{i}"))
+                    response = await http.post(
+                        "/orders", json=order_body("pepperoni_m", customer=f"c-{i}")
+                    )
                     assert response.status_code == 202
                     ids.append(response.json()["order_id"])
                 assert await api.relay.pending_count() == 5
@@ -38,6 +46,7 @@ async def test_orders_taken_while_kafka_is_down_are_relayed_when_it_is_back(
 
                 await proxy.open()
                 try:
+
                     async def relayed() -> bool:
                         return await api.relay.pending_count() == 0
 
@@ -61,7 +70,9 @@ async def test_transient_smtp_failures_are_retried_and_mail_goes_out_once(
         settings = shop_settings.model_copy(
             update={"smtp": shop_settings.smtp.model_copy(update={"port": sink.port})}
         )
-        async with Shop(settings, settings.kafka_bootstrap or "", Wiring(api=False, workers=("notification",))) as shop:
+        async with Shop(
+            settings, settings.kafka_bootstrap or "", Wiring(api=False, workers=("notification",))
+        ) as shop:
             order = make_order()
             await shop.producer.publish(shop.topics.orders, order)
 
@@ -78,11 +89,17 @@ async def test_transient_smtp_failures_are_retried_and_mail_goes_out_once(
 async def test_redelivered_events_send_no_second_email(
     shop_settings: Settings, smtp_sink: SmtpSink
 ) -> None:
-    async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", Wiring(api=False, workers=("notification",))) as shop:
+    async with Shop(
+        shop_settings,
+        shop_settings.kafka_bootstrap or "",
+        Wiring(api=False, workers=("notification",)),
+    ) as shop:
         order = make_order()
         record = encode(order)
         for _ in range(3):  # the same record three times: what a redelivery looks like
-            await shop.producer.send_raw(shop.topics.orders, record.value, key=record.key, headers=record.headers)
+            await shop.producer.send_raw(
+                shop.topics.orders, record.value, key=record.key, headers=record.headers
+            )
         marker = make_order()
         await shop.producer.publish(shop.topics.orders, marker)
 

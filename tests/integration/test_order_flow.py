@@ -90,7 +90,10 @@ async def test_pineapple_is_rejected_refunded_and_the_customer_told(
     assert by_type["RefundIssued"]["detail"]["amount"] == str(MENU["hawaiian_l"].price)
     assert "OrderReady" not in by_type
     subjects = sorted(m.subject for m in smtp_sink.messages if order_id in m.subject)
-    assert subjects == [f"Refund for order {order_id}", f"Your Pizzashop receipt for order {order_id}"]
+    assert subjects == [
+        f"Refund for order {order_id}",
+        f"Your Pizzashop receipt for order {order_id}",
+    ]
 
 
 async def test_many_orders_all_finish_exactly_once(
@@ -99,7 +102,11 @@ async def test_many_orders_all_finish_exactly_once(
     ids = []
     for i in range(30):
         skus = ("thai_ckn_m",) if i % 5 == 0 else ("pepperoni_m",)
-        ids.append((await http.post("/orders", json=order_body(*skus, customer=f"c-{i}"))).json()["order_id"])
+        ids.append(
+            (await http.post("/orders", json=order_body(*skus, customer=f"c-{i}"))).json()[
+                "order_id"
+            ]
+        )
 
     async def all_final() -> bool:
         return not await shop.queries.unfinished(ids)

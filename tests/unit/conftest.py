@@ -61,10 +61,18 @@ class RecordingProducer:
 
 
 def make_order(
-    *, skus: Sequence[tuple[str, str, int]] = (("pepperoni_m", "12.50", 1),), order_id: str | None = None
+    *,
+    skus: Sequence[tuple[str, str, int]] = (("pepperoni_m", "12.50", 1),),
+    order_id: str | None = None,
 ) -> OrderPlaced:
     items = tuple(
-        OrderItem(sku=sku, name=sku, size=sku.rsplit("_", 1)[-1].upper(), quantity=qty, unit_price=Decimal(price))
+        OrderItem(
+            sku=sku,
+            name=sku,
+            size=sku.rsplit("_", 1)[-1].upper(),
+            quantity=qty,
+            unit_price=Decimal(price),
+        )
         for sku, price, qty in skus
     )
     return OrderPlaced(

@@ -27,7 +27,9 @@ def _dead_port() -> int:
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Shop]]:
     settings = Settings(kafka_bootstrap=f"127.0.0.1:{_dead_port()}", home=tmp_path)
-    shop = Shop(settings, settings.kafka_bootstrap or "", Wiring(api=True, workers=(), create_topics=False))
+    shop = Shop(
+        settings, settings.kafka_bootstrap or "", Wiring(api=True, workers=(), create_topics=False)
+    )
     async with shop:
         transport = httpx.ASGITransport(app=create_app(shop))
         async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
@@ -56,7 +58,9 @@ async def test_order_is_confirmed_and_kept_while_kafka_is_down(
     order_id = response.json()["order_id"]
     assert await shop.relay.pending_count() == 1
     status = (await http.get(f"/orders/{order_id}")).json()
-    assert status["status"] == "confirmed" and status["total"] == str(MENU["four_cheese_l"].price * 2)
+    assert status["status"] == "confirmed" and status["total"] == str(
+        MENU["four_cheese_l"].price * 2
+    )
     assert [e["event_type"] for e in status["timeline"]] == ["OrderPlaced"]
     health = (await http.get("/health")).json()
     assert health["outbox_pending"] == 1
@@ -65,12 +69,24 @@ async def test_order_is_confirmed_and_kept_while_kafka_is_down(
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"items": [{"sku": "unicorn_xl", "quantity": 1, "unit_price": "9.99"}], "total": "9.99"}, "unknown item 'unicorn_xl'"),
+        (
+            {
+                "items": [{"sku": "unicorn_xl", "quantity": 1, "unit_price": "9.99"}],
+                "total": "9.99",
+            },
+            "unknown item 'unicorn_xl'",
+        ),
         ({"total": "1.00"}, "does not match the items' sum"),
         ({"items": []}, "items"),
         ({"customer_email": "not-an-email"}, "customer_email"),
         ({"payment": {"kind": "card", "card_number": "4242424242424242"}}, "card_number"),
-        ({"items": [{"sku": "four_cheese_l", "quantity": 1000, "unit_price": "17.95"}], "total": "17950.00"}, "quantity"),
+        (
+            {
+                "items": [{"sku": "four_cheese_l", "quantity": 1000, "unit_price": "17.95"}],
+                "total": "17950.00",
+            },
+            "quantity",
+        ),
     ],
 )
 async def test_bad_orders_get_422_with_a_clear_message(
@@ -96,3 +112,11 @@ async def test_client_order_id_makes_retries_safe(client: tuple[httpx.AsyncClien
     assert first.status_code == second.status_code == 202
     assert second.json() == {"status": "Confirmed", "order_id": "retry-1", "duplicate": True}
     assert await shop.relay.pending_count() == 1
+
+
+async def test_times_come_back_with_their_offset(client: tuple[httpx.AsyncClient, Shop]) -> None:
+    http, _ = client
+    order_id = (await http.post("/orders", json=body())).json()["order_id"]
+    status = (await http.get(f"/orders/{order_id}")).json()
+    assert status["placed_at"].endswith(("Z", "+00:00"))
+    assert all(e["occurred_at"].endswith(("Z", "+00:00")) for e in status["timeline"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,10 @@ MENU = load_menu()
 
 
 def request(**overrides: Any) -> OrderRequest:
-    items = overrides.pop("items", [{"sku": "pepperoni_m", "quantity": 2, "unit_price": str(MENU["pepperoni_m"].price)}])
+    items = overrides.pop(
+        "items",
+        [{"sku": "pepperoni_m", "quantity": 2, "unit_price": str(MENU["pepperoni_m"].price)}],
+    )
     total = overrides.pop(
         "total", str(sum(Decimal(i["unit_price"]) * i["quantity"] for i in items))
     )
@@ -111,3 +115,16 @@ async def test_invalid_order_leaves_no_trace(db: Database) -> None:
     async with db.engine.connect() as conn:
         count = (await conn.execute(select(func.count()).select_from(outbox))).scalar_one()
     assert count == 0
+
+
+async def test_a_database_from_an_older_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    import services.kitchen  # noqa: F401  (its table is what the old file lacks)
+    from pizzashop.errors import ConfigError
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE kitchen_tickets (order_id TEXT PRIMARY KEY, accepted BOOLEAN)")
+    with pytest.raises(ConfigError, match="table kitchen_tickets lacks .*ready_by"):
+        await Database(f"sqlite+aiosqlite:///{path}").start()

@@ -11,9 +11,9 @@ from ingest.events import (
     OrderRejected,
     utcnow,
 )
+from pizzashop.database import Database
 from services.kitchen import REJECTION_REASON, Kitchen, has_pineapple
 from services.menu import load_menu
-from pizzashop.database import Database
 from services.status import derive_status
 from tests.unit.conftest import RecordingProducer, make_order
 
@@ -22,7 +22,9 @@ MENU = load_menu()
 
 def test_pineapple_is_found_by_menu_and_by_name() -> None:
     assert has_pineapple(make_order(skus=[("thai_ckn_l", "20.75", 1)]), MENU)
-    assert has_pineapple(make_order(skus=[("pepperoni_m", "12.50", 1), ("hawaiian_s", "10.50", 1)]), MENU)
+    assert has_pineapple(
+        make_order(skus=[("pepperoni_m", "12.50", 1), ("hawaiian_s", "10.50", 1)]), MENU
+    )
     assert not has_pineapple(make_order(skus=[("pepperoni_m", "12.50", 3)]), MENU)
 
 
