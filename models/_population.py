@@ -61,6 +61,8 @@ class Customer:
     email: str
     pizza_cum_weights: list[float]  # cumulative weights over pizza SKU positions
     pizza_positions: list[int]
+    favourites: list[int]  # the pizzas this customer keeps coming back for
+    p_habit: float  # chance that a pizza in an order is one of the favourites
     p_side: float
     p_drink: float
     p_dessert: float
@@ -116,17 +118,27 @@ class Population:
             * np.where(cat.pineapple[pizzas], pineapple, 1.0)
         )
         channel_pref = nrng.dirichlet(np.array([4.0, 3.0, 1.0, 1.0]))
+        # Habits: people re-order what they liked. Two or three favourites drawn from their own
+        # taste, and a peaked preference among sides, drinks and desserts (one "usual" drink).
+        favourites = rng.choices(
+            [int(p) for p in pizzas], weights=weights.tolist(), k=rng.randint(2, 3)
+        )
+        extras = 0.35
         customer = Customer(
             customer_id=customer_id,
             email=f"{customer_id}@example.com",
             pizza_cum_weights=list(accumulate(weights.tolist())),
             pizza_positions=[int(p) for p in pizzas],
+            favourites=favourites,
+            p_habit=float(nrng.beta(3.0, 2.0)),
             p_side=float(nrng.beta(1.2, 3.0)),
             p_drink=float(nrng.beta(1.5, 2.0)),
             p_dessert=float(nrng.beta(0.8, 4.0)),
-            side_cum=list(accumulate(nrng.dirichlet(np.ones(len(self.sides))).tolist())),
-            drink_cum=list(accumulate(nrng.dirichlet(np.ones(len(self.drinks))).tolist())),
-            dessert_cum=list(accumulate(nrng.dirichlet(np.ones(len(self.desserts))).tolist())),
+            side_cum=list(accumulate(nrng.dirichlet(np.full(len(self.sides), extras)).tolist())),
+            drink_cum=list(accumulate(nrng.dirichlet(np.full(len(self.drinks), extras)).tolist())),
+            dessert_cum=list(
+                accumulate(nrng.dirichlet(np.full(len(self.desserts), extras)).tolist())
+            ),
             channel_cum=list(accumulate(channel_pref.tolist())),
         )
         customer.addresses.append(random_address(rng))
@@ -144,9 +156,13 @@ class Population:
         """SKU position → quantity for one ordinary order of ``customer``."""
         rng = self._rng
         basket: dict[int, int] = {}
-        for pos in rng.choices(
-            customer.pizza_positions, cum_weights=customer.pizza_cum_weights, k=n_pizzas
-        ):
+        for _ in range(n_pizzas):
+            if rng.random() < customer.p_habit:
+                pos = rng.choice(customer.favourites)
+            else:
+                pos = rng.choices(
+                    customer.pizza_positions, cum_weights=customer.pizza_cum_weights, k=1
+                )[0]
             basket[pos] = basket.get(pos, 0) + 1
         if rng.random() < customer.p_side:
             for pos in rng.choices(self.sides, cum_weights=customer.side_cum, k=1 + (n_pizzas > 2)):

@@ -117,7 +117,9 @@ async def test_invalid_order_leaves_no_trace(db: Database) -> None:
     assert count == 0
 
 
-async def test_a_database_from_an_older_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+async def test_a_database_from_an_older_schema_is_refused_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
     import sqlite3
 
     import services.kitchen  # noqa: F401  (its table is what the old file lacks)
