@@ -128,5 +128,5 @@ async def test_a_database_from_an_older_schema_is_refused_with_a_clear_error(
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE kitchen_tickets (order_id TEXT PRIMARY KEY, accepted BOOLEAN)")
-    with pytest.raises(ConfigError, match="table kitchen_tickets lacks .*ready_by"):
+    with pytest.raises(ConfigError, match=r"table kitchen_tickets lacks .*ready_by"):
         await Database(f"sqlite+aiosqlite:///{path}").start()
