@@ -114,8 +114,8 @@ def topics(verbose: Verbose = False) -> None:
 @app.command()
 def run(
     workers: Annotated[
-        str, typer.Option(help="comma-separated workers: status,payment,kitchen,notification")
-    ] = "status,payment,kitchen,notification",
+        str, typer.Option(help="comma-separated workers (default: all)")
+    ] = "status,payment,kitchen,notification,scores,enricher",
     api: Annotated[bool, typer.Option(help="serve the HTTP API and relay the outbox")] = True,
     verbose: Verbose = False,
 ) -> None:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from pizzashop.errors import ModelError
+from services.menu import load_menu
 
 from ._features import (
     CATEGORIES,
@@ -86,6 +87,7 @@ class UpsellModel:
     info: dict[str, Any] = field(default_factory=dict)
     _index: dict[str, int] = field(init=False, repr=False)
     _is_pizza: np.ndarray = field(init=False, repr=False)
+    _refused: np.ndarray = field(init=False, repr=False)
 
     _ARRAYS: ClassVar[tuple[str, ...]] = (
         "skus",
@@ -104,6 +106,11 @@ class UpsellModel:
     def __post_init__(self) -> None:
         self._index = self.catalogue.index()
         self._is_pizza = self.catalogue.category == CATEGORIES.index("pizza")
+        # Never suggest what the kitchen would refuse (pineapple: "we have standards").
+        menu = load_menu()
+        self._refused = np.array(
+            [sku in menu and menu[sku].has_pineapple for sku in self.catalogue.skus], dtype=bool
+        )
         if self.weights.shape != (len(FEATURES),):
             raise ModelError(f"expected {len(FEATURES)} weights, got {self.weights.shape}")
 
@@ -151,7 +158,8 @@ class UpsellModel:
         upgrade = feats[..., FEATURES.index("is_upgrade")] > 0
         scores[upgrade] = np.maximum(scores[upgrade], self.config.upgrade_score)
         scores[in_basket] = -np.inf
-        return scores, upgrade & ~in_basket
+        scores[:, self._refused] = -np.inf
+        return scores, upgrade & ~in_basket & ~self._refused
 
     def top_k(
         self, basket: np.ndarray, history: np.ndarray, k: int = 3

@@ -232,3 +232,10 @@ def test_serving_throughput(trained: UpsellModel, synthetic: SyntheticData) -> N
     rate = 4 * len(baskets) / (time.perf_counter() - started)
     # The target is 5,000/s on one core; a loaded CI runner gets a wide margin.
     assert rate > 2_000
+
+
+def test_never_suggests_what_the_kitchen_refuses(trained: UpsellModel, menu: Menu) -> None:
+    baskets = [["pepperoni_m"], ["hawaiian_m"], ["cola"], ["thai_ckn_s", "fries"]] * 5
+    for suggestions in trained.suggest(baskets, k=10):
+        assert suggestions
+        assert not any(menu[s.sku].has_pineapple for s in suggestions)
