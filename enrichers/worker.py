@@ -57,6 +57,14 @@ def _lineage(lineage: Lineage | None) -> ScoreLineage | None:
     )
 
 
+def _display_name(menu: Menu, sku: str) -> str:
+    item = menu.get(sku)
+    if item is None:
+        return sku
+    # A size upgrade only reads as one with the size in it.
+    return f"{item.name} ({item.size})" if item.category == "pizza" else item.name
+
+
 def to_enriched(
     order: OrderPlaced, scores: OrderScores, menu: Menu, threshold: float
 ) -> OrderEnriched:
@@ -86,7 +94,7 @@ def to_enriched(
             suggestions=tuple(
                 UpsellSuggestion(
                     sku=s.sku,
-                    name=menu[s.sku].name if s.sku in menu else s.sku,
+                    name=_display_name(menu, s.sku),
                     reason=s.reason,
                     score=round(s.score, 6),
                 )

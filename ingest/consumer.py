@@ -16,7 +16,9 @@ Delivery semantics, per partition, for every batch the broker hands over:
 If even the dead-letter topic cannot be written (the broker is down), nothing is committed: the
 partition is rewound to its first unfinished record and tried again after a pause.
 
-Shutdown: ``stop()`` sets an event; the loop finishes the batch in hand, commits, and closes.
+Shutdown: ``stop()`` sets an event; the loop finishes the batch in hand, commits, and closes. A
+record still being retried then is left uncommitted, to be redelivered on the next start: a
+shutdown never dead-letters what might have succeeded.
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ class ConsumerRuntime:
                 offsets[tp] = records[-1].offset + 1
         if offsets:
             await self._commit(offsets)
-        if failed:
+        if failed and not self._stop.is_set():
             await asyncio.sleep(self._settings.retry_max_delay_s)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
@@ -352,7 +354,11 @@ class ConsumerRuntime:
             except Exception as exc:
                 self._count_error(exc)
                 retriable = exc.retriable if isinstance(exc, PizzashopError) else True
-                if not retriable or attempt >= settings.retry_max_attempts or self._stop.is_set():
+                if retriable and self._stop.is_set():
+                    # Shutting down mid-retry: leave the record uncommitted for the next run
+                    # rather than dead-letter something that may well succeed then.
+                    raise
+                if not retriable or attempt >= settings.retry_max_attempts:
                     logger.error(
                         "consumer %s: %s failed after %d attempt(s), dead-lettering: %r",
                         self.name,

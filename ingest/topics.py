@@ -77,8 +77,14 @@ class Topics:
         return [self.dlq(t) for t in (self.orders, self.order_events, self.enriched)]
 
 
-async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; returns the names it created."""
+async def ensure_topics(
+    bootstrap: str, specs: Iterable[TopicSpec], *, replication_factor: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names it created.
+
+    ``replication_factor`` 1 suits the local single-node broker; an external cluster should
+    say 3 (``PIZZASHOP_TOPIC_REPLICATION_FACTOR``).
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="pizzashop-admin")
     await admin.start()
     try:
@@ -90,7 +96,7 @@ async def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]
             NewTopic(
                 name=spec.name,
                 num_partitions=spec.partitions,
-                replication_factor=1,
+                replication_factor=replication_factor,
                 topic_configs=spec.configs,
             )
             for spec in missing

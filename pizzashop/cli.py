@@ -105,7 +105,9 @@ def topics(verbose: Verbose = False) -> None:
         specs = Topics(settings.topic_prefix).specs(
             settings.orders_partitions, settings.events_partitions
         )
-        created = asyncio.run(ensure_topics(bootstrap, specs))
+        created = asyncio.run(
+            ensure_topics(bootstrap, specs, replication_factor=settings.topic_replication_factor)
+        )
     except PizzashopError as exc:
         raise _fail(exc) from exc
     typer.echo(json.dumps({"created": created, "all": [s.name for s in specs]}))

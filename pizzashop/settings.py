@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     cook_seconds: float = Field(default=0.5, ge=0, description="how long the kitchen bakes")
     orders_partitions: int = Field(default=6, ge=1)
     events_partitions: int = Field(default=6, ge=1)
+    topic_replication_factor: int = Field(
+        default=1, ge=1, description="replicas of each topic the shop creates (3 on a real cluster)"
+    )
     registry_dir: Path | None = Field(
         default=None, description="versioned model artifacts; unset means `home`/registry"
     )

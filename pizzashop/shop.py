@@ -136,6 +136,7 @@ class Shop:
             await ensure_topics(
                 self.bootstrap,
                 self.topics.specs(self.settings.orders_partitions, self.settings.events_partitions),
+                replication_factor=self.settings.topic_replication_factor,
             )
         # The producer connects lazily: the API must take orders even while Kafka is away.
         stack.push_async_callback(self.producer.stop)

@@ -152,3 +152,30 @@ def test_detached_start_status_stop(kafka_cache_dir: Path, tmp_path: Path) -> No
         assert status(tmp_path) == again
     finally:
         assert stop_detached(tmp_path) is True
+
+
+async def test_topics_are_created_with_their_partitions_and_twice_is_harmless(
+    kafka_bootstrap: str,
+) -> None:
+    import uuid
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from ingest.topics import Topics, ensure_topics
+
+    topics = Topics(f"t-{uuid.uuid4().hex[:8]}.")
+    specs = topics.specs(orders_partitions=6, events_partitions=4)
+    created = await ensure_topics(kafka_bootstrap, specs)
+    assert sorted(created) == sorted(s.name for s in specs)
+    assert await ensure_topics(kafka_bootstrap, specs) == []
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        described = {
+            t["topic"]: len(t["partitions"])
+            for t in await admin.describe_topics([s.name for s in specs])
+        }
+    finally:
+        await admin.close()
+    assert described[topics.orders] == 6 and described[topics.order_events] == 4
+    assert described[Topics.dlq(topics.orders)] == 1

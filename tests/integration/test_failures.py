@@ -110,3 +110,36 @@ async def test_redelivered_events_send_no_second_email(
         mails = [m for m in smtp_sink.messages if order.order_id in m.subject]
         assert len(mails) == 1
         assert shop.runtimes["notification"].stats.duplicates == 2
+
+
+async def test_a_shutdown_mid_retry_dead_letters_nothing_and_the_next_run_delivers(
+    shop_settings: Settings, smtp_sink: SmtpSink
+) -> None:
+    from ingest.dlq import read_dead_letters
+    from tests.unit.test_api import _dead_port
+
+    patient = shop_settings.model_copy(
+        update={
+            "smtp": shop_settings.smtp.model_copy(update={"port": _dead_port()}),
+            "consumer": shop_settings.consumer.model_copy(
+                update={"retry_max_attempts": 50, "retry_base_delay_s": 0.2}
+            ),
+        }
+    )
+    wiring = Wiring(api=False, workers=("notification",))
+    order = make_order()
+    async with Shop(patient, patient.kafka_bootstrap or "", wiring) as shop:
+        await shop.producer.publish(shop.topics.orders, order)
+
+        async def retrying() -> bool:
+            return shop.runtimes["notification"].stats.retries >= 2
+
+        await eventually(retrying)
+    # The mail server is back (the real sink); the same group picks the order up again.
+    async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", wiring) as shop:
+
+        async def delivered() -> bool:
+            return any(order.order_id in m.subject for m in smtp_sink.messages)
+
+        await eventually(delivered)
+        assert await read_dead_letters(shop.bootstrap, shop.topics.dlq_topics()) == []

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import itertools
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from ingest.events import OrderPlaced
 from models.feature_state import (
@@ -14,6 +16,7 @@ from models.feature_state import (
     SqlFeatureState,
     features_for_stream,
 )
+from models.feature_state import metadata as feature_metadata
 from models.features import FEATURE_NAMES, N_FEATURES, OrderFrame, basket_features
 from models.simulator import SimulatedStream
 
@@ -24,8 +27,33 @@ def _url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+POSTGRES_URL = os.environ.get("PIZZASHOP_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=pytest.mark.skipif(
+                POSTGRES_URL is None, reason="set PIZZASHOP_TEST_POSTGRES_URL"
+            ),
+        ),
+    ]
+)
+async def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return _url(tmp_path / "fs.db")
+    assert POSTGRES_URL is not None
+    engine = create_async_engine(POSTGRES_URL)
+    async with engine.begin() as conn:  # start from empty feature tables
+        await conn.run_sync(feature_metadata.drop_all)
+    await engine.dispose()
+    return POSTGRES_URL
+
+
 async def test_training_features_equal_serving_features(
-    stream: SimulatedStream, tmp_path: Path
+    stream: SimulatedStream, state_url: str
 ) -> None:
     orders = stream.orders[:1200]
     training = features_for_stream(orders)  # whole stream, in memory, batches of 1000
@@ -33,7 +61,7 @@ async def test_training_features_equal_serving_features(
     # serving: SQLite, uneven batches, one order redelivered inside a later batch and a
     # whole batch redelivered after a "restart" (a fresh store object on the same file)
     cuts = [0, 1, 150, 151, 600, 977, 1200]
-    async with SqlFeatureState(_url(tmp_path / "fs.db")) as store:
+    async with SqlFeatureState(state_url) as store:
         builder = FeatureBuilder(store)
         parts = []
         for a, b in itertools.pairwise(cuts):
@@ -49,7 +77,7 @@ async def test_training_features_equal_serving_features(
     serving = np.concatenate(parts)
     np.testing.assert_array_equal(serving, training)
 
-    async with SqlFeatureState(_url(tmp_path / "fs.db")) as restarted:
+    async with SqlFeatureState(state_url) as restarted:
         again = await FeatureBuilder(restarted).transform(list(orders[977:1200]))
     np.testing.assert_array_equal(again, training[977:1200])
 
