@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.features import N_FEATURES
+
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = "features"
@@ -131,3 +133,11 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.asarray(1.0 / (1.0 + np.exp(-np.clip(x, -60, 60))), dtype=np.float64)
+
+
+def model_input(features: np.ndarray) -> np.ndarray:
+    """The ``pre`` step both torch models share: float32 ``[n, N_FEATURES]``, no NaN or inf."""
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != N_FEATURES:
+        raise ValueError(f"expected [n, {N_FEATURES}] features, got {x.shape}")
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models._nn import Runner, export_onnx, fit_standardizer
+from models._nn import Runner, export_onnx, fit_standardizer, model_input
 from models.features import N_FEATURES
 from models.fraud import Attributions, top_k
 from models.registry import ModelVersion
@@ -69,10 +69,7 @@ class AnomalyModel:
         return self.runner.backend
 
     def pre(self, features: np.ndarray) -> np.ndarray:
-        x = np.asarray(features, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != N_FEATURES:
-            raise ValueError(f"expected [n, {N_FEATURES}] features, got {x.shape}")
-        return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        return model_input(features)
 
     def core(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, per_feature = self.runner(x)

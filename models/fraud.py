@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from models._nn import Runner, export_onnx, fit_platt, fit_standardizer, sigmoid
+from models._nn import Runner, export_onnx, fit_platt, fit_standardizer, model_input, sigmoid
 from models.features import FEATURE_NAMES, N_FEATURES
 from models.registry import ModelVersion
 
@@ -92,10 +92,7 @@ class FraudModel:
         return self.runner.backend
 
     def pre(self, features: np.ndarray) -> np.ndarray:
-        x = np.asarray(features, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != N_FEATURES:
-            raise ValueError(f"expected [n, {N_FEATURES}] features, got {x.shape}")
-        return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        return model_input(features)
 
     def core(self, x: np.ndarray) -> np.ndarray:
         return self.runner(x)[0]

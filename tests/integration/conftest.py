@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -95,3 +96,27 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     train(root, n_orders=8000, seed=3, progress=False, fraud_epochs=8, anomaly_epochs=8)
     return root
+
+
+async def spawn_workers(
+    settings: Settings, workers: str, log: Path, **env: str
+) -> asyncio.subprocess.Process:
+    """``pizzashop run --no-api --workers ...`` as a real process on the test's topics and
+    database, so a test can SIGKILL it. Output goes to ``log``; ``env`` adds settings."""
+    environment = {
+        **os.environ,
+        "PIZZASHOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+        "PIZZASHOP_TOPIC_PREFIX": settings.topic_prefix,
+        "PIZZASHOP_GROUP_PREFIX": settings.group_prefix,
+        "PIZZASHOP_HOME": str(settings.home),
+        "PIZZASHOP_REGISTRY_DIR": str(settings.resolved_registry_dir),
+        "PIZZASHOP_SMTP__PORT": str(settings.smtp.port),
+        "PIZZASHOP_CONSUMER__SESSION_TIMEOUT_MS": "6000",
+        "PIZZASHOP_CONSUMER__HEARTBEAT_INTERVAL_MS": "1000",
+        **env,
+    }
+    with log.open("ab") as sink:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pizzashop.cli", "run", "--no-api", "--verbose",
+            "--workers", workers, env=environment, stdout=sink, stderr=sink,
+        )  # fmt: skip

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,37 +13,18 @@ from api.app import create_app
 from pizzashop.settings import Settings
 from pizzashop.shop import Shop, Wiring
 from services.mailer import SmtpSink
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, spawn_workers
 from tests.integration.test_order_flow import order_body
 
 
 async def _start_workers(settings: Settings, log: Path) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "PIZZASHOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-        "PIZZASHOP_TOPIC_PREFIX": settings.topic_prefix,
-        "PIZZASHOP_GROUP_PREFIX": settings.group_prefix,
-        "PIZZASHOP_HOME": str(settings.home),
-        "PIZZASHOP_COOK_SECONDS": "1.0",
-        "PIZZASHOP_SMTP__PORT": str(settings.smtp.port),
-        "PIZZASHOP_CONSUMER__SESSION_TIMEOUT_MS": "6000",
-        "PIZZASHOP_CONSUMER__HEARTBEAT_INTERVAL_MS": "1000",
-        "PIZZASHOP_CONSUMER__BATCH_MAX": "5",
-    }
-    with log.open("ab") as sink:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "pizzashop.cli",
-            "run",
-            "--no-api",
-            "--verbose",
-            "--workers",
-            "payment,kitchen,notification",
-            env=env,
-            stdout=sink,
-            stderr=sink,
-        )
+    return await spawn_workers(
+        settings,
+        "payment,kitchen,notification",
+        log,
+        PIZZASHOP_COOK_SECONDS="1.0",
+        PIZZASHOP_CONSUMER__BATCH_MAX="5",
+    )
 
 
 async def test_sigkilled_workers_lose_no_order(

@@ -4,10 +4,8 @@ degraded scores, dead letters, hot reload, shadow scoring and failover."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +24,7 @@ from pizzashop.errors import DependencyPending
 from pizzashop.settings import Settings
 from pizzashop.shop import Shop, Wiring
 from services.mailer import SmtpSink
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, spawn_workers
 from tests.integration.test_order_flow import order_body
 
 ENRICH = Wiring(api=False, workers=("enricher", "scores"))
@@ -217,34 +215,6 @@ async def test_new_models_are_picked_up_without_restart_and_shadowed(
     assert summary.shadowed == 60 and summary.models["fraud-v2"] == 30
 
 
-async def _enricher_process(settings: Settings, log: Path) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "PIZZASHOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-        "PIZZASHOP_TOPIC_PREFIX": settings.topic_prefix,
-        "PIZZASHOP_GROUP_PREFIX": settings.group_prefix,
-        "PIZZASHOP_HOME": str(settings.home),
-        "PIZZASHOP_REGISTRY_DIR": str(settings.resolved_registry_dir),
-        "PIZZASHOP_CONSUMER__SESSION_TIMEOUT_MS": "6000",
-        "PIZZASHOP_CONSUMER__HEARTBEAT_INTERVAL_MS": "1000",
-        "PIZZASHOP_CONSUMER__BATCH_MAX": "10",
-    }
-    with log.open("ab") as sink:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "pizzashop.cli",
-            "run",
-            "--no-api",
-            "--verbose",
-            "--workers",
-            "enricher",
-            env=env,
-            stdout=sink,
-            stderr=sink,
-        )
-
-
 async def test_two_workers_share_the_orders_and_survive_one_being_killed(
     settings: Settings,
 ) -> None:
@@ -252,7 +222,10 @@ async def test_two_workers_share_the_orders_and_survive_one_being_killed(
     async with Shop(
         settings, settings.kafka_bootstrap or "", Wiring(api=False, workers=("scores",))
     ) as shop:
-        workers = [await _enricher_process(settings, log) for _ in range(2)]
+        workers = [
+            await spawn_workers(settings, "enricher", log, PIZZASHOP_CONSUMER__BATCH_MAX="10")
+            for _ in range(2)
+        ]
         try:
             batch = orders(300, seed=31)
             ids = [o.order_id for o in batch]
