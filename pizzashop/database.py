@@ -58,6 +58,11 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
+            # One connection per process: SQLite has one writer anyway, and waiting in the
+            # pool's asyncio queue is far cheaper than SQLite's busy handler, which sleeps up to
+            # 100 ms a round while writers of the same process take turns.
+            kwargs["pool_size"] = 1
+            kwargs["max_overflow"] = 0
         else:
             kwargs["pool_size"] = 10
         engine = create_async_engine(self.url, **kwargs)
