@@ -95,7 +95,7 @@ def malformed_records(order_id_prefix: str) -> list[tuple[bytes | None, list[tup
 
 
 @contextlib.asynccontextmanager
-async def _serve(app: Any, host: str) -> AsyncIterator[str]:
+async def serve(app: Any, host: str) -> AsyncIterator[str]:
     config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -128,7 +128,7 @@ async def run_demo(
         )
         async with (
             Shop(run_settings, bootstrap) as shop,
-            _serve(create_app(shop), settings.api_host) as url,
+            serve(create_app(shop), settings.api_host) as url,
         ):
             confirmed = await _place_orders(url, shop, orders, concurrency, report)
             await _inject_malformed(shop, report)
