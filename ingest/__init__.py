@@ -1,0 +1,34 @@
+"""The Kafka edge: the event contract, topics, producer, outbox, consumer runtime, dead letters.
+
+Public names load lazily, so ``import ingest.events`` alone does not pull in aiokafka.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConsumerRuntime": "ingest.consumer",
+    "DeadLetter": "ingest.dlq",
+    "Delivery": "ingest.consumer",
+    "EventProducer": "ingest.producer",
+    "Handler": "ingest.consumer",
+    "OutboxRelay": "ingest.outbox",
+    "ProcessedEvents": "ingest.dedupe",
+    "Topics": "ingest.topics",
+    "decode": "ingest.codec",
+    "encode": "ingest.codec",
+    "ensure_topics": "ingest.topics",
+    "read_dead_letters": "ingest.dlq",
+    "replay": "ingest.dlq",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ingest' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -168,13 +168,14 @@ class Shop:
             settings=self.settings.consumer,
         )
 
-    def _spawn(self, coro: object, name: str, stop: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str, stop: Callable[[], None]) -> None:
+        """Run ``coro`` until teardown, which calls ``stop`` and waits up to the deadline."""
+        task = asyncio.create_task(coro, name=name)
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
 
         async def _stop_and_wait() -> None:
-            stop()  # type: ignore[operator]
+            stop()
             try:
                 await asyncio.wait_for(task, self.settings.consumer.shutdown_deadline_s)
             except TimeoutError:

@@ -1,0 +1,35 @@
+"""The core flows: intake, kitchen, payment and saga, notification, status and score projections.
+
+Public names load lazily, so ``import services.menu`` alone stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Kitchen": "services.kitchen",
+    "Mailer": "services.mailer",
+    "Menu": "services.menu",
+    "MenuItem": "services.menu",
+    "Notifier": "services.notification",
+    "OrderIntake": "services.intake",
+    "OrderRequest": "services.intake",
+    "PaymentSaga": "services.payment",
+    "ScoreProjection": "services.scores",
+    "ScoreQueries": "services.scores",
+    "SmtpSink": "services.mailer",
+    "StatusProjection": "services.status",
+    "StatusQueries": "services.status",
+    "load_menu": "services.menu",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'services' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
