@@ -26,11 +26,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from ingest.broker import LocalKafka
 from ingest.codec import decode
 from ingest.events import OrderEnriched, OrderPlaced
 from models.registry import Registry
 from models.simulator import simulate
+from pizzashop.kafka import kafka
 from pizzashop.settings import Settings
 from pizzashop.shop import Shop, Wiring
 
@@ -131,11 +131,10 @@ async def _saturate(shop: Shop, probe: Probe, orders: list[OrderPlaced]) -> dict
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-enrich-")))
-        bootstrap = os.environ.get("PIZZASHOP_KAFKA_BOOTSTRAP")
-        if not bootstrap:
-            kafka = LocalKafka(cache_dir=REPO / ".cache", data_dir=tmp / "kafka")
-            bootstrap = await kafka.start()
-            stack.push_async_callback(kafka.stop)
+        # PIZZASHOP_KAFKA_BOOTSTRAP if set, else a local broker for the run.
+        bootstrap = await stack.enter_async_context(
+            kafka(Settings(home=tmp, cache_dir=REPO / ".cache"))
+        )
         registry = Path(args.registry) if args.registry else tmp / "registry"
         if Registry(registry).latest("fraud") is None:
             from models.training import train

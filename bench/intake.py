@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from api.app import create_app
-from ingest.broker import LocalKafka
 from pizzashop.demo import serve
+from pizzashop.kafka import kafka
 from pizzashop.settings import Settings
 from pizzashop.shop import Shop, Wiring
 from services.traffic import OrderRequests
@@ -38,11 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-api-")))
-        bootstrap = os.environ.get("PIZZASHOP_KAFKA_BOOTSTRAP")
-        if not bootstrap:
-            kafka = LocalKafka(cache_dir=REPO / ".cache", data_dir=tmp / "kafka")
-            bootstrap = await kafka.start()
-            stack.push_async_callback(kafka.stop)
+        # PIZZASHOP_KAFKA_BOOTSTRAP if set, else a local broker for the run.
+        bootstrap = await stack.enter_async_context(
+            kafka(Settings(home=tmp, cache_dir=REPO / ".cache"))
+        )
         run = uuid.uuid4().hex[:6]
         settings = Settings(kafka_bootstrap=bootstrap, home=tmp, topic_prefix=f"bench-{run}.")
         shop = await stack.enter_async_context(Shop(settings, bootstrap, Wiring(workers=())))

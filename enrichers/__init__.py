@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pizzashop.lazy import lazy_exports
 
 _EXPORTS = {
     "Enricher": "enrichers.worker",
@@ -12,11 +11,4 @@ _EXPORTS = {
     "to_enriched": "enrichers.worker",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'enrichers' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

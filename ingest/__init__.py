@@ -5,8 +5,7 @@ Public names load lazily, so ``import ingest.events`` alone does not pull in aio
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pizzashop.lazy import lazy_exports
 
 _EXPORTS = {
     "ConsumerRuntime": "ingest.consumer",
@@ -24,11 +23,4 @@ _EXPORTS = {
     "replay": "ingest.dlq",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ingest' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -12,8 +12,7 @@ not pay for torch until a torch model is actually used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pizzashop.lazy import lazy_exports
 
 _EXPORTS = {
     "AnomalyModel": "models.anomaly",
@@ -33,11 +32,4 @@ _EXPORTS = {
     "train": "models.training",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'models' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

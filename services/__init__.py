@@ -5,8 +5,7 @@ Public names load lazily, so ``import services.menu`` alone stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pizzashop.lazy import lazy_exports
 
 _EXPORTS = {
     "Kitchen": "services.kitchen",
@@ -25,11 +24,4 @@ _EXPORTS = {
     "load_menu": "services.menu",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'services' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
