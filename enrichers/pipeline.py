@@ -31,6 +31,7 @@ from models.feature_state import FeatureBuilder, FeatureStateStore
 from models.features import FEATURE_SCHEMA_VERSION
 from models.fraud import FraudModel
 from models.registry import Registry
+from models.upsell.history import BasketHistory
 from pizzashop.errors import TransientError
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,7 @@ class ScoringPipeline:
         with_upsell: bool = True,
         upsell_k: int = 3,
         bundle: ModelBundle | None = None,
+        history: BasketHistory | None = None,
     ) -> None:
         self.registry = registry
         self.features = FeatureBuilder(store)
@@ -198,6 +200,8 @@ class ScoringPipeline:
         self.prefer_onnx = prefer_onnx
         self.with_upsell = with_upsell
         self.upsell_k = upsell_k
+        # Without a history, upsell sees only the basket (it was trained with histories).
+        self.history = history
         self._bundle = bundle
 
     @classmethod
@@ -275,13 +279,18 @@ class ScoringPipeline:
         t0 = time.perf_counter()
         try:
             features = await self.features.transform(orders)
+            histories = (
+                await self.history.before(orders)
+                if self.history is not None and bundle.upsell is not None
+                else None
+            )
         except Exception as exc:
             raise TransientError(f"feature state unavailable: {exc}") from exc
         feature_ms = _ms(t0)
         fraud, anomaly, upsell = await asyncio.gather(
             self._guard("fraud", bundle.fraud, self._run_fraud, bundle, features),
             self._guard("anomaly", bundle.anomaly, self._run_anomaly, bundle, features),
-            self._guard("upsell", bundle.upsell, self._run_upsell, bundle, orders),
+            self._guard("upsell", bundle.upsell, self._run_upsell, bundle, (orders, histories)),
         )
         n = len(orders)
         fraud_scores = (
@@ -371,12 +380,17 @@ class ScoringPipeline:
             for i in range(len(x))
         ]
 
-    def _run_upsell(self, bundle: ModelBundle, orders: Sequence[OrderPlaced]) -> list[UpsellScore]:
+    def _run_upsell(
+        self,
+        bundle: ModelBundle,
+        batch: tuple[Sequence[OrderPlaced], list[list[str]] | None],
+    ) -> list[UpsellScore]:
         model = bundle.upsell
         assert model is not None
+        orders, histories = batch
         t0 = time.perf_counter()
         suggestions = model.suggest(
-            [[item.sku for item in o.items] for o in orders], None, self.upsell_k
+            [[item.sku for item in o.items] for o in orders], histories, self.upsell_k
         )
         batch_ms = _ms(t0)
         schema = int(model.metadata().get("feature_schema_version", 0))

@@ -109,12 +109,13 @@ async def score_lines(
     from enrichers.pipeline import ScoringPipeline
     from enrichers.worker import to_enriched
     from models.feature_state import InMemoryFeatureState
+    from models.upsell.history import InMemoryBasketHistory
     from pizzashop.settings import Settings
     from services.menu import load_menu
 
     menu = load_menu()
     threshold = Settings().enricher.fraud_threshold
-    pipeline = ScoringPipeline(registry, InMemoryFeatureState())
+    pipeline = ScoringPipeline(registry, InMemoryFeatureState(), history=InMemoryBasketHistory())
     await pipeline.start()
     bad = 0
     batch: list[tuple[int, OrderPlaced]] = []

@@ -68,6 +68,7 @@ class Shop:
         )
         self.runtimes: dict[str, ConsumerRuntime] = {}
         self._feature_state: Any = None
+        self._basket_history: Any = None
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -103,6 +104,7 @@ class Shop:
         from enrichers.worker import Enricher
         from models.feature_state import SqlFeatureState
         from models.registry import Registry
+        from models.upsell.history import SqlBasketHistory
 
         cfg = self.settings.enricher
         store = SqlFeatureState(self.db.url, engine=self.db.engine)
@@ -112,13 +114,15 @@ class Shop:
             "prefer_onnx": cfg.prefer_onnx,
             "with_upsell": cfg.with_upsell,
         }
-        pipeline = ScoringPipeline(registry, store, **options)  # type: ignore[arg-type]
+        history = SqlBasketHistory(self.db)
+        pipeline = ScoringPipeline(registry, store, history=history, **options)  # type: ignore[arg-type]
         shadow = None
         if cfg.shadow_fraud_version is not None:
             shadow = ScoringPipeline.challenger(
                 registry, store, fraud_version=cfg.shadow_fraud_version, **options
             )
         self._feature_state = store
+        self._basket_history = history
         return Enricher(
             pipeline,
             self.producer,
@@ -145,6 +149,7 @@ class Shop:
         if self._feature_state is not None:
             await self._feature_state.start()
             stack.push_async_callback(self._feature_state.stop)
+            await self._basket_history.start()
         for runtime in self.runtimes.values():
             # Warm-up (model loading) before the first record, not on it.
             await runtime.handler_start()

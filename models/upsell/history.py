@@ -1,0 +1,119 @@
+"""What each customer bought before: the upsell model's history, served as it was trained.
+
+Training (``prior_histories``) gives basket ``i`` the customer's purchases strictly before it.
+Serving must give the same: ``before(orders)`` returns, for each order of a batch, the SKUs of
+that customer's earlier orders (stored ones and earlier ones of the same batch, ordered by
+placement time), then records the batch. Records are keyed by order id, so a redelivered order
+neither counts twice nor sees itself. Only the latest ``keep`` orders per customer are used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+import sqlalchemy as sa
+
+from ingest.events import OrderPlaced
+from pizzashop.database import Database
+
+basket_history = sa.Table(
+    "upsell_baskets",
+    sa.MetaData(),
+    sa.Column("order_id", sa.String(64), primary_key=True),
+    sa.Column("customer_id", sa.String(64), nullable=False, index=True),
+    sa.Column("placed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("skus", sa.Text, nullable=False),
+)
+
+_Entry = tuple[datetime, str, list[str]]  # placed_at (UTC, naive), order id, skus
+
+
+class BasketHistory(Protocol):
+    async def before(self, orders: Sequence[OrderPlaced]) -> list[list[str]]:
+        """Each order's customer's earlier SKUs; then remember these orders."""
+
+
+def _entry(order: OrderPlaced) -> _Entry:
+    placed = order.placed_at.astimezone(UTC).replace(tzinfo=None)
+    return placed, order.order_id, [item.sku for item in order.items]
+
+
+def _histories(
+    orders: Sequence[OrderPlaced], known: dict[str, list[_Entry]], keep: int
+) -> list[list[str]]:
+    timeline: dict[str, dict[str, _Entry]] = defaultdict(dict)
+    for customer, entries in known.items():
+        for entry in entries:
+            timeline[customer][entry[1]] = entry
+    for order in orders:
+        timeline[order.customer_id].setdefault(order.order_id, _entry(order))
+    out: list[list[str]] = []
+    for order in orders:
+        mine = _entry(order)
+        earlier = sorted(e for e in timeline[order.customer_id].values() if e[:2] < mine[:2])
+        out.append([sku for _, _, skus in earlier[-keep:] for sku in skus])
+    return out
+
+
+class InMemoryBasketHistory:
+    def __init__(self, keep: int = 50) -> None:
+        self._keep = keep
+        self._by_customer: dict[str, list[_Entry]] = defaultdict(list)
+        self._seen: set[str] = set()
+
+    async def before(self, orders: Sequence[OrderPlaced]) -> list[list[str]]:
+        result = _histories(orders, self._by_customer, self._keep)
+        for order in orders:
+            if order.order_id not in self._seen:
+                self._seen.add(order.order_id)
+                self._by_customer[order.customer_id].append(_entry(order))
+        return result
+
+
+class SqlBasketHistory:
+    """The history in one table of the shop's database; it survives restarts and rebalances."""
+
+    def __init__(self, db: Database, keep: int = 50) -> None:
+        self._db = db
+        self._keep = keep
+
+    async def start(self) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.run_sync(basket_history.create, checkfirst=True)
+
+    async def before(self, orders: Sequence[OrderPlaced]) -> list[list[str]]:
+        customers = sorted({o.customer_id for o in orders})
+        known: dict[str, list[_Entry]] = defaultdict(list)
+        async with self._db.engine.connect() as conn:
+            for start in range(0, len(customers), 400):
+                rows = await conn.execute(
+                    sa.select(basket_history).where(
+                        basket_history.c.customer_id.in_(customers[start : start + 400])
+                    )
+                )
+                for row in rows:
+                    placed = row.placed_at
+                    if placed.tzinfo is not None:
+                        placed = placed.astimezone(UTC).replace(tzinfo=None)
+                    known[row.customer_id].append((placed, row.order_id, json.loads(row.skus)))
+        result = _histories(orders, known, self._keep)
+        await self._record(orders)
+        return result
+
+    async def _record(self, orders: Iterable[OrderPlaced]) -> None:
+        rows = [
+            {
+                "order_id": o.order_id,
+                "customer_id": o.customer_id,
+                "placed_at": o.placed_at,
+                "skus": json.dumps([item.sku for item in o.items]),
+            }
+            for o in orders
+        ]
+        if rows:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(self._db.insert_ignore(basket_history), rows)
