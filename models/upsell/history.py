@@ -90,11 +90,25 @@ class SqlBasketHistory:
         known: dict[str, list[_Entry]] = defaultdict(list)
         async with self._db.engine.connect() as conn:
             for start in range(0, len(customers), 400):
-                rows = await conn.execute(
-                    sa.select(basket_history).where(
-                        basket_history.c.customer_id.in_(customers[start : start + 400])
+                # Only each customer's latest ``keep`` orders: the history stays bounded however
+                # long a customer has been ordering.
+                recent = (
+                    sa.select(
+                        basket_history,
+                        sa.func.row_number()
+                        .over(
+                            partition_by=basket_history.c.customer_id,
+                            order_by=(
+                                basket_history.c.placed_at.desc(),
+                                basket_history.c.order_id.desc(),
+                            ),
+                        )
+                        .label("recency"),
                     )
+                    .where(basket_history.c.customer_id.in_(customers[start : start + 400]))
+                    .subquery()
                 )
+                rows = await conn.execute(sa.select(recent).where(recent.c.recency <= self._keep))
                 for row in rows:
                     placed = row.placed_at
                     if placed.tzinfo is not None:
