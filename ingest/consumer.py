@@ -230,7 +230,12 @@ class ConsumerRuntime:
                 decoded += await self._decode(tp, records)
             except Exception as exc:
                 failed[tp] = exc
-        fresh = await self._fresh(decoded)
+        try:
+            fresh = await self._fresh(decoded)
+        except Exception as exc:
+            # The dedupe table is unreachable: handle nothing rather than risk a repeat.
+            fresh = []
+            failed.update(dict.fromkeys(batches, exc))
         if self._handler.whole_batch:
             groups = [fresh] if fresh else []
         else:
@@ -248,7 +253,8 @@ class ConsumerRuntime:
         offsets: dict[TopicPartition, int] = {}
         for tp, records in batches.items():
             if tp in failed:
-                # Not even the dead-letter topic took it: rewind and try this partition again.
+                # Below the handler something failed (the dead-letter topic or the dedupe table
+                # unreachable): rewind and try this partition again after a pause.
                 logger.error(
                     "consumer %s: %s[%d] failed from offset %d, rewinding: %r",
                     self.name,

@@ -143,3 +143,33 @@ async def test_a_shutdown_mid_retry_dead_letters_nothing_and_the_next_run_delive
 
         await eventually(delivered)
         assert await read_dead_letters(shop.bootstrap, shop.topics.dlq_topics()) == []
+
+
+async def test_an_unreachable_dedupe_table_pauses_the_consumer_and_loses_nothing(
+    shop_settings: Settings, smtp_sink: SmtpSink
+) -> None:
+    fast = shop_settings.model_copy(
+        update={"consumer": shop_settings.consumer.model_copy(update={"retry_max_delay_s": 0.2})}
+    )
+    wiring = Wiring(api=False, workers=("notification",))
+    async with Shop(fast, fast.kafka_bootstrap or "", wiring) as shop:
+        original = shop.processed.seen
+        failures = {"left": 3}
+
+        async def flaky_seen(consumer: str, event_ids: object) -> set[str]:
+            if failures["left"] > 0:
+                failures["left"] -= 1
+                raise ConnectionError("database went away")
+            return await original(consumer, event_ids)  # type: ignore[arg-type]
+
+        shop.processed.seen = flaky_seen  # type: ignore[method-assign]
+        order = make_order()
+        await shop.producer.publish(shop.topics.orders, order)
+
+        async def mailed() -> bool:
+            return any(order.order_id in m.subject for m in smtp_sink.messages)
+
+        await eventually(mailed)
+        assert failures["left"] == 0
+        assert "notification" not in " ".join(shop.crashed())
+        assert len([m for m in smtp_sink.messages if order.order_id in m.subject]) == 1
