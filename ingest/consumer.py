@@ -212,7 +212,15 @@ class ConsumerRuntime:
                 fetch = None
                 if batches:
                     async with self._busy:
-                        await self._process(batches)
+                        try:
+                            await self._process(batches)
+                        except Exception:
+                            # Never let one bad batch end the consumer: its offsets were not
+                            # committed, so rewind and come back to it after a pause.
+                            logger.exception("consumer %s: batch failed; rewinding", self.name)
+                            for tp, records in batches.items():
+                                self._consumer.seek(tp, records[0].offset)
+                            await asyncio.sleep(settings.retry_max_delay_s)
         finally:
             stopping.cancel()
             if fetch is not None and not fetch.done():
