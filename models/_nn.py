@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ def export_onnx(
     """
     module.eval()
     dummy = torch.zeros(2, n_features)
-    try:
+
+    def export(**exporter: Any) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -36,26 +38,21 @@ def export_onnx(
                 str(path),
                 input_names=[INPUT_NAME],
                 output_names=output_names,
-                opset_version=17,
-                dynamo=False,
-                dynamic_axes={
-                    INPUT_NAME: {0: "batch"},
-                    **{name: {0: "batch"} for name in output_names},
-                },
+                **exporter,
             )
+
+    try:
+        export(
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={
+                INPUT_NAME: {0: "batch"},
+                **{name: {0: "batch"} for name in output_names},
+            },
+        )
     except Exception:
         logger.info("TorchScript ONNX export failed; using the dynamo exporter", exc_info=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (dummy,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=output_names,
-                dynamo=True,
-                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-            )
+        export(dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
 
 
 class Runner:
@@ -141,3 +138,29 @@ def model_input(features: np.ndarray) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != N_FEATURES:
         raise ValueError(f"expected [n, {N_FEATURES}] features, got {x.shape}")
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class TorchScorer:
+    """What the fraud and anomaly models share: a torch net in eval mode, its version, the
+    ONNX-or-torch runner, and the ``pre`` step."""
+
+    name: str
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        *,
+        version: int = 0,
+        onnx_path: Path | None = None,
+        prefer_onnx: bool = True,
+    ) -> None:
+        self.net = net.eval()
+        self.version = version
+        self.runner = Runner(self.net, onnx_path, prefer_onnx=prefer_onnx)
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    def pre(self, features: np.ndarray) -> np.ndarray:
+        return model_input(features)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models._nn import Runner, export_onnx, fit_standardizer, model_input
+from models._nn import TorchScorer, export_onnx, fit_standardizer
 from models.features import N_FEATURES
 from models.fraud import Attributions, top_k
 from models.registry import ModelVersion
@@ -47,7 +47,7 @@ class AutoEncoderNet(nn.Module):
         return per_feature.mean(dim=-1), per_feature
 
 
-class AnomalyModel:
+class AnomalyModel(TorchScorer):
     name = NAME
 
     def __init__(
@@ -59,17 +59,9 @@ class AnomalyModel:
         onnx_path: Path | None = None,
         prefer_onnx: bool = True,
     ) -> None:
-        self.net = net.eval()
+        super().__init__(net, version=version, onnx_path=onnx_path, prefer_onnx=prefer_onnx)
+        self.net: AutoEncoderNet = net
         self.training_errors = np.sort(np.asarray(training_errors, dtype=np.float64))
-        self.version = version
-        self.runner = Runner(self.net, onnx_path, prefer_onnx=prefer_onnx)
-
-    @property
-    def backend(self) -> str:
-        return self.runner.backend
-
-    def pre(self, features: np.ndarray) -> np.ndarray:
-        return model_input(features)
 
     def core(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         score, per_feature = self.runner(x)

@@ -20,7 +20,7 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from models._nn import Runner, export_onnx, fit_platt, fit_standardizer, model_input, sigmoid
+from models._nn import TorchScorer, export_onnx, fit_platt, fit_standardizer, sigmoid
 from models.features import FEATURE_NAMES, N_FEATURES
 from models.registry import ModelVersion
 
@@ -70,7 +70,7 @@ def top_k(contrib: np.ndarray, k: int) -> Attributions:
     return Attributions(idx, np.take_along_axis(contrib, idx, axis=1).astype(np.float32))
 
 
-class FraudModel:
+class FraudModel(TorchScorer):
     name = NAME
 
     def __init__(
@@ -82,17 +82,9 @@ class FraudModel:
         onnx_path: Path | None = None,
         prefer_onnx: bool = True,
     ) -> None:
-        self.net = net.eval()
+        super().__init__(net, version=version, onnx_path=onnx_path, prefer_onnx=prefer_onnx)
+        self.net: FraudNet = net
         self.platt = platt
-        self.version = version
-        self.runner = Runner(self.net, onnx_path, prefer_onnx=prefer_onnx)
-
-    @property
-    def backend(self) -> str:
-        return self.runner.backend
-
-    def pre(self, features: np.ndarray) -> np.ndarray:
-        return model_input(features)
 
     def core(self, x: np.ndarray) -> np.ndarray:
         return self.runner(x)[0]
