@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Column, DateTime, String, Table, func, select
 
-from pizzashop.database import Database, metadata
+from pizzashop.database import Database, chunked, metadata
 
 processed_events = Table(
     "processed_events",
@@ -31,9 +31,7 @@ class ProcessedEvents:
             return set()
         found: set[str] = set()
         async with self._db.engine.connect() as conn:
-            # Chunked: SQLite caps bound parameters per statement.
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for chunk in chunked(ids):
                 rows = await conn.execute(
                     select(processed_events.c.event_id).where(
                         processed_events.c.consumer == consumer,

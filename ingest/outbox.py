@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from ingest.codec import EncodedRecord, encode
 from ingest.events import Event
 from ingest.producer import EventProducer
-from pizzashop.database import Database, metadata
+from pizzashop.database import Database, chunked, metadata
 from pizzashop.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -173,9 +173,7 @@ class OutboxRelay:
 
     async def _mark_sent(self, ids: Sequence[int]) -> None:
         async with self._db.engine.begin() as conn:
-            for start in range(0, len(ids), 500):
+            for chunk in chunked(ids):
                 await conn.execute(
-                    update(outbox)
-                    .where(outbox.c.id.in_(ids[start : start + 500]))
-                    .values(sent_at=func.now())
+                    update(outbox).where(outbox.c.id.in_(chunk)).values(sent_at=func.now())
                 )

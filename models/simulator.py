@@ -342,6 +342,19 @@ class _Generator:
         self.n_new_accounts += 1
         return self.pop.get(f"acct-{self.seed}-{self.n_new_accounts:06d}")
 
+    def _open_session(self, sess: _Session) -> None:
+        """A fraudster's first order: mostly a new account, else a known customer's; a card,
+        device and address of the fraudster's own either way."""
+        rng = self.rng
+        if sess.customer is None:
+            sess.customer = (
+                self._new_account()
+                if rng.random() < 0.7
+                else self.pop.get(rng.choice(self.customer_ids))
+            )
+            sess.card, sess.device = random_card(rng), random_device(rng)
+            sess.address = random_address(rng)
+
     def _attack(
         self, i: int, placed_at: datetime, sess: _Session, slot: _Slot
     ) -> tuple[OrderPlaced, float]:
@@ -350,27 +363,13 @@ class _Generator:
         odd_hour = float(hour >= 22.5 or hour < 6)
         k = slot.position
         if slot.scenario == 1:  # card testing
-            if sess.customer is None:
-                sess.customer = (
-                    self._new_account()
-                    if rng.random() < 0.7
-                    else pop.get(rng.choice(self.customer_ids))
-                )
-                sess.card, sess.device = random_card(rng), random_device(rng)
-                sess.address = random_address(rng)
+            self._open_session(sess)
             pool = pop.drinks + pop.sides + pop.desserts
             basket = {rng.choice(pool): 1}
             channel = rng.choice(("web", "app"))
             logit = -1.6 + 0.65 * k + 0.4 * odd_hour + rng.gauss(0, 0.4)
         elif slot.scenario == 2:  # stolen card
-            if sess.customer is None:
-                sess.customer = (
-                    self._new_account()
-                    if rng.random() < 0.7
-                    else pop.get(rng.choice(self.customer_ids))
-                )
-                sess.card, sess.device = random_card(rng), random_device(rng)
-                sess.address = random_address(rng)
+            self._open_session(sess)
             big = [p for p in pop.pizzas.tolist() if cat.size[p] >= 2]
             basket = {}
             for pos in rng.choices(big, k=rng.randint(3, 12)):

@@ -8,9 +8,10 @@ API and the workers (one process or several) can write to one file.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import MetaData, Table, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,6 +23,8 @@ from pizzashop.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 metadata = MetaData()
+
+T = TypeVar("T")
 
 
 class Database:
@@ -103,6 +106,11 @@ class Database:
         if self.dialect == "postgresql":
             return postgresql.insert(table).on_conflict_do_nothing()
         return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def chunked(values: Sequence[T], size: int = 500) -> list[Sequence[T]]:
+    """``values`` in slices small enough for one ``IN (...)``: SQLite caps bound parameters."""
+    return [values[start : start + size] for start in range(0, len(values), size)]
 
 
 def _missing_columns(sync_conn: Any) -> dict[str, list[str]]:

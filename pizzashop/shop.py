@@ -67,8 +67,10 @@ class Shop:
             self.db, self.menu, self.topics.orders, on_committed=self.relay.wake
         )
         self.runtimes: dict[str, ConsumerRuntime] = {}
-        self._feature_state: Any = None
-        self._basket_history: Any = None
+        # The enricher's state stores (feature state, basket history), when it runs here: they
+        # start before the consumers and stop after them.
+        self.feature_state: Any = None
+        self._stores: list[Any] = []
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -121,8 +123,8 @@ class Shop:
             shadow = ScoringPipeline.challenger(
                 registry, store, fraud_version=cfg.shadow_fraud_version, **options
             )
-        self._feature_state = store
-        self._basket_history = history
+        self.feature_state = store
+        self._stores += [store, history]
         return Enricher(
             pipeline,
             self.producer,
@@ -146,10 +148,9 @@ class Shop:
         stack.push_async_callback(self.producer.stop)
         for name in self.wiring.workers:
             self.runtimes[name] = self._runtime(name)
-        if self._feature_state is not None:
-            await self._feature_state.start()
-            stack.push_async_callback(self._feature_state.stop)
-            await self._basket_history.start()
+        for resource in self._stores:
+            await resource.start()
+            stack.push_async_callback(resource.stop)
         for runtime in self.runtimes.values():
             # Warm-up (model loading) before the first record, not on it.
             await runtime.handler_start()

@@ -73,7 +73,7 @@ class Notifier(Handler):
         )
         # Publish the confirmations of everything that did go out, whatever else failed.
         confirmations: list[Event] = [
-            *self._confirmations([d.event for d in batch if d.event.event_id in already]),
+            *(self._confirmation(d.event) for d in batch if d.event.event_id in already),
             *(r for r in results if isinstance(r, Event)),
         ]
         if confirmations:
@@ -98,9 +98,6 @@ class Notifier(Handler):
             )
             await self._processed.mark(self._sent_key, [event.event_id])
             return confirmation
-
-    def _confirmations(self, events: Sequence[Event]) -> list[Event]:
-        return [self._confirmation(e) for e in events]
 
     @staticmethod
     def _confirmation(event: Event) -> Event:

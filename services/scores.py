@@ -15,7 +15,7 @@ from sqlalchemy import Boolean, Column, DateTime, Float, Integer, String, Table,
 
 from ingest.consumer import Delivery, Handler
 from ingest.events import OrderEnriched, ScoreShadowed
-from pizzashop.database import Database, metadata
+from pizzashop.database import Database, chunked, metadata
 
 order_scores = Table(
     "order_scores",
@@ -129,25 +129,15 @@ class ScoreQueries:
             return [OrderEnriched.model_validate_json(r.body) for r in rows]
 
     async def count(self, order_ids: Sequence[str] | None = None) -> int:
+        """Orders scored, all of them or those of ``order_ids``."""
+        query = select(func.count()).select_from(order_scores)
         async with self._db.engine.connect() as conn:
             if order_ids is None:
-                return int(
-                    (
-                        await conn.execute(select(func.count()).select_from(order_scores))
-                    ).scalar_one()
-                )
+                return int((await conn.execute(query)).scalar_one())
             total = 0
-            for start in range(0, len(order_ids), 500):
-                chunk = list(order_ids[start : start + 500])
-                total += int(
-                    (
-                        await conn.execute(
-                            select(func.count())
-                            .select_from(order_scores)
-                            .where(order_scores.c.order_id.in_(chunk))
-                        )
-                    ).scalar_one()
-                )
+            for chunk in chunked(order_ids):
+                scoped = query.where(order_scores.c.order_id.in_(chunk))
+                total += int((await conn.execute(scoped)).scalar_one())
             return total
 
     async def summary(self) -> ScoreSummary:

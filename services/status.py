@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingest.consumer import Delivery, Handler
 from ingest.events import Event, OrderPlaced
-from pizzashop.database import Database, metadata
+from pizzashop.database import Database, chunked, metadata
 
 orders = Table(
     "orders",
@@ -175,10 +175,9 @@ class StatusQueries:
         query = select(timeline.c.event_type, timeline.c.order_id).distinct()
         totals: dict[str, int] = {}
         async with self._db.engine.connect() as conn:
-            if order_ids is None:
-                chunks: list[Sequence[str] | None] = [None]
-            else:
-                chunks = [order_ids[i : i + 500] for i in range(0, len(order_ids), 500)]
+            chunks: list[Sequence[str] | None] = (
+                [None] if order_ids is None else list(chunked(order_ids))
+            )
             for chunk in chunks:
                 scoped = query if chunk is None else query.where(timeline.c.order_id.in_(chunk))
                 sub = scoped.subquery()
@@ -191,8 +190,7 @@ class StatusQueries:
         """Those of ``order_ids`` that have not reached a final state yet."""
         done: set[str] = set()
         async with self._db.engine.connect() as conn:
-            for start in range(0, len(order_ids), 500):
-                chunk = list(order_ids[start : start + 500])
+            for chunk in chunked(order_ids):
                 rows = await conn.execute(
                     select(func.distinct(timeline.c.order_id)).where(
                         timeline.c.order_id.in_(chunk),

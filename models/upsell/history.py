@@ -85,6 +85,9 @@ class SqlBasketHistory:
         async with self._db.engine.begin() as conn:
             await conn.run_sync(basket_history.create, checkfirst=True)
 
+    async def stop(self) -> None:
+        """Nothing to release: the history borrows the shop's database."""
+
     async def before(self, orders: Sequence[OrderPlaced]) -> list[list[str]]:
         customers = sorted({o.customer_id for o in orders})
         known: dict[str, list[_Entry]] = defaultdict(list)

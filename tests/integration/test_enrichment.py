@@ -129,7 +129,7 @@ async def test_a_model_that_times_out_degrades_its_score_but_never_stalls(
 
 async def test_an_order_that_cannot_be_scored_at_all_is_dead_lettered(settings: Settings) -> None:
     async with Shop(settings, settings.kafka_bootstrap or "", ENRICH) as shop:
-        store = shop._feature_state
+        store = shop.feature_state
         original = store.apply
         batch = orders(10, seed=9)
         poison = batch[3].order_id
