@@ -3,6 +3,18 @@
 Value: the event's JSON. Key: the order id. Headers: ``event-type``, ``schema-version``,
 ``event-id``, ``order-id`` and a W3C ``traceparent``, so a consumer can route, trace and
 dead-letter a record without parsing its body.
+
+Writers are strict, readers are tolerant. The event models keep ``extra="forbid"``, so an event
+built in our code with a field the contract lacks is refused before it reaches the wire.
+``decode`` validates the same models with ``extra="ignore"``: a record of the served schema
+version that carries fields this reader does not know (a newer writer added optional ones,
+which the compatibility rule allows) is read and the unknown fields are dropped, at the top
+level and in every nested part (items, payment, address, assessments).
+
+A record without a ``schema-version`` header is read as version 1, and only strictly: it is
+refused when the event type is served at another version, and an unknown field in its body
+fails it rather than being dropped, since without the header nothing says the writer followed
+the version-1 contract that makes dropping safe.
 """
 
 from __future__ import annotations
@@ -65,7 +77,11 @@ def header(headers: Headers | tuple[tuple[str, bytes], ...] | None, name: str) -
 
 
 def decode(value: bytes | None, headers: Headers | tuple[tuple[str, bytes], ...] | None) -> Event:
-    """Parse a record into its event class, or raise a non-retriable error saying why."""
+    """Parse a record into its event class, or raise a non-retriable error saying why.
+
+    Unknown fields are dropped when the record names the served schema version; see the module
+    docstring for records without a version header.
+    """
     event_type = header(headers, H_EVENT_TYPE)
     if event_type is None:
         raise DecodeError(f"missing header {H_EVENT_TYPE!r}")
@@ -73,6 +89,11 @@ def decode(value: bytes | None, headers: Headers | tuple[tuple[str, bytes], ...]
     if cls is None:
         raise DecodeError(f"unknown event type {event_type!r}")
     version = header(headers, H_SCHEMA_VERSION)
+    if version is None and cls.schema_version != 1:
+        raise DecodeError(
+            f"{event_type} record has no {H_SCHEMA_VERSION!r} header, read as version 1, "
+            f"which is not served (known: {cls.schema_version})"
+        )
     if version is not None and version != str(cls.schema_version):
         raise DecodeError(
             f"{event_type} schema version {version} is not served (known: {cls.schema_version})"
@@ -80,7 +101,11 @@ def decode(value: bytes | None, headers: Headers | tuple[tuple[str, bytes], ...]
     if not value:
         raise DecodeError(f"{event_type} record has an empty value")
     try:
-        return cls.model_validate_json(value)
+        # One model, two doors: the class keeps extra="forbid" for code that builds events,
+        # and this validation-time override makes the reader tolerant. pydantic-core applies
+        # it to every nested model of the call, so no parallel "reader" classes need keeping
+        # in step, and the committed JSON Schemas (the writer's contract) stay as they are.
+        return cls.model_validate_json(value, extra="ignore" if version is not None else None)
     except ValidationError as exc:
         if any(err["type"] == "json_invalid" for err in exc.errors()):
             raise DecodeError(

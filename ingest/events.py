@@ -7,6 +7,11 @@ is always the order id, so one order's events stay ordered on one partition.
 Compatibility rule (checked by ``tests/unit/test_schema_compat.py`` against ``schemas/``):
 within one ``schema_version`` a change may only add optional fields. Anything else is a new
 version with its own class.
+
+Every model here is ``extra="forbid"``: code that builds an event with a field the contract
+lacks fails at once. Reading is tolerant: ``ingest.codec.decode`` validates with
+``extra="ignore"``, so a record from a newer writer with added optional fields is read and the
+fields this reader does not know are dropped (forward compatibility).
 """
 
 from __future__ import annotations

@@ -1,15 +1,26 @@
-"""The event contract may only grow compatibly within a schema version."""
+"""The event contract may only grow compatibly within a schema version.
+
+Both directions are checked on real records: a reader of the committed schema reads what a newer
+writer (with added optional fields) writes, and a newer reader reads what the current writer
+writes.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
+from decimal import Decimal
+from typing import Any
 
+import jsonschema
 import pytest
+from pydantic import BaseModel, create_model
 
-from ingest.events import EVENT_TYPES, Event
+from ingest.codec import decode, encode
+from ingest.events import EVENT_TYPES, Event, OrderRejected, PaymentCaptured
 from ingest.schemas import current_schema, schema_path
 from ingest.schemas.compat import breaking_changes
+from tests.unit.conftest import make_order
 
 
 @pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
@@ -45,3 +56,67 @@ def test_checker_flags_tightened_constraints() -> None:
     new = copy.deepcopy(old)
     new["properties"]["reason"]["maxLength"] = 10
     assert breaking_changes(old, new) != []
+
+
+# -- both directions, on real records ---------------------------------------------------------
+def _reader_view(schema: Any) -> Any:
+    """``schema`` as a tolerant reader applies it: unknown properties allowed at every level."""
+    if isinstance(schema, dict):
+        return {k: _reader_view(v) for k, v in schema.items() if k != "additionalProperties"}
+    if isinstance(schema, list):
+        return [_reader_view(v) for v in schema]
+    return schema
+
+
+def _samples() -> list[Event]:
+    return [
+        make_order(),
+        OrderRejected(order_id="o-1", reason="out of dough"),
+        PaymentCaptured(order_id="o-1", amount=Decimal("12.50"), card_fingerprint="fp-1"),
+    ]
+
+
+class _Note(BaseModel):
+    """A nested part only the new writer knows."""
+
+    text: str
+
+
+def _newer(cls: type[Event]) -> type[Event]:
+    """``cls`` as the next release may write it: two added optional fields, one of them nested."""
+    newer: type[Event] = create_model(
+        cls.__name__,
+        __base__=cls,
+        loyalty_tier=(str | None, None),
+        note=(_Note | None, None),
+    )
+    assert newer.event_type == cls.event_type and newer.schema_version == cls.schema_version
+    return newer
+
+
+@pytest.mark.parametrize("event", _samples(), ids=lambda e: e.event_type)
+def test_old_reader_accepts_a_record_from_a_newer_writer(event: Event) -> None:
+    cls = type(event)
+    written = {**event.model_dump(), "loyalty_tier": "gold", "note": {"text": "ring twice"}}
+    record = encode(_newer(cls).model_validate(written))
+    assert b"loyalty_tier" in record.value and b"ring twice" in record.value
+    # The deployed reader is the committed schema (the test above holds the model to it) ...
+    committed = json.loads(schema_path(cls).read_text())
+    jsonschema.validate(json.loads(record.value), _reader_view(committed))
+    # ... and the decoder reads the record, dropping what it does not know.
+    assert decode(record.value, record.headers) == event
+
+
+@pytest.mark.parametrize("event", _samples(), ids=lambda e: e.event_type)
+def test_new_reader_accepts_a_record_from_the_old_writer(
+    event: Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cls = type(event)
+    newer = _newer(cls)
+    assert breaking_changes(current_schema(cls), current_schema(newer)) == []
+    monkeypatch.setitem(EVENT_TYPES, cls.event_type, newer)
+    record = encode(event)
+    decoded = decode(record.value, record.headers)
+    assert type(decoded) is newer
+    assert decoded.model_dump(exclude={"loyalty_tier", "note"}) == event.model_dump()
+    assert decoded.loyalty_tier is None and decoded.note is None  # type: ignore[attr-defined]
