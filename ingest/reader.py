@@ -29,13 +29,22 @@ async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPart
     ]
 
 
-async def read_topics(bootstrap: str, topics: Sequence[str]) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record now in ``topics``, partition by partition, oldest first."""
+async def read_topics(
+    bootstrap: str, topics: Sequence[str], *, isolation_level: str = "read_uncommitted"
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record now in ``topics``, partition by partition, oldest first.
+
+    ``isolation_level="read_committed"`` reads what a transactional consumer would: records of
+    aborted transactions are skipped, and the end is each partition's last stable offset.
+    """
     partitions = await partitions_of(bootstrap, topics)
     if not partitions:
         return []
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level=isolation_level,
     )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []

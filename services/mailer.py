@@ -7,11 +7,14 @@ crash is recognisable as the same message by the receiving side.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import default as default_policy
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -60,12 +63,14 @@ class ReceivedMail:
     subject: str
     message_id: str
     body: str
+    received_at: float = 0.0  # wall clock (time.time()) when the server took the message
 
 
 @dataclass(slots=True)
 class _Collector:
     messages: list[ReceivedMail] = field(default_factory=list)
     temporary_failures: int = 0
+    log_path: Path | None = None
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.temporary_failures > 0:
@@ -73,15 +78,20 @@ class _Collector:
             return "451 Requested action aborted: try again later"
         parsed = BytesParser(policy=default_policy).parsebytes(envelope.content)
         body = parsed.get_body(preferencelist=("plain",))
-        self.messages.append(
-            ReceivedMail(
-                sender=envelope.mail_from,
-                recipients=tuple(envelope.rcpt_tos),
-                subject=str(parsed["Subject"]),
-                message_id=str(parsed["Message-ID"]).strip("<>").split("@")[0],
-                body=body.get_content() if body is not None else "",
-            )
+        mail = ReceivedMail(
+            sender=envelope.mail_from,
+            recipients=tuple(envelope.rcpt_tos),
+            subject=str(parsed["Subject"]),
+            message_id=str(parsed["Message-ID"]).strip("<>").split("@")[0],
+            body=body.get_content() if body is not None else "",
+            received_at=time.time(),
         )
+        if self.log_path is not None:
+            # Written before the 250 goes out: a message the sender saw accepted is in the log.
+            line = {k: v for k, v in asdict(mail).items() if k != "body"}
+            with self.log_path.open("a", encoding="utf-8") as log:
+                log.write(json.dumps(line) + "\n")
+        self.messages.append(mail)
         return "250 Message accepted for delivery"
 
 
@@ -89,38 +99,74 @@ class SmtpSink:
     """A real SMTP server (aiosmtpd) on loopback that keeps what it receives in memory.
 
     ``temporary_failures`` makes it answer the first N messages with 451 (try again later), as
-    a busy mail server does, to exercise the sender's retries.
+    a busy mail server does, to exercise the sender's retries. ``log_path`` also appends one
+    JSON line per accepted message (sender, recipients, subject, Message-ID, time).
+
+    ``suspend()`` takes the server down as an outage does (the port refuses connections, open
+    sessions are cut); ``resume()`` serves again on the same port with the same log. ``stop()``
+    is final: a stopped sink refuses to start again.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, temporary_failures: int = 0
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        temporary_failures: int = 0,
+        log_path: Path | None = None,
     ) -> None:
-        self._collector = _Collector(temporary_failures=temporary_failures)
-        self._controller = Controller(self._collector, hostname=host, port=port or _free_port(host))
-        self._running = False
+        self._collector = _Collector(temporary_failures=temporary_failures, log_path=log_path)
+        self._host = host
+        self._port = port or _free_port(host)
+        self._controller: Controller | None = None
+        self._stopped = False
 
     @property
     def host(self) -> str:
-        return str(self._controller.hostname)
+        return self._host
 
     @property
     def port(self) -> int:
-        return int(self._controller.port)
+        return self._port
 
     @property
     def messages(self) -> list[ReceivedMail]:
         return self._collector.messages
 
+    @property
+    def serving(self) -> bool:
+        return self._controller is not None
+
     async def start(self) -> None:
-        if not self._running:
-            # Controller.start blocks until its thread serves: keep the event loop free meanwhile.
-            await asyncio.to_thread(self._controller.start)
-            self._running = True
+        if self._stopped:
+            raise RuntimeError("a stopped SmtpSink cannot be started again")
+        await self._serve()
+
+    async def suspend(self) -> None:
+        """Stop serving until ``resume()``: connections to the port are refused meanwhile."""
+        await self._halt()
+
+    async def resume(self) -> None:
+        """Serve again on the same port, after ``suspend()``."""
+        await self.start()
 
     async def stop(self) -> None:
-        if self._running:
-            await asyncio.to_thread(self._controller.stop)
-            self._running = False
+        self._stopped = True
+        await self._halt()
+
+    async def _serve(self) -> None:
+        if self._controller is not None:
+            return
+        # An aiosmtpd Controller closes its event loop when stopped: one per serving period.
+        controller = Controller(self._collector, hostname=self._host, port=self._port)
+        # Controller.start blocks until its thread serves: keep the event loop free meanwhile.
+        await asyncio.to_thread(controller.start)
+        self._controller = controller
+
+    async def _halt(self) -> None:
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            await asyncio.to_thread(controller.stop)
 
     async def __aenter__(self) -> Self:
         await self.start()
