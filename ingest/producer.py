@@ -1,29 +1,122 @@
-"""The event producer: idempotent, ``acks="all"``, one per process.
+"""The producers: ``EventProducer`` (idempotent, ``acks="all"``, one per process) and
+``TransactionalProducer`` (one Kafka transaction at a time, for the outbox relay).
 
 ``publish`` returns once the broker has acknowledged, so a caller that commits its input offset
 afterwards never loses an output.
+
+Errors come out as the project's own, chosen by aiokafka's ``retriable`` flag (see
+``translate``): retriable ones and timeouts as ``BrokerUnavailable``; the ones that leave the
+client unable to go on (``OutOfOrderSequenceNumber``, ``UnknownProducerId``, ``ProducerFenced``,
+``InvalidProducerEpoch``, a dead sender) as ``ProducerReset``; the rest as ``PublishRejected``.
+
+Why a failed send drops the client: an idempotent aiokafka producer numbers each batch per
+partition. A batch that expires (Kafka away longer than ``request_timeout_ms``) has used its
+sequence number without reaching the broker, so the next batch arrives with a gap, is refused
+with ``OutOfOrderSequenceNumber``, and the sender task dies; every later send then fails the same
+way, for ever. aiokafka has no epoch bump to heal this, so after any failed send the client is
+closed and the next call starts a fresh one (a new producer id, sequences from zero).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    InvalidTxnState,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    TransactionCoordinatorFenced,
+    UnknownProducerId,
+)
 
 from ingest.codec import EncodedRecord, encode
 from ingest.events import Event
-from pizzashop.errors import BrokerUnavailable
+from pizzashop.errors import (
+    BrokerUnavailable,
+    PizzashopError,
+    ProducerReset,
+    PublishRejected,
+)
 
 logger = logging.getLogger(__name__)
 
+# After these the client cannot go on: only a new client (new producer id or epoch) can send.
+FATAL_PRODUCER_ERRORS: tuple[type[KafkaError], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    ProducerFenced,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    InvalidTxnState,
+    TransactionCoordinatorFenced,
+    ProducerClosed,
+)
+
+
+def translate(exc: KafkaError, what: str, *, client_dead: bool = False) -> PizzashopError:
+    """The project error for an aiokafka one, by aiokafka's own ``retriable`` flag.
+
+    ``KafkaTimeoutError`` says ``retriable = False`` in aiokafka, yet it is the very error of a
+    broker that is away for a while, so it counts as retriable here.
+    """
+    message = f"{what}: {type(exc).__name__}: {exc}"
+    if client_dead or isinstance(exc, FATAL_PRODUCER_ERRORS):
+        return ProducerReset(message)
+    if exc.retriable or isinstance(exc, KafkaTimeoutError | KafkaConnectionError):
+        return BrokerUnavailable(message)
+    return PublishRejected(message)
+
+
+def client_is_dead(producer: AIOKafkaProducer) -> bool:
+    """Whether aiokafka's sender task has ended: then every later send fails (a private field,
+    read defensively)."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return task is not None and task.done()
+
+
+async def close_client(producer: AIOKafkaProducer, timeout_s: float) -> None:
+    """Close ``producer`` within ``timeout_s``, even with Kafka away.
+
+    ``stop()`` first waits for in-flight batches, which an idempotent client retries without
+    end while the broker is down. Past the deadline the sender is cancelled and whatever it
+    still held is failed, so no caller waits for ever on a future nobody will resolve.
+    """
+    try:
+        await asyncio.wait_for(producer.stop(), timeout_s)
+    except (TimeoutError, KafkaError, OSError):
+        sender = getattr(producer, "_sender", None)
+        accumulator = getattr(producer, "_message_accumulator", None)
+        with contextlib.suppress(Exception):
+            if sender is not None:
+                await sender.close()
+        with contextlib.suppress(Exception):
+            if accumulator is not None:
+                accumulator.fail_all(ProducerClosed())
+        with contextlib.suppress(Exception):
+            await producer.client.close()
+        logger.warning("producer closed by force after %.0fs", timeout_s)
+
 
 class EventProducer:
-    """Publishes events keyed by order id. Start once, share, stop once."""
+    """Publishes events keyed by order id. Start once, share, stop once.
+
+    A send that fails drops the underlying client (see the module docstring); the next call
+    connects a fresh one. Callers see ``BrokerUnavailable`` (or its ``ProducerReset``) when
+    trying again can help, ``PublishRejected`` when it cannot.
+    """
 
     def __init__(
         self, bootstrap: str, *, client_id: str = "pizzashop", request_timeout_ms: int = 30_000
@@ -36,9 +129,13 @@ class EventProducer:
             "linger_ms": 5,
             "request_timeout_ms": request_timeout_ms,
         }
+        self._close_timeout_s = request_timeout_ms / 1000
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
         self._stopped = False
+        # Clients being closed after a failure: stop() waits for them.
+        self._retiring: set[asyncio.Task[None]] = set()
+        self.resets = 0
 
     @property
     def started(self) -> bool:
@@ -56,22 +153,46 @@ class EventProducer:
             try:
                 await producer.start()
             except KafkaError as exc:
-                await producer.stop()
-                raise BrokerUnavailable(f"producer cannot reach Kafka: {exc}") from exc
+                await close_client(producer, self._close_timeout_s)
+                raise translate(exc, "producer cannot reach Kafka") from exc
             self._producer = producer
 
     async def stop(self) -> None:
         async with self._starting:
             if self._producer is not None and not self._stopped:
-                await self._producer.flush()
-                await self._producer.stop()
+                producer, self._producer = self._producer, None
+                with contextlib.suppress(KafkaError):
+                    await producer.flush()
+                await close_client(producer, self._close_timeout_s)
             self._stopped = True
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def _ready(self) -> AIOKafkaProducer:
         if self._producer is None:
             await self.start()
         assert self._producer is not None
         return self._producer
+
+    def _retire(self, producer: AIOKafkaProducer, exc: KafkaError) -> bool:
+        """Drop ``producer`` if it is still the current client; returns whether it was dead.
+
+        Closing happens in the background: other callers may still await its futures, and
+        their outcome (acknowledged or failed) stays true.
+        """
+        dead = client_is_dead(producer)
+        if producer is self._producer:
+            self._producer = None
+            self.resets += 1
+            logger.warning(
+                "producer dropped after %s (sender %s); the next send uses a fresh client",
+                type(exc).__name__,
+                "dead" if dead else "alive",
+            )
+            task = asyncio.create_task(close_client(producer, self._close_timeout_s))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return dead
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -109,7 +230,8 @@ class EventProducer:
             ]
             await asyncio.gather(*futures)
         except KafkaError as exc:
-            raise BrokerUnavailable(f"publish to {topic} failed: {exc}") from exc
+            dead = self._retire(producer, exc)
+            raise translate(exc, f"publish to {topic} failed", client_dead=dead) from exc
 
     async def send_raw(
         self,
@@ -124,4 +246,111 @@ class EventProducer:
         try:
             await producer.send_and_wait(topic, value, key=key, headers=list(headers))
         except KafkaError as exc:
-            raise BrokerUnavailable(f"publish to {topic} failed: {exc}") from exc
+            dead = self._retire(producer, exc)
+            raise translate(exc, f"publish to {topic} failed", client_dead=dead) from exc
+
+
+class TransactionalProducer:
+    """Sends groups of records as single Kafka transactions under a stable transactional id.
+
+    ``start()`` registers the id with the transaction coordinator (InitProducerId), which fences
+    every earlier client with the same id and aborts whatever transaction it left open; a
+    transaction the predecessor had already asked to commit completes first. So a restarted
+    process, or a replacement client after a failure, never shares a transaction with the old.
+
+    After any failure the client is dropped, not aborted: the next ``start()`` fences and aborts
+    on the broker's side, which also covers a commit whose answer was lost. The caller must
+    then find out what did commit (the outbox relay reads its progress topic).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        transactional_id: str,
+        *,
+        client_id: str = "pizzashop-tx",
+        request_timeout_ms: int = 30_000,
+        transaction_timeout_ms: int = 60_000,
+    ) -> None:
+        self.transactional_id = transactional_id
+        self._options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "client_id": client_id,
+            "transactional_id": transactional_id,
+            "transaction_timeout_ms": transaction_timeout_ms,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "request_timeout_ms": request_timeout_ms,
+        }
+        self._timeout_s = request_timeout_ms / 1000
+        self._producer: AIOKafkaProducer | None = None
+        self._stopped = False
+        self.resets = 0
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        """Connect and fence predecessors; ``BrokerUnavailable`` if Kafka cannot be reached."""
+        if self._stopped:
+            raise RuntimeError("a stopped TransactionalProducer cannot be restarted")
+        if self._producer is not None:
+            return
+        producer = AIOKafkaProducer(**self._options)
+        try:
+            # start() waits for the producer id without a deadline of its own.
+            await asyncio.wait_for(producer.start(), self._timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            await close_client(producer, self._timeout_s)
+            if isinstance(exc, TimeoutError):
+                raise BrokerUnavailable(
+                    f"transactional producer {self.transactional_id}: no producer id within "
+                    f"{self._timeout_s:.0f}s"
+                ) from exc
+            raise translate(exc, f"transactional producer {self.transactional_id}") from exc
+        self._producer = producer
+
+    async def reset(self) -> None:
+        """Drop the client; the next ``start()`` fences it and aborts its open transaction."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            self.resets += 1
+            await close_client(producer, self._timeout_s)
+
+    async def stop(self) -> None:
+        await self.reset()
+        self._stopped = True
+
+    async def send_transaction(self, records: Sequence[tuple[str, EncodedRecord]]) -> None:
+        """Send ``(topic, record)`` pairs in order, all in one transaction, and commit.
+
+        Returns once the commit is acknowledged. On any error the client is dropped and the
+        error raised as the project's own; whether the transaction committed is then unknown.
+        """
+        await self.start()
+        producer = self._producer
+        assert producer is not None
+        try:
+            await producer.begin_transaction()
+            futures = [
+                await producer.send(topic, r.value, key=r.key, headers=list(r.headers))
+                for topic, r in records
+            ]
+            await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
+            await asyncio.wait_for(producer.commit_transaction(), self._timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            dead = client_is_dead(producer)
+            await self.reset()
+            if isinstance(exc, TimeoutError):
+                raise BrokerUnavailable(
+                    f"transaction of {self.transactional_id} not acknowledged within "
+                    f"{self._timeout_s:.0f}s"
+                ) from exc
+            what = f"transaction of {self.transactional_id} failed"
+            raise translate(exc, what, client_dead=dead) from exc
+        except BaseException:
+            # Cancelled mid-transaction (shutdown): the next start() aborts it.
+            await self.reset()
+            raise

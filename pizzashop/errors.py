@@ -7,11 +7,13 @@ retry-with-backoff or the dead-letter topic by type, never by message::
     ├── ConfigError(ValueError)         misuse: bad settings, missing Java or Maven
     ├── TransientError                  retriable=True: try again later
     │   ├── BrokerUnavailable           Kafka cannot be reached right now
+    │   │   └── ProducerReset           the producer client broke and was replaced: send again
     │   ├── DependencyPending           a fact this step needs has not arrived yet
     │   └── DeliveryFailed              SMTP or another side effect failed for now
     └── PermanentError                  retriable=False: the same input fails the same way
         ├── DecodeError                 bytes that are not a known event
         ├── ValidationFailed(ValueError) an event or request that breaks the contract
+        ├── PublishRejected             Kafka refused a record for good (too large, not allowed)
         └── ModelError                  a model could not score at all
 """
 
@@ -40,6 +42,12 @@ class BrokerUnavailable(TransientError):
     """Kafka could not be reached or did not acknowledge in time."""
 
 
+class ProducerReset(BrokerUnavailable):
+    """The producer client reached a state it cannot continue from (a sequence gap after an
+    expired batch, fenced by a newer instance, closed under the caller). It has been dropped;
+    the next send uses a fresh client, so sending again is safe and useful."""
+
+
 class DependencyPending(TransientError):
     """A step needs a fact that has not arrived yet (e.g. a refund before the capture)."""
 
@@ -58,6 +66,11 @@ class DecodeError(PermanentError):
 
 class ValidationFailed(PermanentError, ValueError):
     """An event or a request that breaks the contract (unknown item, bad total...)."""
+
+
+class PublishRejected(PermanentError):
+    """Kafka refused the record or request and would refuse it again (record too large, topic
+    not authorised, invalid topic): retrying the same publish cannot help."""
 
 
 class ModelError(PermanentError):
