@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 
 from enrichers.pipeline import Lineage, OrderScores, ScoringPipeline
-from ingest.consumer import Delivery, Handler
+from ingest.consumer import Delivery, Handler, Output
 from ingest.events import (
     AnomalyAssessment,
     Event,
@@ -34,7 +34,6 @@ from ingest.events import (
     UpsellSuggestion,
     derived_event_id,
 )
-from ingest.producer import EventProducer
 from ingest.topics import Topics
 from services.menu import Menu
 
@@ -109,13 +108,12 @@ def to_enriched(
 
 
 class Enricher(Handler):
-    event_types = frozenset({"OrderPlaced"})
+    event_types = (OrderPlaced,)
     whole_batch = True
 
     def __init__(
         self,
         pipeline: ScoringPipeline,
-        producer: EventProducer,
         topics: Topics,
         menu: Menu,
         *,
@@ -124,7 +122,6 @@ class Enricher(Handler):
         shadow: ScoringPipeline | None = None,
     ) -> None:
         self._pipeline = pipeline
-        self._producer = producer
         self._topics = topics
         self._menu = menu
         self._threshold = fraud_threshold
@@ -140,30 +137,39 @@ class Enricher(Handler):
         if self._shadow is not None:
             await self._shadow.start()
 
-    async def handle(self, batch: Sequence[Delivery]) -> None:
+    async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         # Reload between batches only, so one batch is scored by one set of versions.
         if time.monotonic() >= self._next_reload:
             self._next_reload = time.monotonic() + self._reload_every_s
             await self._pipeline.reload_if_newer()
         # Features see each customer's orders in the order they were placed.
-        orders = sorted(
-            (d.event for d in batch if isinstance(d.event, OrderPlaced)),
-            key=lambda o: (o.placed_at, o.order_id),
+        deliveries = sorted(
+            (d for d in batch if isinstance(d.event, OrderPlaced)),
+            key=lambda d: (d.event.placed_at, d.event.order_id),  # type: ignore[attr-defined]
         )
+        orders = [d.event for d in deliveries if isinstance(d.event, OrderPlaced)]
         scores = await self._pipeline.score_batch(orders)
         enriched = [
             to_enriched(o, s, self._menu, self._threshold)
             for o, s in zip(orders, scores, strict=True)
         ]
-        outputs: list[Event] = list(enriched)
+        shadowed: list[Event] = []
         if self._shadow is not None:
-            outputs += await self._shadow_scores(orders, scores)
-        await self._producer.publish_many(self._topics.enriched, outputs)
-        flags = [self._flag(e) for e in enriched if e.flagged]
-        if flags:
-            await self._producer.publish_many(self._topics.order_events, flags)
+            shadowed = await self._shadow_scores(orders, scores)
+        outputs = [
+            d.emit(self._topics.enriched, e) for d, e in zip(deliveries, enriched, strict=True)
+        ]
+        outputs += [
+            d.emit(self._topics.enriched, e) for d, e in zip(deliveries, shadowed, strict=True)
+        ]
+        flags = [
+            d.emit(self._topics.order_events, self._flag(e))
+            for d, e in zip(deliveries, enriched, strict=True)
+            if e.flagged
+        ]
         self.enriched += len(enriched)
         self.flagged += len(flags)
+        return outputs + flags
 
     def _flag(self, enriched: OrderEnriched) -> OrderFlagged:
         lineage = enriched.fraud.lineage

@@ -1,60 +1,79 @@
-"""The composition root: settings → database, Kafka clients → services → running tasks.
+"""The composition root: settings → database, Kafka clients → flows → running tasks.
 
 ``Shop`` is the only place that builds clients. Everything is entered on one ``AsyncExitStack``,
 so teardown runs in reverse: consumers stop fetching and drain, the outbox relay makes its last
 pass, the producer flushes, the database closes.
+
+Flows declare themselves (``ingest.flows.flow``) in the modules listed in ``FLOW_MODULES``;
+adding a flow is writing its module and naming it there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-from ingest.consumer import ConsumerRuntime, Handler
 from ingest.dedupe import ProcessedEvents
+from ingest.flows import FLOWS, Flow, FlowContext
+from ingest.kafka_transport import KafkaTransport
 from ingest.outbox import OutboxRelay
 from ingest.producer import EventProducer
+from ingest.runtime import ConsumerRuntime
 from ingest.topics import Topics, ensure_topics
 from pizzashop.database import Database
 from pizzashop.errors import ConfigError
 from pizzashop.settings import Settings
 from services.intake import OrderIntake
-from services.kitchen import Kitchen
-from services.mailer import Mailer
 from services.menu import Menu, load_menu
-from services.notification import Notifier
-from services.payment import PaymentSaga
-from services.scores import ScoreProjection, ScoreQueries
-from services.status import StatusProjection, StatusQueries
+from services.scores import ScoreQueries
+from services.status import StatusQueries
 
 logger = logging.getLogger(__name__)
 
-CORE_WORKERS = ("status", "payment", "kitchen", "notification")
-WORKERS = (*CORE_WORKERS, "scores", "enricher")
+#: The modules whose ``@flow`` declarations make up the shop.
+FLOW_MODULES = (
+    "services.status",
+    "services.payment",
+    "services.kitchen",
+    "services.notification",
+    "services.scores",
+    "enrichers.flow",
+)
+
+
+def registered_flows() -> dict[str, Flow]:
+    for module in FLOW_MODULES:
+        importlib.import_module(module)
+    return dict(FLOWS)
 
 
 @dataclass(frozen=True, slots=True)
 class Wiring:
-    """Which parts this process runs."""
+    """Which parts this process runs; ``workers=None`` means every registered flow."""
 
     api: bool = True
-    workers: tuple[str, ...] = WORKERS
+    workers: tuple[str, ...] | None = None
     create_topics: bool = True
 
 
 class Shop:
     def __init__(self, settings: Settings, bootstrap: str, wiring: Wiring = Wiring()) -> None:
-        unknown = set(wiring.workers) - set(WORKERS)
+        flows = registered_flows()
+        chosen = tuple(flows) if wiring.workers is None else wiring.workers
+        unknown = set(chosen) - set(flows)
         if unknown:
-            raise ConfigError(f"unknown worker(s) {sorted(unknown)}; known: {list(WORKERS)}")
+            raise ConfigError(f"unknown worker(s) {sorted(unknown)}; known: {sorted(flows)}")
         self.settings = settings
         self.bootstrap = bootstrap
         self.wiring = wiring
+        self.flows = [flows[name] for name in chosen]
         self.topics = Topics(settings.topic_prefix)
         self.menu: Menu = load_menu()
         self.db = Database(settings.resolved_database_url)
@@ -67,73 +86,10 @@ class Shop:
             self.db, self.menu, self.topics.orders, on_committed=self.relay.wake
         )
         self.runtimes: dict[str, ConsumerRuntime] = {}
-        # The enricher's state stores (feature state, basket history), when it runs here: they
-        # start before the consumers and stop after them.
-        self.feature_state: Any = None
-        self._stores: list[Any] = []
+        #: What each flow's factory built beside its handler (state stores), by flow name.
+        self.resources: dict[str, list[Any]] = {}
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
-
-    def _handler(self, name: str) -> tuple[Handler, list[str]]:
-        t = self.topics
-        if name == "status":
-            return StatusProjection(self.db), [t.orders, t.order_events]
-        if name == "payment":
-            return PaymentSaga(self.db, self.producer, t.order_events), [t.orders, t.order_events]
-        if name == "kitchen":
-            kitchen = Kitchen(
-                self.db, self.producer, t.order_events, self.menu, self.settings.cook_seconds
-            )
-            return kitchen, [t.orders, t.order_events]
-        if name == "notification":
-            notifier = Notifier(
-                Mailer(self.settings.smtp),
-                self.producer,
-                self.processed,
-                t.order_events,
-                consumer_name=self.settings.group("notification"),
-            )
-            return notifier, [t.orders, t.order_events]
-        if name == "scores":
-            return ScoreProjection(self.db), [t.enriched]
-        if name == "enricher":
-            return self._enricher(), [t.orders]
-        raise ConfigError(f"unknown worker {name!r}")
-
-    def _enricher(self) -> Handler:
-        # Imported here: torch and the models load only in processes that enrich.
-        from enrichers.pipeline import ScoringPipeline
-        from enrichers.worker import Enricher
-        from models.feature_state import SqlFeatureState
-        from models.registry import Registry
-        from models.upsell.history import SqlBasketHistory
-
-        cfg = self.settings.enricher
-        store = SqlFeatureState(self.db.url, engine=self.db.engine)
-        registry = Registry(self.settings.resolved_registry_dir)
-        options = {
-            "timeout_s": cfg.model_timeout_s,
-            "prefer_onnx": cfg.prefer_onnx,
-            "with_upsell": cfg.with_upsell,
-        }
-        history = SqlBasketHistory(self.db)
-        pipeline = ScoringPipeline(registry, store, history=history, **options)  # type: ignore[arg-type]
-        shadow = None
-        if cfg.shadow_fraud_version is not None:
-            shadow = ScoringPipeline.challenger(
-                registry, store, fraud_version=cfg.shadow_fraud_version, **options
-            )
-        self.feature_state = store
-        self._stores += [store, history]
-        return Enricher(
-            pipeline,
-            self.producer,
-            self.topics,
-            self.menu,
-            fraud_threshold=cfg.fraud_threshold,
-            reload_every_s=cfg.reload_every_s,
-            shadow=shadow,
-        )
 
     async def start(self) -> None:
         stack = self._stack
@@ -146,32 +102,46 @@ class Shop:
             )
         # The producer connects lazily: the API must take orders even while Kafka is away.
         stack.push_async_callback(self.producer.stop)
-        for name in self.wiring.workers:
-            self.runtimes[name] = self._runtime(name)
-        for resource in self._stores:
-            await resource.start()
-            stack.push_async_callback(resource.stop)
-        for runtime in self.runtimes.values():
-            # Warm-up (model loading) before the first record, not on it.
+        for spec in self.flows:
+            runtime = self._runtime(spec)
+            for resource in self.resources[spec.name]:
+                await resource.start()
+                stack.push_async_callback(resource.stop)
+            # Warm-up (model loading) before the first record, not on it; its stop is
+            # registered at once, so a later failure of the start still tears it down.
             await runtime.handler_start()
-        for runtime in self.runtimes.values():
             await stack.enter_async_context(runtime)
+            self.runtimes[spec.name] = runtime
         if self.wiring.api:
             self._spawn(self.relay.run(), "outbox-relay", self.relay.stop)
         for name, runtime in self.runtimes.items():
-            self._spawn(runtime.run(), f"consumer-{name}", runtime.stop)
+            self._spawn(runtime.run(), f"consumer-{name}", runtime.request_stop)
 
-    def _runtime(self, name: str) -> ConsumerRuntime:
-        handler, topics = self._handler(name)
-        return ConsumerRuntime(
-            name=name,
+    def _runtime(self, spec: Flow) -> ConsumerRuntime:
+        ctx = FlowContext(self.settings, self.db, self.topics, self.processed)
+        handler = spec.build(ctx)
+        self.resources[spec.name] = ctx.resources
+        group = self.settings.group(spec.name)
+        cfg = self.settings.consumer
+        instance = cfg.instance_id or uuid.uuid4().hex[:12]
+        transport = KafkaTransport(
             bootstrap=self.bootstrap,
-            topics=topics,
-            group_id=self.settings.group(name),
+            group_id=group,
+            client_id=f"pizzashop-{spec.name}",
+            transactional_id=f"{group}.{instance}",
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            max_poll_interval_ms=cfg.max_poll_interval_ms,
+            transaction_timeout_ms=cfg.transaction_timeout_ms,
+        )
+        return ConsumerRuntime(
+            name=spec.name,
+            group_id=group,
+            topics=[self.topics.name(t) for t in spec.topics],
             handler=handler,
-            producer=self.producer,
-            processed=self.processed,
-            settings=self.settings.consumer,
+            transport=transport,
+            processed=self.processed if spec.dedupe else None,
+            settings=cfg,
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str, stop: Callable[[], None]) -> None:

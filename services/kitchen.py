@@ -4,30 +4,28 @@ On ``OrderPlaced`` it emits ``OrderAccepted`` (with the time it will be ready) o
 with pineapple on it, ``OrderRejected`` ("we have standards"). An ``OrderFlagged`` for an order
 not yet out of the oven cancels it (``OrderCancelled``); the payment saga then refunds it.
 
-Baking never blocks consumption (a hold must be able to overtake a bake): each accepted order is
-a ticket row with its ``ready_by``, and the oven, a loop beside the consumer, takes due tickets
-out. Taking out is a claim (an atomic UPDATE, only of tickets not cancelled) followed by the
-publish of ``OrderReady`` and a mark; a claim whose publish was cut short by a crash is
-published again by the next oven. So every order ends either ready or cancelled, never both.
+Baking never blocks the kitchen (a hold must be able to overtake a bake): the oven is a flow of
+its own, in its own group, that consumes ``OrderAccepted`` and is not handed one before its
+``ready_by`` (``Handler.due_at``: the runtime pauses that partition until then). Taking a
+pizza out and cancelling it are conditional UPDATEs of the same ticket row, so an order ends
+either ready or cancelled, never both.
 
-Ticket flags only go from false to true, by conditional UPDATEs; the kitchen emits what the row
-implies under ids derived from the cause, so redeliveries and races emit nothing new.
+Every fact is emitted by the one event that decided it (the ticket remembers which), inside
+the runtime's transaction: a redelivery of that event emits it again only if its first
+transaction never committed, and any other event emits nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Boolean, Column, DateTime, String, Table, select, update
 from sqlalchemy.engine import Row
 
-from ingest.consumer import Delivery, Handler
+from ingest.consumer import Delivery, Handler, Output
 from ingest.events import (
     Event,
     OrderAccepted,
@@ -39,9 +37,10 @@ from ingest.events import (
     derived_event_id,
     utcnow,
 )
-from ingest.producer import EventProducer
-from pizzashop.database import Database, metadata
-from services.menu import Menu
+from ingest.flows import FlowContext, flow
+from ingest.topics import ORDER_EVENTS, ORDERS
+from pizzashop.database import Database, chunked, metadata
+from services.menu import Menu, load_menu
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +54,7 @@ tickets = Table(
     Column("ready_by", DateTime(timezone=True), nullable=True, index=True),
     Column("accepted", Boolean, nullable=False, default=False),
     Column("rejected", Boolean, nullable=False, default=False),
-    Column("ready", Boolean, nullable=False, default=False),  # claimed by an oven
-    Column("ready_published", Boolean, nullable=False, default=False),
-    Column("claim", String(36), nullable=True, index=True),
-    Column("claimed_at", DateTime(timezone=True), nullable=True),
+    Column("ready", Boolean, nullable=False, default=False),
     Column("cancelled", Boolean, nullable=False, default=False),
     Column("cancel_event_id", String(64), nullable=True),
     Column("cancel_reason", String(200), nullable=True),
@@ -76,31 +72,16 @@ def has_pineapple(order: OrderPlaced, menu: Menu) -> bool:
 
 
 class Kitchen(Handler):
-    event_types = frozenset({"OrderPlaced", "OrderFlagged"})
+    event_types = (OrderPlaced, OrderFlagged)
 
-    def __init__(
-        self,
-        db: Database,
-        producer: EventProducer,
-        events_topic: str,
-        menu: Menu,
-        cook_seconds: float,
-        *,
-        oven_tick_s: float = 0.1,
-        stale_claim_s: float = 30.0,
-    ) -> None:
+    def __init__(self, db: Database, events_topic: str, menu: Menu, cook_seconds: float) -> None:
         self._db = db
-        self._producer = producer
         self._topic = events_topic
         self._menu = menu
         self._cook = timedelta(seconds=cook_seconds)
-        self._tick = oven_tick_s
-        self._stale = timedelta(seconds=stale_claim_s)
-        self._oven: asyncio.Task[None] | None = None
 
-    # -- the consumer side ----------------------------------------------------------------
-    async def handle(self, batch: Sequence[Delivery]) -> None:
-        out: list[tuple[Event, str | None]] = []
+    async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
+        out: list[Output] = []
         for delivery in batch:
             event = delivery.event
             if isinstance(event, OrderPlaced):
@@ -109,11 +90,8 @@ class Kitchen(Handler):
                 emitted = await self._hold(event)
             else:
                 continue
-            out += [(e, delivery.traceparent) for e in emitted]
-        if out:
-            await self._producer.publish_many(
-                self._topic, [e for e, _ in out], traceparents=[t for _, t in out]
-            )
+            out += [delivery.emit(self._topic, e) for e in emitted]
+        return out
 
     async def _decide(self, order: OrderPlaced) -> list[Event]:
         refuse = has_pineapple(order, self._menu)
@@ -122,8 +100,8 @@ class Kitchen(Handler):
         if not refuse:
             values["ready_by"] = utcnow() + self._cook
         row = await self._set(order.order_id, flag, tickets.c.cancelled.is_(False), **values)
-        if row.cancelled:
-            return []  # held for fraud before the kitchen even saw it
+        if row.cancelled or row.placed_event_id != order.event_id:
+            return []  # held for fraud before the kitchen saw it, or decided by another event
         if refuse:
             logger.info("kitchen rejects order %s: pineapple", order.order_id)
             return [
@@ -138,7 +116,7 @@ class Kitchen(Handler):
                 event_id=derived_event_id(order.event_id, "OrderAccepted"),
                 order_id=order.order_id,
                 # The first decision's time, even on a redelivery (SQLite drops the offset).
-                ready_by=row.ready_by.replace(tzinfo=row.ready_by.tzinfo or UTC),
+                ready_by=_utc(row.ready_by),
             )
         ]
 
@@ -151,12 +129,12 @@ class Kitchen(Handler):
             cancel_event_id=flagged.event_id,
             cancel_reason=reason,
         )
-        if not row.cancelled:
-            return []  # already out of the oven, or refused anyway
+        if not row.cancelled or row.cancel_event_id != flagged.event_id:
+            return []  # already out of the oven, refused anyway, or cancelled by another flag
         logger.info("kitchen cancels order %s: %s", flagged.order_id, reason)
         return [
             OrderCancelled(
-                event_id=derived_event_id(row.cancel_event_id, "OrderCancelled"),
+                event_id=derived_event_id(flagged.event_id, "OrderCancelled"),
                 order_id=flagged.order_id,
                 reason=row.cancel_reason,
             )
@@ -175,75 +153,65 @@ class Kitchen(Handler):
             row = (await conn.execute(select(tickets).where(tickets.c.order_id == order_id))).one()
             return row
 
-    # -- the oven -------------------------------------------------------------------------
-    async def start(self) -> None:
-        if self._oven is None:
-            self._oven = asyncio.create_task(self._bake_forever(), name="kitchen-oven")
 
-    async def stop(self) -> None:
-        if self._oven is not None:
-            self._oven.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._oven
-            self._oven = None
+class Oven(Handler):
+    """Takes each accepted order out when it is due, unless a fraud hold cancelled it first."""
 
-    async def _bake_forever(self) -> None:
-        while True:
-            try:
-                await self.take_out_due()
-            except Exception:
-                # Kafka or the database away: the tickets wait in the table; try again soon.
-                logger.warning("oven: taking out due orders failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)
-            await asyncio.sleep(self._tick)
+    event_types = (OrderAccepted,)
 
-    async def take_out_due(self) -> int:
-        """Claim due tickets, publish their ``OrderReady``, mark them; returns how many."""
-        claim = str(uuid.uuid4())
-        now = utcnow()
+    def __init__(self, db: Database, events_topic: str) -> None:
+        self._db = db
+        self._topic = events_topic
+
+    def due_at(self, event: Event) -> datetime | None:
+        assert isinstance(event, OrderAccepted)
+        return event.ready_by
+
+    async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
+        ids = [d.event.order_id for d in batch]
+        ready: set[str] = set()
         async with self._db.engine.begin() as conn:
-            await conn.execute(
-                update(tickets)
-                .where(
-                    tickets.c.accepted.is_(True),
-                    tickets.c.ready.is_(False),
-                    tickets.c.cancelled.is_(False),
-                    tickets.c.ready_by <= now,
-                )
-                .values(ready=True, claim=claim, claimed_at=now)
-            )
-            # Claims another oven made but never published (it crashed): take them over.
-            await conn.execute(
-                update(tickets)
-                .where(
-                    tickets.c.ready.is_(True),
-                    tickets.c.ready_published.is_(False),
-                    tickets.c.claimed_at < now - self._stale,
-                )
-                .values(claim=claim, claimed_at=now)
-            )
-        async with self._db.engine.connect() as conn:
-            rows = (
+            for chunk in chunked(ids):
                 await conn.execute(
-                    select(tickets.c.order_id, tickets.c.placed_event_id).where(
-                        tickets.c.claim == claim, tickets.c.ready_published.is_(False)
+                    update(tickets)
+                    .where(
+                        tickets.c.order_id.in_(chunk),
+                        tickets.c.accepted.is_(True),
+                        tickets.c.ready.is_(False),
+                        tickets.c.cancelled.is_(False),
+                    )
+                    .values(ready=True)
+                )
+                rows = await conn.execute(
+                    select(tickets.c.order_id).where(
+                        tickets.c.order_id.in_(chunk), tickets.c.ready.is_(True)
                     )
                 )
-            ).all()
-        if not rows:
-            return 0
-        await self._producer.publish_many(
-            self._topic,
-            [
+                ready.update(r.order_id for r in rows)
+        # Only OrderAccepted takes a ticket out, and an order is accepted once: each ready
+        # ticket here was taken out by this very event.
+        return [
+            d.emit(
+                self._topic,
                 OrderReady(
-                    event_id=derived_event_id(row.placed_event_id, "OrderReady"),
-                    order_id=row.order_id,
-                )
-                for row in rows
-            ],
-        )
-        async with self._db.engine.begin() as conn:
-            await conn.execute(
-                update(tickets).where(tickets.c.claim == claim).values(ready_published=True)
+                    event_id=derived_event_id(d.event.event_id, "OrderReady"),
+                    order_id=d.event.order_id,
+                ),
             )
-        return len(rows)
+            for d in batch
+            if d.event.order_id in ready
+        ]
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=value.tzinfo or UTC)
+
+
+@flow("kitchen", topics=(ORDERS, ORDER_EVENTS))
+def kitchen_flow(ctx: FlowContext) -> Handler:
+    return Kitchen(ctx.db, ctx.topics.order_events, load_menu(), ctx.settings.cook_seconds)
+
+
+@flow("oven", topics=(ORDER_EVENTS,))
+def oven_flow(ctx: FlowContext) -> Handler:
+    return Oven(ctx.db, ctx.topics.order_events)

@@ -1,8 +1,15 @@
 """Notification: emails the receipt of every placed order and a notice of every refund.
 
 Consumes ``OrderPlaced`` in its own consumer group (it never waits for the kitchen) and
-``RefundIssued``. Each email is marked sent right after the SMTP server accepted it, under the
-causing event's id, so a redelivered event or a retried batch sends no second email.
+``RefundIssued``. E-mail is an effect outside Kafka, so it is made idempotent by hand: each
+message's id is derived from its cause (the confirmation event's id, also its ``Message-ID``),
+its intent is recorded before it is sent, and it is marked sent right after the SMTP server
+took it. A redelivered event, a retried batch or a replay finds the mark and sends nothing.
+The one window left is a crash between the server's 250 and the mark: the message then goes
+out twice, both times with the same ``Message-ID``, which mail systems use to drop the copy.
+
+The confirmations (``ReceiptSent``, ``RefundNoticeSent``) are returned as outputs, so they are
+published in the runtime's transaction with the offsets.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from ingest.consumer import Delivery, Handler
-from ingest.dedupe import ProcessedEvents
+from sqlalchemy import Column, DateTime, String, Table, func, select, update
+
+from ingest.consumer import Delivery, Handler, Output
 from ingest.events import (
     Event,
     OrderPlaced,
@@ -21,10 +29,22 @@ from ingest.events import (
     RefundNoticeSent,
     derived_event_id,
 )
-from ingest.producer import EventProducer
+from ingest.flows import FlowContext, flow
+from ingest.topics import ORDER_EVENTS, ORDERS
+from pizzashop.database import Database, chunked, metadata
 from services.mailer import Mailer
 
 logger = logging.getLogger(__name__)
+
+email_intents = Table(
+    "email_intents",
+    metadata,
+    Column("message_id", String(64), primary_key=True),
+    Column("order_id", String(64), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+)
 
 
 def render_receipt(order: OrderPlaced) -> tuple[str, str]:
@@ -46,74 +66,96 @@ def render_refund(refund: RefundIssued) -> tuple[str, str]:
 
 
 class Notifier(Handler):
-    event_types = frozenset({"OrderPlaced", "RefundIssued"})
+    event_types = (OrderPlaced, RefundIssued)
 
     def __init__(
-        self,
-        mailer: Mailer,
-        producer: EventProducer,
-        processed: ProcessedEvents,
-        events_topic: str,
-        *,
-        consumer_name: str,
-        concurrency: int = 8,
+        self, db: Database, mailer: Mailer, events_topic: str, *, concurrency: int = 8
     ) -> None:
+        self._db = db
         self._mailer = mailer
-        self._producer = producer
-        self._processed = processed
         self._topic = events_topic
-        self._sent_key = f"{consumer_name}.emails"
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def handle(self, batch: Sequence[Delivery]) -> None:
-        already = await self._processed.seen(self._sent_key, (d.event.event_id for d in batch))
+    async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
+        confirmations = {d.event.event_id: _confirmation(d.event) for d in batch}
+        sent = await self._record_intents(batch, confirmations)
         results = await asyncio.gather(
-            *(self._notify(d.event) for d in batch if d.event.event_id not in already),
+            *(
+                self._send(d.event, confirmations[d.event.event_id])
+                for d in batch
+                if confirmations[d.event.event_id].event_id not in sent
+            ),
             return_exceptions=True,
         )
-        # Publish the confirmations of everything that did go out, whatever else failed.
-        confirmations: list[Event] = [
-            *(self._confirmation(d.event) for d in batch if d.event.event_id in already),
-            *(r for r in results if isinstance(r, Event)),
-        ]
-        if confirmations:
-            await self._producer.publish_many(self._topic, confirmations)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
+            # Those that went out are marked; the runtime retries the rest one by one.
             raise failures[0]
+        return [d.emit(self._topic, confirmations[d.event.event_id]) for d in batch]
 
-    async def _notify(self, event: Event) -> Event:
+    async def _record_intents(
+        self, batch: Sequence[Delivery], confirmations: dict[str, Event]
+    ) -> set[str]:
+        """Record each message before it is sent; returns the ids already sent."""
+        rows = [
+            {
+                "message_id": confirmations[d.event.event_id].event_id,
+                "order_id": d.event.order_id,
+                "kind": confirmations[d.event.event_id].event_type,
+            }
+            for d in batch
+        ]
+        sent: set[str] = set()
+        async with self._db.engine.begin() as conn:
+            await conn.execute(self._db.insert_ignore(email_intents), rows)
+            for chunk in chunked([r["message_id"] for r in rows]):
+                found = await conn.execute(
+                    select(email_intents.c.message_id).where(
+                        email_intents.c.message_id.in_(chunk), email_intents.c.sent_at.is_not(None)
+                    )
+                )
+                sent.update(r.message_id for r in found)
+        return sent
+
+    async def _send(self, event: Event, confirmation: Event) -> None:
         async with self._slots:
             if isinstance(event, OrderPlaced):
                 subject, body = render_receipt(event)
                 to = event.customer_email
-            elif isinstance(event, RefundIssued):
+            else:
+                assert isinstance(event, RefundIssued)
                 subject, body = render_refund(event)
                 to = event.customer_email
-            else:  # pragma: no cover - filtered by event_types
-                raise TypeError(event.event_type)
-            confirmation = self._confirmation(event)
             await self._mailer.send(
                 to=to, subject=subject, body=body, message_id=confirmation.event_id
             )
-            await self._processed.mark(self._sent_key, [event.event_id])
-            return confirmation
+            async with self._db.engine.begin() as conn:
+                await conn.execute(
+                    update(email_intents)
+                    .where(email_intents.c.message_id == confirmation.event_id)
+                    .values(sent_at=func.now())
+                )
 
-    @staticmethod
-    def _confirmation(event: Event) -> Event:
-        if isinstance(event, OrderPlaced):
-            event_id = derived_event_id(event.event_id, "ReceiptSent")
-            return ReceiptSent(
-                event_id=event_id,
-                order_id=event.order_id,
-                recipient=event.customer_email,
-                message_id=event_id,
-            )
-        assert isinstance(event, RefundIssued)
-        event_id = derived_event_id(event.event_id, "RefundNoticeSent")
-        return RefundNoticeSent(
+
+def _confirmation(event: Event) -> Event:
+    if isinstance(event, OrderPlaced):
+        event_id = derived_event_id(event.event_id, "ReceiptSent")
+        return ReceiptSent(
             event_id=event_id,
             order_id=event.order_id,
             recipient=event.customer_email,
             message_id=event_id,
         )
+    assert isinstance(event, RefundIssued)
+    event_id = derived_event_id(event.event_id, "RefundNoticeSent")
+    return RefundNoticeSent(
+        event_id=event_id,
+        order_id=event.order_id,
+        recipient=event.customer_email,
+        message_id=event_id,
+    )
+
+
+@flow("notification", topics=(ORDERS, ORDER_EVENTS))
+def notification_flow(ctx: FlowContext) -> Handler:
+    return Notifier(ctx.db, Mailer(ctx.settings.smtp), ctx.topics.order_events)

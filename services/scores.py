@@ -13,8 +13,10 @@ from typing import Any
 
 from sqlalchemy import Boolean, Column, DateTime, Float, Integer, String, Table, Text, func, select
 
-from ingest.consumer import Delivery, Handler
+from ingest.consumer import Delivery, Handler, Output
 from ingest.events import OrderEnriched, ScoreShadowed
+from ingest.flows import FlowContext, flow
+from ingest.topics import ENRICHED
 from pizzashop.database import Database, chunked, metadata
 
 order_scores = Table(
@@ -84,12 +86,12 @@ def _row(event: OrderEnriched) -> dict[str, Any]:
 
 
 class ScoreProjection(Handler):
-    event_types = frozenset({"OrderEnriched", "ScoreShadowed"})
+    event_types = (OrderEnriched, ScoreShadowed)
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def handle(self, batch: Sequence[Delivery]) -> None:
+    async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         enriched = [_row(d.event) for d in batch if isinstance(d.event, OrderEnriched)]
         shadowed = [
             d.event.model_dump(exclude={"occurred_at"})
@@ -101,6 +103,7 @@ class ScoreProjection(Handler):
                 await conn.execute(self._db.insert_ignore(order_scores), enriched)
             if shadowed:
                 await conn.execute(self._db.insert_ignore(shadow_scores), shadowed)
+        return []
 
 
 class ScoreQueries:
@@ -176,3 +179,8 @@ class ScoreQueries:
             shadowed=int(shadow[0]),
             mean_abs_shadow_difference=float(shadow[1]) if shadow[1] is not None else None,
         )
+
+
+@flow("scores", topics=(ENRICHED,), dedupe=False)
+def scores_flow(ctx: FlowContext) -> Handler:
+    return ScoreProjection(ctx.db)

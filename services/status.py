@@ -16,8 +16,22 @@ from typing import Any
 from sqlalchemy import Column, DateTime, Numeric, String, Table, Text, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ingest.consumer import Delivery, Handler
-from ingest.events import Event, OrderPlaced
+from ingest.consumer import Delivery, Handler, Output
+from ingest.events import (
+    Event,
+    OrderAccepted,
+    OrderCancelled,
+    OrderFlagged,
+    OrderPlaced,
+    OrderReady,
+    OrderRejected,
+    PaymentCaptured,
+    ReceiptSent,
+    RefundIssued,
+    RefundNoticeSent,
+)
+from ingest.flows import FlowContext, flow
+from ingest.topics import ORDER_EVENTS, ORDERS
 from pizzashop.database import Database, chunked, metadata
 
 orders = Table(
@@ -113,25 +127,23 @@ def _timeline_row(event: Event) -> dict[str, Any]:
 
 
 class StatusProjection(Handler):
-    event_types = frozenset(
-        {
-            "OrderPlaced",
-            "PaymentCaptured",
-            "OrderAccepted",
-            "OrderRejected",
-            "OrderReady",
-            "ReceiptSent",
-            "RefundIssued",
-            "RefundNoticeSent",
-            "OrderFlagged",
-            "OrderCancelled",
-        }
+    event_types = (
+        OrderPlaced,
+        PaymentCaptured,
+        OrderAccepted,
+        OrderRejected,
+        OrderReady,
+        ReceiptSent,
+        RefundIssued,
+        RefundNoticeSent,
+        OrderFlagged,
+        OrderCancelled,
     )
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def handle(self, batch: Sequence[Delivery]) -> None:
+    async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         placed = [d.event for d in batch if isinstance(d.event, OrderPlaced)]
         async with self._db.engine.begin() as conn:
             if placed:
@@ -139,6 +151,7 @@ class StatusProjection(Handler):
             await conn.execute(
                 self._db.insert_ignore(timeline), [_timeline_row(d.event) for d in batch]
             )
+        return []
 
 
 class StatusQueries:
@@ -199,3 +212,9 @@ class StatusQueries:
                 )
                 done.update(r[0] for r in rows)
         return set(order_ids) - done
+
+
+@flow("status", topics=(ORDERS, ORDER_EVENTS), dedupe=False)
+def status_flow(ctx: FlowContext) -> Handler:
+    # Inserts that ignore existing keys: a replayed event changes nothing, no dedupe needed.
+    return StatusProjection(ctx.db)

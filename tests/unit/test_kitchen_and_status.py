@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ingest.consumer import Delivery
+from collections.abc import Sequence
+
+from ingest.consumer import Delivery, Output
 from ingest.events import (
     OrderAccepted,
     OrderCancelled,
@@ -12,10 +14,10 @@ from ingest.events import (
     utcnow,
 )
 from pizzashop.database import Database
-from services.kitchen import REJECTION_REASON, Kitchen, has_pineapple
+from services.kitchen import REJECTION_REASON, Kitchen, Oven, has_pineapple
 from services.menu import load_menu
 from services.status import derive_status
-from tests.unit.conftest import RecordingProducer, make_order
+from tests.unit.conftest import make_order
 
 MENU = load_menu()
 
@@ -28,44 +30,55 @@ def test_pineapple_is_found_by_menu_and_by_name() -> None:
     assert not has_pineapple(make_order(skus=[("pepperoni_m", "12.50", 3)]), MENU)
 
 
+def types(outputs: Sequence[Output]) -> list[str]:
+    return [o.event.event_type for o in outputs]
+
+
+def kitchen(db: Database, cook_seconds: float = 0) -> Kitchen:
+    return Kitchen(db, "events", MENU, cook_seconds=cook_seconds)
+
+
+async def bake(db: Database, outputs: Sequence[Output]) -> list[Output]:
+    """Hand the oven the OrderAccepted among ``outputs``, as the runtime does once due."""
+    accepted = [
+        Delivery("e", 0, 0, o.event, [], 0)
+        for o in outputs
+        if o.event.event_type == "OrderAccepted"
+    ]
+    return list(await Oven(db, "events").handle(accepted))
+
+
 async def test_kitchen_rejects_pineapple_and_accepts_the_rest(db: Database) -> None:
-    producer = RecordingProducer()
-    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=30)  # type: ignore[arg-type]
     good, bad = make_order(), make_order(skus=[("hawaiian_m", "13.25", 1)])
-    await kitchen.handle([Delivery("o", 0, 0, good, [], 0), Delivery("o", 0, 1, bad, [], 0)])
-    accepted, rejected = (e for _, e in producer.published)
+    out = await kitchen(db, 30).handle(
+        [Delivery("o", 0, 0, good, [], 0), Delivery("o", 0, 1, bad, [], 0)]
+    )
+    accepted, rejected = (o.event for o in out)
     assert isinstance(accepted, OrderAccepted) and accepted.order_id == good.order_id
     assert (accepted.ready_by - utcnow()).total_seconds() > 25
     assert isinstance(rejected, OrderRejected) and rejected.reason == REJECTION_REASON
 
 
-async def test_the_oven_takes_out_due_orders_once(db: Database) -> None:
-    producer = RecordingProducer()
-    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
+async def test_the_oven_waits_for_ready_by_and_takes_out_once(db: Database) -> None:
     order = make_order()
-    await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
-    assert await kitchen.take_out_due() == 1
-    assert await kitchen.take_out_due() == 0
-    ready = producer.of_type("OrderReady")
-    assert len(ready) == 1 and isinstance(ready[0], OrderReady)
-    assert ready[0].order_id == order.order_id
-
-
-async def test_orders_still_baking_stay_in_the_oven(db: Database) -> None:
-    producer = RecordingProducer()
-    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=60)  # type: ignore[arg-type]
-    await kitchen.handle([Delivery("o", 0, 0, make_order(), [], 0)])
-    assert await kitchen.take_out_due() == 0
-    assert producer.of_type("OrderReady") == []
+    decided = await kitchen(db, 30).handle([Delivery("o", 0, 0, order, [], 0)])
+    oven = Oven(db, "events")
+    due = oven.due_at(decided[0].event)
+    assert due is not None and (due - utcnow()).total_seconds() > 25
+    ready = await bake(db, decided)
+    assert types(ready) == ["OrderReady"] and isinstance(ready[0].event, OrderReady)
+    assert ready[0].event.order_id == order.order_id
+    # A redelivery (its transaction never committed) emits the same id again.
+    again = await bake(db, decided)
+    assert [o.event.event_id for o in again] == [ready[0].event.event_id]
 
 
 async def test_a_redelivered_order_keeps_its_first_ready_by(db: Database) -> None:
-    producer = RecordingProducer()
-    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=30)  # type: ignore[arg-type]
+    k = kitchen(db, 30)
     order = make_order()
-    for offset in range(2):
-        await kitchen.handle([Delivery("o", 0, offset, order, [], 0)])
-    first, second = producer.of_type("OrderAccepted")
+    first, second = [
+        (await k.handle([Delivery("o", 0, offset, order, [], 0)]))[0].event for offset in range(2)
+    ]
     assert isinstance(first, OrderAccepted) and isinstance(second, OrderAccepted)
     assert (first.event_id, first.ready_by) == (second.event_id, second.ready_by)
 
@@ -78,36 +91,32 @@ def test_status_follows_the_furthest_fact() -> None:
     assert derive_status({"OrderPlaced", "OrderRejected", "RefundIssued"}) == "refunded"
 
 
+def flag(order_id: str) -> OrderFlagged:
+    return OrderFlagged(order_id=order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
+
+
 async def test_a_fraud_hold_cancels_an_order_still_in_the_oven(db: Database) -> None:
-    producer = RecordingProducer()
-    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
+    k = kitchen(db)
     order = make_order()
-    await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
-    flag = OrderFlagged(order_id=order.order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
-    await kitchen.handle([Delivery("e", 0, 1, flag, [], 0)])
-    assert await kitchen.take_out_due() == 0
-    types = [e.event_type for _, e in producer.published]
-    assert types == ["OrderAccepted", "OrderCancelled"]  # and never OrderReady
-    cancelled = producer.of_type("OrderCancelled")[0]
+    decided = await k.handle([Delivery("o", 0, 0, order, [], 0)])
+    out = await k.handle([Delivery("e", 0, 1, flag(order.order_id), [], 0)])
+    assert types(decided) == ["OrderAccepted"] and types(out) == ["OrderCancelled"]
+    assert await bake(db, decided) == []  # and never OrderReady
+    cancelled = out[0].event
     assert isinstance(cancelled, OrderCancelled) and "fraud hold" in cancelled.reason
 
 
 async def test_a_fraud_hold_comes_too_late_for_a_ready_order(db: Database) -> None:
-    producer = RecordingProducer()
-    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
+    k = kitchen(db)
     order = make_order()
-    await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
-    assert await kitchen.take_out_due() == 1
-    flag = OrderFlagged(order_id=order.order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
-    await kitchen.handle([Delivery("e", 0, 2, flag, [], 0)])
-    assert [e.event_type for _, e in producer.published] == ["OrderAccepted", "OrderReady"]
+    decided = await k.handle([Delivery("o", 0, 0, order, [], 0)])
+    assert types(await bake(db, decided)) == ["OrderReady"]
+    assert await k.handle([Delivery("e", 0, 2, flag(order.order_id), [], 0)]) == []
 
 
 async def test_an_order_held_before_the_kitchen_saw_it_is_never_started(db: Database) -> None:
-    producer = RecordingProducer()
-    kitchen = Kitchen(db, producer, "events", MENU, cook_seconds=0)  # type: ignore[arg-type]
+    k = kitchen(db)
     order = make_order()
-    flag = OrderFlagged(order_id=order.order_id, fraud_score=0.97, threshold=0.9, model="fraud-v1")
-    await kitchen.handle([Delivery("e", 0, 0, flag, [], 0)])
-    await kitchen.handle([Delivery("o", 0, 0, order, [], 0)])
-    assert [e.event_type for _, e in producer.published] == ["OrderCancelled"]
+    held = await k.handle([Delivery("e", 0, 0, flag(order.order_id), [], 0)])
+    assert types(held) == ["OrderCancelled"]
+    assert await k.handle([Delivery("o", 0, 0, order, [], 0)]) == []

@@ -1,0 +1,498 @@
+"""The consumer runtime: fetch, decode, dedupe, handle, retry, dead-letter, commit, per partition.
+
+Delivery semantics, for every batch of one partition (or of a whole fetch, for ``whole_batch``
+handlers):
+
+1. The partition is paused while its batch is in hand, so the fetch loop keeps polling (and
+   heartbeating) for the others: a slow or failing partition holds back only itself.
+2. Decode each record. Bytes that are not a known event, or an event that breaks the contract,
+   become a dead letter: retrying cannot fix them. Other event types are passed over.
+3. Drop events this group already handled (``ProcessedEvents``): a safety net for replays and
+   for handlers whose effects are outside Kafka.
+4. Events not yet due (``Handler.due_at``) stay for later: the partition is handled up to the
+   first of them and paused until it is due.
+5. Hand the rest to the handler. If the batch fails, fall back to one record at a time: a
+   permanent error dead-letters the record; a retriable one (``retriable = True``, or any
+   unknown exception) stops the partition at that record, which is fetched again after a capped
+   exponential backoff with jitter, until ``retry_budget_s`` has passed since its first failure;
+   then it is dead-lettered.
+6. Commit: the handler's outputs, the dead letters and the offsets after the last finished
+   record go out in ONE transaction (``Transport.commit``). Commits of concurrent partitions are
+   grouped into one transaction. Then the handled events are marked in ``ProcessedEvents``.
+
+A dead-lettered event is not marked: replaying it (``pizzashop dlq replay``) handles it once.
+If anything below the handler fails (the commit, the dedupe table), the work is undone as a
+whole: the partitions are rewound to their first record and tried again after a pause.
+
+Shutdown: ``stop()`` sets an event; fetching stops, batches in hand finish and commit within the
+deadline, a record waiting for a retry is left uncommitted for the next run: a shutdown never
+dead-letters what might still succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ingest.codec import decode, encode
+from ingest.consumer import Delivery, Handler, Output
+from ingest.dedupe import ProcessedEvents
+from ingest.dlq import dead_letter_headers
+from ingest.events import utcnow
+from ingest.topics import DLQ_SUFFIX
+from ingest.transport import Outgoing, Partition, Record, Transport
+from pizzashop.errors import PizzashopError
+from pizzashop.lifecycle import Resource
+from pizzashop.settings import ConsumerSettings
+
+logger = logging.getLogger(__name__)
+
+Batches = dict[Partition, list[Record]]
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    handled: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    deferred: int = 0
+    batches: int = 0
+    commits: int = 0
+    errors_by_class: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Failing:
+    """A record whose handling failed with a retriable error: since when, how often."""
+
+    since: float
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    """Stop a partition at ``offset`` and fetch it again in ``delay_s``."""
+
+    offset: int
+    delay_s: float
+
+
+@dataclass(slots=True)
+class _Work:
+    """What one batch produced, partition by partition."""
+
+    outputs: list[Outgoing] = field(default_factory=list)
+    letters: list[tuple[Partition, int, Outgoing]] = field(default_factory=list)
+    handled: list[Delivery] = field(default_factory=list)
+    holds: dict[Partition, _Hold] = field(default_factory=dict)
+
+
+class ConsumerRuntime(Resource):
+    """Runs one handler in one consumer group over a ``Transport``. ``run()`` loops."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        group_id: str,
+        topics: Sequence[str],
+        handler: Handler,
+        transport: Transport,
+        processed: ProcessedEvents | None,
+        settings: ConsumerSettings,
+    ) -> None:
+        self.name = name
+        self.group_id = group_id
+        self.stats = ConsumerStats()
+        self._topics = list(topics)
+        self._handler = handler
+        self._transport = transport
+        self._processed = processed
+        self._settings = settings
+        self._stopping = asyncio.Event()
+        self._busy: dict[Partition, asyncio.Task[None]] = {}
+        self._held: dict[Partition, asyncio.TimerHandle] = {}
+        self._failing: dict[tuple[Partition, int], _Failing] = {}
+        self._commits: list[
+            tuple[Sequence[Outgoing], Mapping[Partition, int], asyncio.Future[None]]
+        ]
+        self._commits = []
+        self._committer: asyncio.Task[None] | None = None
+        self._handler_started = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def _start(self) -> None:
+        await self._transport.start(self._topics, self)
+        logger.info(
+            "consumer %s started: group=%s topics=%s", self.name, self.group_id, self._topics
+        )
+
+    async def handler_start(self) -> None:
+        """Warm the handler up (load models) before the first record, not on it."""
+        if not self._handler_started:
+            await self._handler.start()
+            self._handler_started = True
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to stop fetching, finish the batches in hand and return."""
+        self._stopping.set()
+
+    async def _stop(self) -> None:
+        self._stopping.set()
+        await self._drain()
+        for handle in self._held.values():
+            handle.cancel()
+        self._held.clear()
+        await self._transport.stop()
+        if self._handler_started:
+            await self._handler.stop()
+
+    async def run(self) -> None:
+        """Fetch and dispatch until ``request_stop()``; then drain the batches in hand."""
+        await self.start()
+        await self.handler_start()
+        settings = self._settings
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                fetch = asyncio.ensure_future(
+                    self._transport.fetch(settings.batch_wait_ms / 1000, settings.batch_max)
+                )
+                await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await fetch
+                    break
+                try:
+                    batches = fetch.result()
+                except PizzashopError as exc:
+                    logger.warning("consumer %s: fetch failed: %r", self.name, exc)
+                    await self._sleep(settings.retry_base_delay_s)
+                    continue
+                if batches:
+                    self._dispatch(batches)
+        finally:
+            stopping.cancel()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        tasks = set(self._busy.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self._settings.shutdown_deadline_s)
+            for task in late:
+                logger.warning("consumer %s: a batch did not finish in time; cancelled", self.name)
+                task.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # -- dispatch --------------------------------------------------------------------------
+    def _dispatch(self, batches: Batches) -> None:
+        groups = [batches] if self._handler.whole_batch else [{p: r} for p, r in batches.items()]
+        for group in groups:
+            self._transport.pause(group)
+            task = asyncio.create_task(self._work(group), name=f"{self.name}-batch")
+            for part in group:
+                self._busy[part] = task
+            task.add_done_callback(functools.partial(self._done, parts=tuple(group)))
+        self.stats.batches += len(groups)
+
+    def _done(self, task: asyncio.Task[None], *, parts: tuple[Partition, ...]) -> None:
+        for part in parts:
+            if self._busy.get(part) is task:
+                del self._busy[part]
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("consumer %s: batch task failed", self.name, exc_info=task.exception())
+
+    def _release(self, part: Partition, hold: _Hold | None) -> None:
+        """Let ``part`` be fetched again: now, or from ``hold.offset`` after ``hold.delay_s``."""
+        if hold is None:
+            self._transport.resume([part])
+            return
+        self._transport.seek(part, hold.offset)
+        if self._stopping.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        self._held[part] = loop.call_later(hold.delay_s, self._unhold, part)
+
+    def _unhold(self, part: Partition) -> None:
+        self._held.pop(part, None)
+        if part not in self._busy and not self._stopping.is_set():
+            self._transport.resume([part])
+
+    # -- one batch -------------------------------------------------------------------------
+    async def _work(self, batches: Batches) -> None:
+        try:
+            work = await self._handle(batches)
+            offsets = {
+                part: (work.holds[part].offset if part in work.holds else records[-1].offset + 1)
+                for part, records in batches.items()
+            }
+            letters = [out for part, offset, out in work.letters if offset < offsets[part]]
+            await self._commit([*work.outputs, *letters], offsets)
+        except Exception as exc:
+            self._count_error(exc)
+            logger.error(
+                "consumer %s: %s failed below the handler, rewinding: %r",
+                self.name,
+                ", ".join(f"{p}@{r[0].offset}" for p, r in batches.items()),
+                exc,
+            )
+            delay = self._settings.rewind_delay_s
+            for part, records in batches.items():
+                self._release(part, _Hold(records[0].offset, delay * random.uniform(0.5, 1.0)))
+            return
+        self.stats.handled += len(work.handled)
+        self.stats.dead_lettered += len(letters)
+        await self._mark(work.handled)
+        for part in batches:
+            self._release(part, work.holds.get(part))
+
+    async def _handle(self, batches: Batches) -> _Work:
+        work = _Work()
+        fresh: dict[Partition, list[Delivery]] = {}
+        for part, records in batches.items():
+            fresh[part] = self._decode(part, records, work)
+        await self._dedupe(fresh)
+        self._cut_at_due(fresh, work)
+        groups = (
+            [[d for part in fresh for d in fresh[part]]] if self._handler.whole_batch else
+            [fresh[part] for part in fresh]
+        )  # fmt: skip
+        for group in groups:
+            if not group:
+                continue
+            try:
+                outputs = await self._handler.handle(group)
+            except Exception as exc:
+                self._count_error(exc)
+                logger.warning(
+                    "consumer %s: batch of %d from %s failed (%r); one by one",
+                    self.name,
+                    len(group),
+                    group[0].where,
+                    exc,
+                )
+                by_part: dict[Partition, list[Delivery]] = {}
+                for delivery in group:
+                    by_part.setdefault(Partition(delivery.topic, delivery.partition), []).append(
+                        delivery
+                    )
+                for part, deliveries in by_part.items():
+                    await self._one_by_one(part, deliveries, work)
+            else:
+                work.outputs += _encode(outputs)
+                work.handled += group
+                for delivery in group:
+                    self._failing.pop((_part(delivery), delivery.offset), None)
+        return work
+
+    def _decode(self, part: Partition, records: list[Record], work: _Work) -> list[Delivery]:
+        deliveries: list[Delivery] = []
+        for record in records:
+            try:
+                event = decode(record.value, record.headers)
+            except PizzashopError as exc:
+                self._count_error(exc)
+                logger.warning(
+                    "consumer %s: %s@%d cannot be decoded, dead-lettering: %s",
+                    self.name,
+                    part,
+                    record.offset,
+                    exc,
+                )
+                work.letters.append((part, record.offset, self._letter(record, exc, 1)))
+                continue
+            if not self._handler.wants(event.event_type):
+                self.stats.skipped += 1
+                continue
+            deliveries.append(
+                Delivery(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    event,
+                    record.headers,
+                    record.timestamp_ms,
+                    record.key,
+                    record.value,
+                )
+            )
+        return deliveries
+
+    async def _dedupe(self, fresh: dict[Partition, list[Delivery]]) -> None:
+        """Drop events this group already handled, and copies within the batch itself."""
+        every = [d for deliveries in fresh.values() for d in deliveries]
+        if not every:
+            return
+        seen: set[str] = set()
+        if self._processed is not None:
+            seen = await self._processed.seen(self.group_id, (d.event.event_id for d in every))
+        for part, deliveries in fresh.items():
+            kept = []
+            for delivery in deliveries:
+                if delivery.event.event_id not in seen:
+                    seen.add(delivery.event.event_id)
+                    kept.append(delivery)
+            self.stats.duplicates += len(deliveries) - len(kept)
+            fresh[part] = kept
+
+    def _cut_at_due(self, fresh: dict[Partition, list[Delivery]], work: _Work) -> None:
+        now = utcnow()
+        for part, deliveries in fresh.items():
+            for index, delivery in enumerate(deliveries):
+                due = self._handler.due_at(delivery.event)
+                if due is not None and due > now:
+                    wait = (due - now).total_seconds()
+                    work.holds[part] = _Hold(delivery.offset, wait)
+                    fresh[part] = deliveries[:index]
+                    self.stats.deferred += 1
+                    break
+
+    async def _one_by_one(self, part: Partition, deliveries: list[Delivery], work: _Work) -> None:
+        settings = self._settings
+        for delivery in deliveries:
+            key = (part, delivery.offset)
+            try:
+                outputs = await self._handler.handle([delivery])
+            except Exception as exc:
+                self._count_error(exc)
+                failing = self._failing.setdefault(key, _Failing(since=time.monotonic()))
+                failing.attempts += 1
+                retriable = exc.retriable if isinstance(exc, PizzashopError) else True
+                if retriable and self._stopping.is_set():
+                    # Shutting down: leave the record for the next run rather than
+                    # dead-letter something that may well succeed then.
+                    work.holds[part] = _Hold(delivery.offset, 0.0)
+                    return
+                spent = time.monotonic() - failing.since
+                if retriable and spent < settings.retry_budget_s:
+                    delay = min(
+                        settings.retry_max_delay_s,
+                        settings.retry_base_delay_s * 2 ** (failing.attempts - 1),
+                    ) * random.uniform(0.5, 1.0)  # jitter: many failing partitions do not align
+                    self.stats.retries += 1
+                    logger.info(
+                        "consumer %s: %s attempt %d failed (%r); partition held %.2fs",
+                        self.name,
+                        delivery.where,
+                        failing.attempts,
+                        exc,
+                        delay,
+                    )
+                    work.holds[part] = _Hold(delivery.offset, delay)
+                    return
+                logger.error(
+                    "consumer %s: %s failed after %d attempt(s) in %.1fs, dead-lettering: %r",
+                    self.name,
+                    delivery.where,
+                    failing.attempts,
+                    spent,
+                    exc,
+                )
+                del self._failing[key]
+                record = Record(
+                    delivery.topic,
+                    delivery.partition,
+                    delivery.offset,
+                    delivery.key,
+                    delivery.value,
+                    delivery.headers,
+                    delivery.timestamp_ms,
+                )
+                work.letters.append(
+                    (part, delivery.offset, self._letter(record, exc, failing.attempts))
+                )
+            else:
+                self._failing.pop(key, None)
+                work.outputs += _encode(outputs)
+                work.handled.append(delivery)
+
+    def _letter(self, record: Record, error: BaseException, attempts: int) -> Outgoing:
+        headers = dead_letter_headers(
+            record.headers,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            group=self.group_id,
+            error=error,
+            attempts=attempts,
+        )
+        return Outgoing(record.topic + DLQ_SUFFIX, record.key, record.value, headers)
+
+    # -- commit ----------------------------------------------------------------------------
+    async def _commit(self, records: Sequence[Outgoing], offsets: Mapping[Partition, int]) -> None:
+        """Commit through the group committer: concurrent batches share one transaction."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commits.append((records, offsets, done))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(
+                self._commit_pending(), name=f"{self.name}-commit"
+            )
+        await done
+
+    async def _commit_pending(self) -> None:
+        while self._commits:
+            taken, self._commits = self._commits, []
+            records = [r for recs, _, _ in taken for r in recs]
+            offsets = {p: o for _, offs, _ in taken for p, o in offs.items()}
+            try:
+                await self._transport.commit(records, offsets)
+            except Exception as exc:
+                for _, _, done in taken:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                self.stats.commits += 1
+                for _, _, done in taken:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _mark(self, handled: list[Delivery]) -> None:
+        if self._processed is None or not handled:
+            return
+        try:
+            await self._processed.mark(self.group_id, (d.event.event_id for d in handled))
+        except Exception:
+            # Committed already; only a later replay of these events could repeat them.
+            logger.warning("consumer %s: marking handled events failed", self.name, exc_info=True)
+
+    def _count_error(self, exc: BaseException) -> None:
+        name = type(exc).__name__
+        self.stats.errors_by_class[name] = self.stats.errors_by_class.get(name, 0) + 1
+
+    # -- rebalances (RebalanceListener) ------------------------------------------------------
+    async def revoked(self, partitions: frozenset[Partition]) -> None:
+        # Finish and commit the batches in hand before the partitions go to another member.
+        tasks = {self._busy[p] for p in partitions if p in self._busy}
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._settings.shutdown_deadline_s)
+        for part in partitions:
+            if (handle := self._held.pop(part, None)) is not None:
+                handle.cancel()
+        self._failing = {k: v for k, v in self._failing.items() if k[0] not in partitions}
+
+    async def assigned(self, partitions: frozenset[Partition]) -> None:
+        logger.info("consumer %s assigned %s", self.name, sorted(map(str, partitions)))
+
+
+def _part(delivery: Delivery) -> Partition:
+    return Partition(delivery.topic, delivery.partition)
+
+
+def _encode(outputs: Sequence[Output]) -> list[Outgoing]:
+    encoded = []
+    for output in outputs:
+        record = encode(output.event, output.traceparent)
+        encoded.append(Outgoing(output.topic, record.key, record.value, record.headers))
+    return encoded
