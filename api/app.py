@@ -13,6 +13,8 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from api.health import HealthCheck, HealthOut, Verdict
+from api.health import body as health_body
 from api.schemas import OrderConfirmed, OrderStatusOut, TimelineEntryOut
 from ingest.events import OrderEnriched
 from pizzashop.errors import ValidationFailed
@@ -101,13 +103,37 @@ def create_app(shop: Shop) -> FastAPI:
     async def dashboard() -> str:
         return DASHBOARD
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "outbox_pending": await shop.relay.pending_count(),
-            "crashed_tasks": list(shop.crashed()),
-        }
+    checks = HealthCheck(
+        db=shop.db, relay=shop.relay, crashed=shop.crashed, settings=shop.settings.health
+    )
+    health_responses: dict[int | str, dict[str, Any]] = {
+        200: {"model": HealthOut, "description": "healthy; the body has the details"},
+        503: {"model": HealthOut, "description": "unhealthy; `reasons` names each failing rule"},
+    }
+
+    def _answer(verdict: Verdict) -> JSONResponse:
+        return JSONResponse(status_code=200 if verdict.ok else 503, content=health_body(verdict))
+
+    @app.get("/health", response_model=HealthOut, responses=health_responses)
+    async def health() -> JSONResponse:
+        """Everything at once: 503 with one reason per failing rule of `/health/live` and
+        `/health/ready` (a crashed task, the database, the relay failing too long, the outbox
+        backlog too old); 200 otherwise, with the outbox backlog and the relay's state."""
+        return _answer(await checks.overall())
+
+    @app.get("/health/live", response_model=HealthOut, responses=health_responses)
+    async def health_live() -> JSONResponse:
+        """Liveness: the process is up and its event loop answers (`loop_lag_ms`). 503 only
+        when a task that should run until shutdown has crashed: restart the process."""
+        return _answer(await checks.live())
+
+    @app.get("/health/ready", response_model=HealthOut, responses=health_responses)
+    async def health_ready() -> JSONResponse:
+        """Readiness: the database answers, the outbox relay has not failed for longer than
+        `PIZZASHOP_HEALTH__RELAY_FAILING_MAX_S`, and no unsent outbox row is older than
+        `PIZZASHOP_HEALTH__OUTBOX_MAX_AGE_S`. 503 with the reasons otherwise: take the
+        instance out of rotation, it will come back by itself."""
+        return _answer(await checks.ready())
 
     return app
 

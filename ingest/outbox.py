@@ -1,10 +1,27 @@
-"""The transactional outbox: accept now, publish when Kafka can take it.
+"""The transactional outbox: accept now, publish when Kafka can take it, exactly once.
 
 The order API writes each ``OrderPlaced`` here in the same transaction as the order's first
-status row, then answers. ``OutboxRelay`` publishes pending rows in insertion order and marks
-them sent after the broker acknowledged. If Kafka is down the rows wait (the API still answers
-202, because the order is already durable) and go out once it is back. A crash between publish
-and mark publishes a row twice; its event id is the same, so consumers drop the copy.
+status row, then answers. ``OutboxRelay`` puts pending rows on their topics and marks them sent.
+
+Exactly once, across broker outages, broken producers and a kill between publish and mark:
+
+1. One relay per database publishes: it holds a lease row (``outbox_lease``), renewed every
+   loop; the others wait. The lease is for liveness only; safety comes from step 2.
+2. Each batch is one Kafka transaction under a stable transactional id: the rows' records (in
+   id order, so one key's events keep their order) plus one record on the progress topic that
+   lists the batch's outbox ids. Starting a client with that id fences every older one and
+   aborts its open transaction, so a batch is on the topics entirely or not at all.
+3. After the commit the rows are marked sent. On start, and after any failure, the relay first
+   reconciles: it reads the last committed progress records (``read_committed``) and marks
+   their ids sent. Only then does it read pending rows, so only rows Kafka never committed go
+   out again. Ids, not a high-water mark: concurrent API transactions commit ids out of order.
+
+Consumers must read with ``isolation_level="read_committed"`` (the runtime does) so records
+of aborted transactions stay invisible.
+
+The relay never dies of an error: anything (Kafka, database, a bug) is logged with its
+traceback, backed off (capped exponential with jitter) and retried; ``state`` tells health
+checks how it is doing.
 """
 
 from __future__ import annotations
@@ -13,19 +30,29 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Integer,
     LargeBinary,
     String,
     Table,
     Text,
     func,
+    or_,
     select,
     update,
 )
@@ -33,9 +60,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingest.codec import EncodedRecord, encode
 from ingest.events import Event
-from ingest.producer import EventProducer
+from ingest.producer import TransactionalProducer, translate
+from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.database import Database, chunked, metadata
-from pizzashop.errors import BrokerUnavailable
+from pizzashop.settings import OutboxSettings
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +81,17 @@ outbox = Table(
     Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True, index=True),
 )
+
+# Who may publish: one row per relay name; ``expires_at`` in epoch seconds (dialect-neutral).
+outbox_lease = Table(
+    "outbox_lease",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+PROGRESS_TOPIC = "outbox-progress"
 
 
 async def add_to_outbox(
@@ -72,33 +111,204 @@ async def add_to_outbox(
 
 
 @dataclass(frozen=True, slots=True)
-class _Pending:
+class OutboxRow:
     id: int
     topic: str
     record: EncodedRecord
 
 
+class OutboxTransport(Protocol):
+    """Where the relay puts rows: Kafka in production, a fake in unit tests.
+
+    The relay calls ``committed_ids`` before its first ``publish`` and after every failure;
+    ``reset`` after a failure; ``stop`` once, when it ends.
+    """
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> None:
+        """Put all ``rows`` on their topics, with a progress record naming their ids, atomically;
+        return once committed. Raise if unsure (the relay then reconciles)."""
+
+    async def committed_ids(self) -> list[int]:
+        """Ids of the last committed batches, after fencing any older publisher."""
+
+    async def reset(self) -> None:
+        """Drop the connection after a failure."""
+
+    async def stop(self) -> None:
+        """Close for good."""
+
+
+class KafkaOutboxTransport:
+    """Kafka transactions under ``transactional_id``, with a one-partition compacted progress
+    topic (created if missing). Every progress record has the same key, so compaction keeps
+    the latest one for as long as the topic lives."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        transactional_id: str,
+        progress_topic: str,
+        request_timeout_ms: int = 30_000,
+        replication_factor: int = 1,
+        progress_window: int = 50,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._progress = TopicPartition(progress_topic, 0)
+        self._key = transactional_id.encode()
+        self._replication_factor = replication_factor
+        self._window = progress_window
+        self._timeout_s = request_timeout_ms / 1000
+        self._topic_ready = False
+        self.producer = TransactionalProducer(
+            bootstrap,
+            transactional_id,
+            client_id="pizzashop-outbox",
+            request_timeout_ms=request_timeout_ms,
+            # A killed relay's open transaction blocks read_committed readers until aborted.
+            transaction_timeout_ms=max(2 * request_timeout_ms, 10_000),
+        )
+
+    async def _ensure_topic(self) -> None:
+        if self._topic_ready:
+            return
+        spec = TopicSpec(
+            self._progress.topic,
+            1,
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": str(3600_000)},
+        )
+        try:
+            await asyncio.wait_for(
+                ensure_topics(self._bootstrap, [spec], replication_factor=self._replication_factor),
+                self._timeout_s,
+            )
+        except KafkaError as exc:
+            raise translate(exc, f"cannot create {self._progress.topic}") from exc
+        self._topic_ready = True
+
+    async def publish(self, rows: Sequence[OutboxRow]) -> None:
+        await self._ensure_topic()
+        progress = EncodedRecord(
+            key=self._key,
+            value=json.dumps({"ids": [row.id for row in rows]}).encode(),
+            headers=[],
+        )
+        await self.producer.send_transaction(
+            [*((row.topic, row.record) for row in rows), (self._progress.topic, progress)]
+        )
+
+    async def committed_ids(self) -> list[int]:
+        await self._ensure_topic()
+        # Fence first: afterwards no older client can commit, so what we read is final.
+        await self.producer.start()
+        try:
+            return await asyncio.wait_for(self._read_progress(), 2 * self._timeout_s)
+        except TimeoutError as exc:
+            raise translate(KafkaError("reading progress timed out"), "reconcile") from exc
+        except KafkaError as exc:
+            raise translate(exc, f"cannot read {self._progress.topic}") from exc
+
+    async def _read_progress(self) -> list[int]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id="pizzashop-outbox-reconcile",
+            request_timeout_ms=int(self._timeout_s * 1000),
+        )
+        await consumer.start()
+        ids: list[int] = []
+        try:
+            tp = self._progress
+            consumer.assign([tp])
+            # read_committed: the end is the last stable offset.
+            end = (await consumer.end_offsets([tp]))[tp]
+            begin = (await consumer.beginning_offsets([tp]))[tp]
+            consumer.seek(tp, max(begin, end - self._window))
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                for record in batch.get(tp, []):
+                    if record.offset < end and record.key == self._key and record.value:
+                        ids += json.loads(record.value)["ids"]
+        finally:
+            await consumer.stop()
+        return ids
+
+    async def reset(self) -> None:
+        await self.producer.reset()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class RelayState:
+    """A snapshot for health checks. Times are epoch seconds."""
+
+    running: bool
+    has_lease: bool
+    published: int
+    failures: int
+    consecutive_failures: int
+    last_success_at: float | None
+    failing_since: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    pending: int
+    oldest_age_s: float | None
+
+
 class OutboxRelay:
-    """Publishes pending outbox rows. ``wake()`` after a commit; it also polls as a safety net."""
+    """Publishes pending outbox rows exactly once. ``wake()`` after a commit; it also polls.
+
+    ``run()`` owns ``transport`` while it runs and stops it on the way out; ``stop()`` asks it
+    to finish (one last pass, then the lease is given back).
+    """
+
+    LEASE = "outbox-relay"
 
     def __init__(
         self,
         db: Database,
-        producer: EventProducer,
+        transport: OutboxTransport,
         *,
-        batch_size: int = 500,
-        idle_poll_s: float = 1.0,
-        retry_delay_s: float = 1.0,
+        settings: OutboxSettings | None = None,
+        holder: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
-        self._producer = producer
-        self._batch_size = batch_size
-        self._idle_poll_s = idle_poll_s
-        self._retry_delay_s = retry_delay_s
+        self._transport = transport
+        self._settings = settings or OutboxSettings()
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._clock = clock
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
+        self._reconciled = False
+        self._has_lease = False
+        self._running = False
         self.published = 0
         self.failures = 0
+        self.consecutive_failures = 0
+        self.last_success_at: float | None = None
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+
+    @property
+    def state(self) -> RelayState:
+        return RelayState(
+            running=self._running,
+            has_lease=self._has_lease,
+            published=self.published,
+            failures=self.failures,
+            consecutive_failures=self.consecutive_failures,
+            last_success_at=self.last_success_at,
+            failing_since=self.failing_since,
+            last_error=self.last_error,
+        )
 
     def wake(self) -> None:
         self._wake.set()
@@ -108,58 +318,158 @@ class OutboxRelay:
         self._wake.set()
 
     async def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sent = await self.relay_once()
-            except BrokerUnavailable as exc:
-                self.failures += 1
-                logger.warning("outbox relay: Kafka unavailable, rows wait: %s", exc)
-                await self._sleep(self._retry_delay_s)
-                continue
-            if sent < self._batch_size:
-                await self._sleep(self._idle_poll_s)
-        # One last pass so a clean shutdown leaves nothing behind that Kafka could take.
+        self._running = True
         try:
-            await self.relay_once()
-        except BrokerUnavailable:
-            logger.warning("outbox relay: stopping with rows pending; they go out on next start")
+            while not self._stop.is_set():
+                try:
+                    sent = await self.relay_once()
+                except Exception as exc:
+                    self._failed(exc)
+                    await self._sleep(self._backoff())
+                    continue
+                self._succeeded()
+                if sent < self._settings.batch_size:
+                    await self._sleep(self._settings.idle_poll_s)
+            # One last pass so a clean shutdown leaves nothing behind that Kafka could take.
+            try:
+                await self.relay_once()
+            except Exception as exc:
+                logger.warning("outbox relay: stopping with rows pending (%r); next start", exc)
+        finally:
+            self._running = False
+            with contextlib.suppress(Exception):
+                await self._release()
+            await self._transport.stop()
+
+    async def relay_once(self) -> int:
+        """One step of ``run()``: hold the lease, reconcile if due, publish one batch.
+        Returns how many rows it published (0 without the lease)."""
+        if not await self._acquire():
+            return 0
+        if not self._reconciled:
+            await self.reconcile()
+        pending = await self._pending()
+        if not pending:
+            return 0
+        self._reconciled = False  # from here until marked, a failure leaves us unsure
+        await self._transport.publish(pending)
+        await self._mark_sent([row.id for row in pending])
+        self._reconciled = True
+        self.published += len(pending)
+        return len(pending)
+
+    async def reconcile(self) -> int:
+        """Mark sent what the last committed transactions carried; returns how many rows that
+        changed (non-zero only after a failure between commit and mark)."""
+        ids = await self._transport.committed_ids()
+        marked = await self._mark_sent(ids) if ids else 0
+        if marked:
+            logger.warning(
+                "outbox relay: %d row(s) were committed to Kafka but not marked; marked now",
+                marked,
+            )
+        self._reconciled = True
+        return marked
+
+    def _failed(self, exc: Exception) -> None:
+        now = self._clock()
+        self.failures += 1
+        self.consecutive_failures += 1
+        self.failing_since = self.failing_since or now
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._reconciled = False
+        logger.error(
+            "outbox relay: failure %d in a row, retrying after back-off",
+            self.consecutive_failures,
+            exc_info=exc,
+        )
+
+    def _succeeded(self) -> None:
+        if self.consecutive_failures:
+            logger.info("outbox relay: recovered after %d failure(s)", self.consecutive_failures)
+        self.consecutive_failures = 0
+        self.failing_since = None
+        self.last_success_at = self._clock()
+
+    def _backoff(self) -> float:
+        cfg = self._settings
+        delay = min(
+            cfg.retry_max_delay_s, cfg.retry_base_delay_s * 2.0 ** (self.consecutive_failures - 1)
+        )
+        return delay * random.uniform(0.5, 1.0)  # jitter: relays of many shops do not align
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         self._wake.clear()
 
-    async def relay_once(self) -> int:
-        """Publish up to one batch of pending rows; returns how many were sent."""
-        pending = await self._pending()
-        if not pending:
-            return 0
-        by_topic: dict[str, list[EncodedRecord]] = {}
-        for row in pending:
-            by_topic.setdefault(row.topic, []).append(row.record)
-        for topic, records in by_topic.items():
-            await self._producer.send_encoded(topic, records)
-        await self._mark_sent([row.id for row in pending])
-        self.published += len(pending)
-        return len(pending)
+    async def _acquire(self) -> bool:
+        """Take or renew the lease; a relay that loses it drops its Kafka client too."""
+        now = self._clock()
+        expires = now + self._settings.lease_ttl_s
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                self._db.insert_ignore(outbox_lease).values(
+                    name=self.LEASE, holder=self.holder, expires_at=expires
+                )
+            )
+            result = await conn.execute(
+                update(outbox_lease)
+                .where(
+                    outbox_lease.c.name == self.LEASE,
+                    or_(outbox_lease.c.holder == self.holder, outbox_lease.c.expires_at < now),
+                )
+                .values(holder=self.holder, expires_at=expires)
+            )
+        held = result.rowcount == 1
+        if held != self._has_lease:
+            logger.info("outbox relay %s %s the lease", self.holder, "took" if held else "lost")
+            if not held:
+                await self._transport.reset()
+                self._reconciled = False
+        self._has_lease = held
+        return held
+
+    async def _release(self) -> None:
+        if not self._has_lease:
+            return
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(outbox_lease)
+                .where(outbox_lease.c.name == self.LEASE, outbox_lease.c.holder == self.holder)
+                .values(expires_at=0.0)
+            )
+        self._has_lease = False
 
     async def pending_count(self) -> int:
+        return (await self.backlog()).pending
+
+    async def backlog(self) -> Backlog:
+        """How many rows wait, and how long the oldest has waited (a database round trip)."""
         async with self._db.engine.connect() as conn:
             result = await conn.execute(
-                select(func.count()).select_from(outbox).where(outbox.c.sent_at.is_(None))
+                select(func.count(), func.min(outbox.c.created_at)).where(
+                    outbox.c.sent_at.is_(None)
+                )
             )
-            return int(result.scalar_one())
+            count, oldest = result.one()
+        if oldest is None:
+            return Backlog(int(count), None)
+        if oldest.tzinfo is None:  # SQLite keeps UTC without an offset
+            oldest = oldest.replace(tzinfo=UTC)
+        age = max(0.0, self._clock() - oldest.timestamp())
+        return Backlog(int(count), age)
 
-    async def _pending(self) -> list[_Pending]:
+    async def _pending(self) -> list[OutboxRow]:
         async with self._db.engine.connect() as conn:
             rows = await conn.execute(
                 select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
                 .where(outbox.c.sent_at.is_(None))
                 .order_by(outbox.c.id)
-                .limit(self._batch_size)
+                .limit(self._settings.batch_size)
             )
             return [
-                _Pending(
+                OutboxRow(
                     id=row.id,
                     topic=row.topic,
                     record=EncodedRecord(
@@ -171,9 +481,15 @@ class OutboxRelay:
                 for row in rows
             ]
 
-    async def _mark_sent(self, ids: Sequence[int]) -> None:
+    async def _mark_sent(self, ids: Sequence[int]) -> int:
+        marked = 0
+        now = datetime.now(UTC)
         async with self._db.engine.begin() as conn:
             for chunk in chunked(ids):
-                await conn.execute(
-                    update(outbox).where(outbox.c.id.in_(chunk)).values(sent_at=func.now())
+                result = await conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id.in_(chunk), outbox.c.sent_at.is_(None))
+                    .values(sent_at=now)
                 )
+                marked += result.rowcount
+        return marked

@@ -46,6 +46,34 @@ class EnricherSettings(BaseModel):
     )
 
 
+class OutboxSettings(BaseModel):
+    """The outbox relay: batches, back-off, the lease that lets one relay per database publish."""
+
+    batch_size: int = Field(default=500, ge=1, description="rows per Kafka transaction")
+    idle_poll_s: float = Field(default=1.0, gt=0, description="poll when no commit woke it")
+    retry_base_delay_s: float = Field(default=0.5, gt=0)
+    retry_max_delay_s: float = Field(default=30.0, gt=0)
+    lease_ttl_s: float = Field(
+        default=30.0, gt=0, description="a crashed relay's lease passes on after this long"
+    )
+    request_timeout_ms: int = Field(default=30_000, ge=1000)
+    progress_window: int = Field(
+        default=50, ge=2, description="progress-topic offsets read back when reconciling"
+    )
+
+
+class HealthSettings(BaseModel):
+    """When ``/health`` and ``/health/ready`` stop answering 200."""
+
+    relay_failing_max_s: float = Field(
+        default=30.0, gt=0, description="the outbox relay may fail this long before it counts"
+    )
+    outbox_max_age_s: float = Field(
+        default=120.0, gt=0, description="the oldest unsent outbox row may wait this long"
+    )
+    db_timeout_s: float = Field(default=2.0, gt=0, description="a slower database is unready")
+
+
 class SmtpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8025
@@ -88,6 +116,8 @@ class Settings(BaseSettings):
     enricher: EnricherSettings = EnricherSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     smtp: SmtpSettings = SmtpSettings()
+    outbox: OutboxSettings = OutboxSettings()
+    health: HealthSettings = HealthSettings()
 
     @property
     def resolved_database_url(self) -> str:
