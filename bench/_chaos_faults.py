@@ -1,0 +1,228 @@
+"""The faults of a chaos run: when each happens, and doing it for real.
+
+Every fault is drawn from one seeded ``random.Random`` at the start, so a seed replays the same
+schedule (the moments are relative to the start of the load, the victims chosen at the time).
+
+- worker kills: SIGKILL of a random live worker process, replaced at once. About a third are
+  aimed at a rebalance: 1-4 s after the previous kill's replacement started, while its groups
+  are still reassigning partitions; the rest fall at random moments under load, so mostly in
+  the middle of a batch.
+- broker restarts: alternately a clean stop (SIGTERM, Kafka's shutdown hook) and a SIGKILL of
+  the JVM, each down for ``broker_down_s``, one after another, never overlapping.
+- an SMTP outage: the SMTP server stops listening for ``smtp_outage_s`` and comes back on the
+  same port.
+- a database outage (PostgreSQL only): every shop process reaches the database through a
+  loopback gate in this process; the gate cuts every connection and refuses new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench._chaos_broker import ChaosBroker
+from bench._chaos_procs import ShopProcesses
+from services.mailer import SmtpSink
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class FaultLog:
+    """What was actually done, with the moments (seconds from the start of the load)."""
+
+    kills: list[dict[str, Any]] = field(default_factory=list)
+    broker_restarts: list[dict[str, Any]] = field(default_factory=list)
+    smtp_outages: list[dict[str, Any]] = field(default_factory=list)
+    db_outages: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    kills: tuple[tuple[float, bool], ...]  # (at, aimed at a rebalance)
+    broker_restarts: tuple[float, ...]
+    smtp_outage_at: float | None
+    db_outage_at: float | None
+
+    @classmethod
+    def draw(
+        cls,
+        rng: random.Random,
+        *,
+        window_s: float,
+        kills: int,
+        broker_restarts: int,
+        broker_down_s: float,
+        smtp_outage: bool,
+        db_outage: bool,
+    ) -> Schedule:
+        # Faults start once the shop has taken some load and end before the load does.
+        lo, hi = 0.1 * window_s, 0.85 * window_s
+        times = sorted(rng.uniform(lo, hi) for _ in range(kills))
+        # Every third kill, from the second on, follows the one before it into its rebalance.
+        kill_plan = tuple((at, i % 3 == 1) for i, at in enumerate(times))
+        slot = (hi - lo) / max(broker_restarts, 1)
+        restarts = tuple(
+            lo + i * slot + rng.uniform(0, max(slot - broker_down_s, 0))
+            for i in range(broker_restarts)
+        )
+        return cls(
+            kills=kill_plan,
+            broker_restarts=restarts,
+            smtp_outage_at=rng.uniform(lo, hi) if smtp_outage else None,
+            db_outage_at=rng.uniform(lo, hi) if db_outage else None,
+        )
+
+
+async def _sleep_until(began: float, at: float) -> None:
+    await asyncio.sleep(max(0.0, began + at - time.monotonic()))
+
+
+async def run_kills(
+    schedule: Schedule, procs: ShopProcesses, rng: random.Random, began: float, log: FaultLog
+) -> None:
+    for at, rebalance in schedule.kills:
+        if rebalance:
+            # 1-4 s after the last worker (re)start: its groups are mid-rebalance.
+            await asyncio.sleep(
+                max(0.0, procs.last_change() + rng.uniform(1, 4) - time.monotonic())
+            )
+        else:
+            await _sleep_until(began, at)
+        live = procs.live_workers()
+        if not live:
+            continue
+        victim = rng.choice(live)
+        age = time.monotonic() - victim.started_at
+        since_change = time.monotonic() - procs.last_change()
+        fresh = await procs.kill_and_replace(victim)
+        log.kills.append(
+            {
+                "at_s": round(time.monotonic() - began, 1),
+                "victim": victim.name,
+                "pid": victim.process.pid,
+                "victim_age_s": round(age, 1),
+                "since_last_start_s": round(since_change, 1),
+                "aimed_at_rebalance": rebalance,
+                "replacement_pid": fresh.process.pid,
+            }
+        )
+        logger.warning("killed %s (pid %d)", victim.name, victim.process.pid)
+
+
+async def run_broker_restarts(
+    schedule: Schedule, broker: ChaosBroker, down_s: float, began: float, log: FaultLog
+) -> None:
+    for i, at in enumerate(schedule.broker_restarts):
+        await _sleep_until(began, at)
+        kill = i % 2 == 1
+        node = i % broker.node_count
+        started = time.monotonic()
+        await broker.down(kill=kill, node=node)
+        stopped = time.monotonic()
+        await asyncio.sleep(down_s)
+        await broker.up(node=node)
+        log.broker_restarts.append(
+            {
+                "at_s": round(started - began, 1),
+                "how": "SIGKILL" if kill else "clean stop",
+                "node": node,
+                "stop_s": round(stopped - started, 1),
+                "down_s": round(time.monotonic() - stopped, 1),
+            }
+        )
+        logger.warning("broker node %d back after %s", node, "SIGKILL" if kill else "clean stop")
+
+
+async def run_smtp_outage(
+    schedule: Schedule, sink: SmtpSink, outage_s: float, began: float, log: FaultLog
+) -> None:
+    if schedule.smtp_outage_at is None:
+        return
+    await _sleep_until(began, schedule.smtp_outage_at)
+    started = time.monotonic()
+    await sink.suspend()
+    try:
+        await asyncio.sleep(outage_s)
+    finally:
+        await sink.resume()
+    log.smtp_outages.append(
+        {"at_s": round(started - began, 1), "down_s": round(time.monotonic() - started, 1)}
+    )
+
+
+async def run_db_outage(
+    schedule: Schedule, gate: Gate | None, outage_s: float, began: float, log: FaultLog
+) -> None:
+    if schedule.db_outage_at is None or gate is None:
+        return
+    await _sleep_until(began, schedule.db_outage_at)
+    started = time.monotonic()
+    await gate.close()
+    try:
+        await asyncio.sleep(outage_s)
+    finally:
+        await gate.open()
+    log.db_outages.append(
+        {"at_s": round(started - began, 1), "down_s": round(time.monotonic() - started, 1)}
+    )
+
+
+class Gate:
+    """A loopback TCP forwarder to one server; ``close()`` is an outage, ``open()`` ends it.
+
+    Closing cuts every forwarded connection and stops listening, so clients see resets and
+    refused connections, as when the server itself goes away; the port stays the same.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            dst.close()
+            with contextlib.suppress(Exception):
+                await dst.wait_closed()
