@@ -117,11 +117,17 @@ async def run_kills(
 
 
 async def run_broker_restarts(
-    schedule: Schedule, broker: ChaosBroker, down_s: float, began: float, log: FaultLog
+    schedule: Schedule,
+    broker: ChaosBroker,
+    down_s: float,
+    began: float,
+    log: FaultLog,
+    *,
+    kill_first: bool = False,
 ) -> None:
     for i, at in enumerate(schedule.broker_restarts):
         await _sleep_until(began, at)
-        kill = i % 2 == 1
+        kill = (i % 2 == 1) != kill_first
         node = i % broker.node_count
         started = time.monotonic()
         await broker.down(kill=kill, node=node)

@@ -98,6 +98,7 @@ class Replayed:
     records: int  # distinct original records sent back
     letters: set[tuple[str, int]]  # (dlq topic, dlq offset) of every letter they stood for
     copies: Counter[tuple[str, str, str]]  # (topic, order id, event type) -> copies sent
+    why: Counter[str]  # "group/error class" of every letter replayed
 
 
 async def replay_dead_letters(bootstrap: str, dlq_topics: Sequence[str]) -> Replayed:
@@ -107,11 +108,12 @@ async def replay_dead_letters(bootstrap: str, dlq_topics: Sequence[str]) -> Repl
     enough (the groups that handled it drop the copy by event id, the others take it).
     """
     letters = [x for x in await read_dead_letters(bootstrap, dlq_topics) if deserves_replay(x)]
-    done: Replayed = Replayed(records=0, letters=set(), copies=Counter())
+    done = Replayed(records=0, letters=set(), copies=Counter(), why=Counter())
     sent: set[tuple[str, int, int]] = set()
     async with EventProducer(bootstrap, client_id="chaos-replay") as producer:
         for letter in letters:
             done.letters.add((letter.dlq_topic, letter.dlq_offset))
+            done.why[f"{letter.consumer_group}/{letter.error_class}"] += 1
             original = (letter.original_topic, letter.original_partition, letter.original_offset)
             if original in sent:
                 continue

@@ -89,6 +89,7 @@ class ChaosOptions:
     kills: int = 10
     broker_restarts: int = 3
     broker_down_s: float = 35.0
+    broker_kill_first: bool = False  # else the first restart is a clean stop, then they alternate
     smtp_outage_s: float = 60.0
     db_outage_s: float = 20.0
     nodes: int = 1
@@ -253,6 +254,7 @@ async def run_chaos(settings: Settings, options: ChaosOptions) -> dict[str, Any]
         "dlq_records": figures["dlq_records"],
         "malformed_injected": run.malformed_injected,
         "replayed": run.replayed.records,
+        "replayed_by_group_and_error": dict(sorted(run.replayed.why.items())),
         "seconds": round(time.monotonic() - began, 1),
         **{k: v for k, v in figures.items() if k not in ("lost", "stuck")},
         **emails,
@@ -325,7 +327,12 @@ async def _load_under_faults(
             if broker is not None:
                 tasks.create_task(
                     faults.run_broker_restarts(
-                        schedule, broker, options.broker_down_s, began, run.log
+                        schedule,
+                        broker,
+                        options.broker_down_s,
+                        began,
+                        run.log,
+                        kill_first=options.broker_kill_first,
                     )
                 )
             tasks.create_task(
@@ -415,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    for chatty in ("httpx", "mail.log"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     report = asyncio.run(run_chaos(Settings(), options))
     if as_json:
         print(json.dumps(report))
