@@ -24,9 +24,11 @@ from aiokafka.structs import BrokerMetadata
 from api.app import create_app
 from ingest.codec import H_EVENT_ID, header
 from ingest.outbox import KafkaOutboxTransport, OutboxRelay, add_to_outbox
+from ingest.producer import EventProducer
 from ingest.reader import read_topics
 from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.database import Database
+from pizzashop.errors import BrokerUnavailable
 from pizzashop.settings import HealthSettings, OutboxSettings
 from tests.integration.conftest import eventually
 from tests.integration.tcp_proxy import TcpProxy
@@ -256,3 +258,37 @@ async def test_a_relay_killed_between_publish_and_mark_leaves_each_row_once(
     seen = await counts(kafka_bootstrap, names.orders)
     assert set(seen) == {*first_ids, *later_ids}
     assert [k for k, n in seen.items() if n != 1] == []
+
+
+async def test_the_event_producer_recovers_from_a_cut_longer_than_its_timeout(
+    kafka_bootstrap: str, proxy: TcpProxy, names: SimpleNamespace
+) -> None:
+    await ensure_topics(kafka_bootstrap, [TopicSpec(names.orders, 3)])
+    producer = EventProducer(f"127.0.0.1:{proxy.port}", request_timeout_ms=TIMEOUT_MS)
+    async with producer:
+        before = [make_order() for _ in range(5)]
+        await producer.publish_many(names.orders, before)
+        await proxy.close()
+        during = [make_order() for _ in range(5)]
+        cut = asyncio.create_task(producer.publish_many(names.orders, during))
+        await asyncio.sleep(10)
+        await proxy.open()
+        with contextlib.suppress(BrokerUnavailable):
+            await cut  # failed, or delivered once the proxy was back
+        after = [make_order() for _ in range(20)]
+        started = time.monotonic()
+        for attempt in range(10):
+            try:
+                await producer.publish_many(names.orders, after)
+                break
+            except BrokerUnavailable:
+                assert attempt < 9
+                await asyncio.sleep(0.5)
+        logger.warning(
+            "event producer: %d client reset(s); first publish after the cut took %.1fs",
+            producer.resets,
+            time.monotonic() - started,
+        )
+    seen = await counts(kafka_bootstrap, names.orders)
+    assert all(seen[e.event_id] == 1 for e in [*before, *after])
+    assert all(seen[e.event_id] <= 1 for e in during)
