@@ -3,6 +3,11 @@
 ``orders`` carries ``OrderPlaced``; ``order-events`` carries every later fact of an order's life
 (payment, kitchen, receipts, refunds). Both are keyed by order id. Each consumed topic has a
 ``.dlq`` twin. Creating the topics twice is harmless.
+
+Replication: every topic gets at least the cluster's own ``default.replication.factor`` (3 on
+a three-node local cluster, 1 on a single node), or more when asked, and ``min.insync.replicas``
+follows the replication factor (1 unreplicated, else 2), so ``acks=all`` writes survive one
+replica down on three.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from ingest.broker import min_insync_replicas
 from pizzashop.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -59,11 +66,8 @@ class Topics:
         return topic + DLQ_SUFFIX
 
     def specs(self, orders_partitions: int = 6, events_partitions: int = 6) -> list[TopicSpec]:
-        durable = {
-            "retention.ms": str(SEVEN_DAYS_MS),
-            "min.insync.replicas": "1",
-            "cleanup.policy": "delete",
-        }
+        # min.insync.replicas is set by ensure_topics from the replication factor it picks.
+        durable = {"retention.ms": str(SEVEN_DAYS_MS), "cleanup.policy": "delete"}
         main = [
             TopicSpec(self.orders, orders_partitions, durable),
             TopicSpec(self.order_events, events_partitions, durable),
@@ -77,13 +81,34 @@ class Topics:
         return [self.dlq(t) for t in (self.orders, self.order_events, self.enriched)]
 
 
+async def cluster_replication_factor(admin: AIOKafkaAdminClient) -> int:
+    """The cluster's ``default.replication.factor``, read from one of its brokers."""
+    cluster = await admin.describe_cluster()
+    brokers = sorted(broker["node_id"] for broker in cluster["brokers"])
+    if not brokers:
+        raise ConfigError("the Kafka cluster lists no brokers")
+    name = "default.replication.factor"
+    [response] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.BROKER, str(brokers[0]), {name: None})]
+    )
+    for resource in response.resources:
+        for entry in resource[4]:
+            if entry[0] == name and entry[1] is not None:
+                return int(entry[1])
+    return 1  # Kafka's own default when a broker does not say
+
+
 async def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec], *, replication_factor: int = 1
+    bootstrap: str, specs: Iterable[TopicSpec], *, replication_factor: int | None = None
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names it created.
 
-    ``replication_factor`` 1 suits the local single-node broker; an external cluster should
-    say 3 (``PIZZASHOP_TOPIC_REPLICATION_FACTOR``).
+    The replication factor is the cluster's ``default.replication.factor`` (3 on a three-node
+    local cluster, which sets it from its node count; 1 on a single node) or
+    ``replication_factor`` if that is larger (``PIZZASHOP_TOPIC_REPLICATION_FACTOR`` for an
+    external cluster whose default is lower). A cluster's default is a floor, never undercut:
+    it states how much the cluster's operator wants each topic copied. ``min.insync.replicas``
+    follows the chosen factor unless a spec sets it.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="pizzashop-admin")
     await admin.start()
@@ -92,12 +117,21 @@ async def ensure_topics(
         missing = [spec for spec in specs if spec.name not in existing]
         if not missing:
             return []
+        floor = await cluster_replication_factor(admin)
+        factor = max(floor, replication_factor or 0)
+        if replication_factor is not None and replication_factor < floor:
+            logger.info(
+                "creating topics with the cluster's replication factor %d, not %d",
+                floor,
+                replication_factor,
+            )
+        isr = {"min.insync.replicas": str(min_insync_replicas(factor))}
         new = [
             NewTopic(
                 name=spec.name,
                 num_partitions=spec.partitions,
-                replication_factor=replication_factor,
-                topic_configs=spec.configs,
+                replication_factor=factor,
+                topic_configs={**isr, **spec.configs},
             )
             for spec in missing
         ]
@@ -107,7 +141,12 @@ async def ensure_topics(
             if code not in (0, TopicAlreadyExistsError.errno):
                 message = rest[0] if rest else ""
                 raise ConfigError(f"cannot create topic {topic}: error {code} {message}")
-        logger.info("created topics %s", [spec.name for spec in missing])
+        logger.info(
+            "created topics %s (replication factor %d, min.insync.replicas %s)",
+            [spec.name for spec in missing],
+            factor,
+            isr["min.insync.replicas"],
+        )
         return [spec.name for spec in missing]
     finally:
         await admin.close()

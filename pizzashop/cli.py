@@ -49,8 +49,15 @@ def _fail(exc: Exception) -> typer.Exit:
 
 # -- broker ---------------------------------------------------------------------------------
 @broker_app.command("start")
-def broker_start(verbose: Verbose = False) -> None:
-    """Start the local single-node Kafka (KRaft) in the background; print its bootstrap."""
+def broker_start(
+    nodes: Annotated[
+        int | None,
+        typer.Option(help="1, 3 or 5 local nodes (default: what the data dir already has, else 1)"),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Start the local Kafka (KRaft) in the background, on the ports it had before; print its
+    bootstrap. Nodes already running are kept; stopped ones come back."""
     from ingest.broker import start_detached
     from pizzashop.kafka import broker_data_dir
 
@@ -61,6 +68,7 @@ def broker_start(verbose: Verbose = False) -> None:
             data_dir=broker_data_dir(settings),
             version=settings.broker.kafka_version,
             heap=settings.broker.heap,
+            nodes=nodes,
             start_timeout_s=settings.broker.start_timeout_s,
         )
     except PizzashopError as exc:
@@ -70,7 +78,7 @@ def broker_start(verbose: Verbose = False) -> None:
 
 @broker_app.command("stop")
 def broker_stop(verbose: Verbose = False) -> None:
-    """Stop the local broker (clean shutdown)."""
+    """Stop every node of the local Kafka (clean shutdown); the next start reuses its ports."""
     from ingest.broker import stop_detached
     from pizzashop.kafka import broker_data_dir
 
@@ -80,16 +88,29 @@ def broker_stop(verbose: Verbose = False) -> None:
 
 @broker_app.command("status")
 def broker_status(verbose: Verbose = False) -> None:
-    """Say whether the local broker runs and answers a metadata request."""
-    from ingest.broker import status
+    """Say which nodes of the local Kafka run and answer a metadata request.
+
+    Exit code 0 when all do, 4 when only some do (clients still work), 3 when none does."""
+    from ingest.broker import nodes_up, status
     from pizzashop.kafka import broker_data_dir
 
     settings = _setup(verbose)
-    state = status(broker_data_dir(settings))
+    data_dir = broker_data_dir(settings)
+    state = status(data_dir)
     if state is None:
         typer.echo("not running")
         raise typer.Exit(code=3)
-    typer.echo(f"running: {state.bootstrap} (pid {state.pid}, Kafka {state.version})")
+    up = nodes_up(data_dir)
+    serving = sum(up.values())
+    typer.echo(
+        f"running: {state.bootstrap} (Kafka {state.version}, "
+        f"{serving} of {state.node_count} node(s) up)"
+    )
+    for node in state.nodes:
+        mark = "up" if up.get(node.node_id) else "down"
+        typer.echo(f"  node {node.node_id}: {mark}, 127.0.0.1:{node.port} (pid {node.pid})")
+    if serving < state.node_count:
+        raise typer.Exit(code=4)
 
 
 # -- the shop -------------------------------------------------------------------------------

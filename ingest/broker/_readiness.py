@@ -1,6 +1,7 @@
-"""Proving a broker serves: an open port, then a metadata request that lists node 1.
+"""Proving a node serves: its port open, then a metadata request to it that lists the node.
 
-The port opens before the broker is unfenced, so only the metadata answer counts. Polls back
+The port opens before the broker is unfenced, so only the metadata answer counts: a node is
+listed once the controller quorum has it registered and caught up. Polls back
 off from 50 ms to 500 ms; nothing here sleeps a fixed guess.
 """
 
@@ -10,7 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -33,8 +34,9 @@ async def _port_open(host: str, port: int, timeout_s: float) -> bool:
     return True
 
 
-async def lists_broker(bootstrap: str, timeout_s: float = 5.0) -> bool:
-    """True when a metadata request to ``bootstrap`` names broker ``NODE_ID``."""
+async def lists_broker(bootstrap: str, timeout_s: float = 5.0, *, node_id: int = NODE_ID) -> bool:
+    """True when a metadata request to the node at ``bootstrap`` (``host:port``) lists broker
+    ``node_id``."""
     host, _, port = bootstrap.rpartition(":")
     if not await _port_open(host, int(port), timeout_s):
         return False
@@ -55,29 +57,33 @@ async def lists_broker(bootstrap: str, timeout_s: float = 5.0) -> bool:
         return False
     finally:
         await admin.close()
-    return any(broker["node_id"] == NODE_ID for broker in cluster["brokers"])
+    return any(broker["node_id"] == node_id for broker in cluster["brokers"])
 
 
 async def wait_ready(
     bootstrap: str,
     *,
+    node_id: int = NODE_ID,
     timeout_s: float,
     alive: Callable[[], bool],
     log_tail: Callable[[], str],
 ) -> None:
-    """Return once the broker answers; BrokerUnavailable if it dies or the deadline passes."""
+    """Return once node ``node_id`` at ``bootstrap`` serves; BrokerUnavailable if it dies or the
+    deadline passes."""
     deadline = time.monotonic() + timeout_s
     delay = 0.05
     while True:
         if not alive():
-            raise BrokerUnavailable(f"the Kafka broker exited while starting:\n{log_tail()}")
+            raise BrokerUnavailable(
+                f"Kafka node {node_id} ({bootstrap}) exited while starting:\n{log_tail()}"
+            )
         left = deadline - time.monotonic()
         if left <= 0:
             raise BrokerUnavailable(
-                f"the Kafka broker at {bootstrap} was not ready within {timeout_s:.0f}s:\n"
+                f"Kafka node {node_id} at {bootstrap} was not ready within {timeout_s:.0f}s:\n"
                 f"{log_tail()}"
             )
-        if await lists_broker(bootstrap, timeout_s=min(5.0, max(left, 0.5))):
+        if await lists_broker(bootstrap, timeout_s=min(5.0, max(left, 0.5)), node_id=node_id):
             return
         await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
         delay = min(delay * 2, 0.5)
@@ -91,3 +97,20 @@ def run_sync(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(lambda: asyncio.run(coro_factory())).result()
+
+
+async def wait_all(awaitables: Iterable[Awaitable[Any]]) -> None:
+    """Await them concurrently; on the first failure cancel the rest and raise it."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    if not tasks:
+        return
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            error = task.exception()
+            if error is not None:
+                raise error
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,10 +1,20 @@
-"""``LocalKafka``: a single-node Apache Kafka (KRaft) as a child JVM of this process.
+"""``LocalKafka``: a local Apache Kafka (KRaft) of 1, 3 or 5 nodes as child JVMs of this process.
 
-Lifecycle: ``start()`` resolves the jars (once per version), formats the data dir (once), starts
-the JVM and returns only after a metadata request lists the broker. ``stop()`` sends SIGTERM so
-Kafka's shutdown hook flushes and closes its logs, escalating to SIGKILL after a deadline.
-Like aiokafka's clients, an instance runs once: a stopped one refuses to start again; make a new
-``LocalKafka`` on the same ``data_dir`` to restart with the same data.
+Lifecycle: ``start()`` resolves the jars (once per version), formats each node's data dir (once),
+starts the JVMs and returns only after every node serves metadata. ``stop()`` sends SIGTERM so
+Kafka's shutdown hooks flush and close the logs, escalating to SIGKILL after a deadline. Like
+aiokafka's clients, an instance runs once: a stopped one refuses to start again; make a new
+``LocalKafka`` on the same ``data_dir`` to start over with the same data.
+
+Fault injection, while the instance runs (``node`` is an index, 0 .. ``node_count`` - 1; its
+Kafka ``node.id`` is ``node_ids[node]``)::
+
+    await kafka.terminate(node=0)   # SIGTERM: Kafka's clean shutdown; returns once it exited
+    await kafka.kill(node=0)        # SIGKILL: a crash; returns once it exited
+    await kafka.restart(node=0)     # start it again, same ports and data; returns once it serves
+
+The ports of every node are chosen once, at ``start()``, and kept until ``stop()``: clients built
+before a fault reconnect to the same ``bootstrap`` by themselves.
 """
 
 from __future__ import annotations
@@ -14,17 +24,25 @@ import enum
 import logging
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from ingest.broker._config import (
+    NODE_ID,
+    ClusterLayout,
     Layout,
+    NodeAddress,
+    bootstrap_of,
     broker_command,
     check_heap,
+    check_nodes,
     format_command,
     free_port,
+    port_is_free,
+    port_taken_message,
 )
-from ingest.broker._readiness import wait_ready
+from ingest.broker._readiness import wait_all, wait_ready
 from ingest.broker._tools import check_version, ensure_tools, jars_resolved, resolve_jars
 from pizzashop.errors import BrokerUnavailable, ConfigError
 
@@ -43,10 +61,25 @@ class _State(enum.Enum):
     STOPPED = "stopped"
 
 
-class LocalKafka:
-    """One Kafka node on 127.0.0.1, data in ``data_dir``, jars cached under ``cache_dir``.
+@dataclass(slots=True)
+class _Node:
+    address: NodeAddress
+    layout: Layout
+    process: asyncio.subprocess.Process | None = None
+    # Serialises terminate/kill/restart of one node (a chaos test may overlap them).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    ``port``/``controller_port`` 0 picks free ports at start. ``async with`` starts and stops it.
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+class LocalKafka:
+    """``nodes`` Kafka nodes on 127.0.0.1, data in ``data_dir``, jars cached under ``cache_dir``.
+
+    ``port``/``controller_port`` (single node only) 0 picks free ports at start. ``heap`` is
+    per node: on two cores, three nodes run well with ``heap="320m"``. ``async with`` starts and
+    stops it.
     """
 
     def __init__(
@@ -56,107 +89,210 @@ class LocalKafka:
         data_dir: Path,
         version: str = "4.2.0",
         heap: str = "512m",
+        nodes: int = 1,
         port: int = 0,
         controller_port: int = 0,
         start_timeout_s: float = 90.0,
     ) -> None:
         check_version(version)
         check_heap(heap)
+        check_nodes(nodes)
         if start_timeout_s <= 0:
             raise ConfigError(f"start_timeout_s must be positive, got {start_timeout_s}")
         if port and port == controller_port:
             raise ConfigError(f"port and controller_port must differ, both are {port}")
+        if nodes > 1 and (port or controller_port):
+            raise ConfigError("fixed ports are for a single node; a cluster picks its own")
         self.cache_dir = Path(cache_dir)
-        self.layout = Layout.of(Path(data_dir))
+        self.cluster_layout = ClusterLayout.of(Path(data_dir))
         self.version = version
         self.heap = heap
+        self._node_count = nodes
         self._wanted_port = port
         self._wanted_controller_port = controller_port
         self.start_timeout_s = start_timeout_s
         self._state = _State.NEW
-        self._process: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.controller_port = 0
+        self._nodes: list[_Node] = []
+        self._java = ""
+        self._lib = Path()
 
+    # -- what callers read ------------------------------------------------------------------
     @property
     def data_dir(self) -> Path:
-        return self.layout.data_dir
+        return self.cluster_layout.data_dir
+
+    @property
+    def node_count(self) -> int:
+        return self._node_count
+
+    @property
+    def node_ids(self) -> tuple[int, ...]:
+        """Kafka's ``node.id`` of each node index: ``(1,)`` or ``(1, 2, 3)``."""
+        return tuple(range(NODE_ID, NODE_ID + self._node_count))
 
     @property
     def bootstrap(self) -> str:
-        """``127.0.0.1:<port>``; only meaningful once started."""
-        if self._state is not _State.RUNNING:
-            raise RuntimeError(f"LocalKafka is {self._state.value}, not running")
-        return f"127.0.0.1:{self.port}"
+        """``127.0.0.1:<port>`` of every node, comma-separated; only meaningful once started.
+        Stays the same while nodes are terminated, killed and restarted."""
+        self._check_running()
+        return bootstrap_of([node.address for node in self._nodes])
+
+    def node_bootstrap(self, node: int) -> str:
+        """``127.0.0.1:<port>`` of one node."""
+        return self._node(node).address.bootstrap
+
+    def running(self, node: int) -> bool:
+        """Is the JVM of ``node`` alive (started and not terminated or killed)?"""
+        return self._node(node).alive
+
+    @property
+    def port(self) -> int:
+        """The first node's client port (0 before start)."""
+        return self._nodes[0].address.port if self._nodes else 0
+
+    @property
+    def controller_port(self) -> int:
+        return self._nodes[0].address.controller_port if self._nodes else 0
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        """The first node's JVM pid, None when it does not run."""
+        return self.node_pid(0) if self._nodes else None
+
+    def node_pid(self, node: int) -> int | None:
+        process = self._node(node).process
+        return process.pid if process is not None and process.returncode is None else None
 
     @property
     def server_log(self) -> Path:
-        return self.layout.server_log
+        """The first node's Kafka log."""
+        return self.server_log_of(0)
 
+    def server_log_of(self, node: int) -> Path:
+        if not 0 <= node < self._node_count:
+            raise IndexError(f"node index {node} out of range 0..{self._node_count - 1}")
+        return self.cluster_layout.node(self.node_ids[node], self._node_count).server_log
+
+    # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> str:
-        """Start the broker and return its bootstrap address once it serves metadata.
+        """Start every node and return the bootstrap list once each serves metadata.
 
-        Raises ConfigError (no Java/Maven, bad version), BrokerUnavailable (the JVM died or was
-        not ready within ``start_timeout_s``), RuntimeError if this instance was started before.
+        Raises ConfigError (no Java/Maven, bad version, a data dir of another node count, a
+        fixed port held by another process), BrokerUnavailable (a JVM died or was not ready
+        within ``start_timeout_s``), RuntimeError if this instance was started before.
         """
         if self._state is not _State.NEW:
             raise RuntimeError(f"LocalKafka is {self._state.value}; create a new one to restart")
         self._state = _State.STARTING
         began = time.monotonic()
         try:
-            java = ensure_tools(maven=not jars_resolved(self.cache_dir, self.version))
-            lib = await asyncio.to_thread(resolve_jars, self.cache_dir, self.version)
-            await self._start_jvm(java, lib)
+            self.cluster_layout.check_nodes(self._node_count)
+            self._java = ensure_tools(maven=not jars_resolved(self.cache_dir, self.version))
+            self._lib = await asyncio.to_thread(resolve_jars, self.cache_dir, self.version)
+            await self._start_cluster()
         except BaseException:
-            await self._terminate()
+            await self._stop_all()
             self._state = _State.STOPPED
             raise
         self._state = _State.RUNNING
         logger.info(
-            "Kafka %s ready at 127.0.0.1:%d in %.1fs (pid %s, data %s)",
+            "Kafka %s (%d node(s)) ready at %s in %.1fs (data %s)",
             self.version,
-            self.port,
+            self._node_count,
+            self.bootstrap,
             time.monotonic() - began,
-            self.pid,
             self.data_dir,
         )
         return self.bootstrap
 
-    async def _start_jvm(self, java: str, lib: Path) -> None:
+    def _addresses(self) -> list[NodeAddress]:
+        if self._node_count == 1 and self._wanted_port and self._wanted_controller_port:
+            return [NodeAddress(NODE_ID, self._wanted_port, self._wanted_controller_port)]
+        taken: set[int] = {self._wanted_port, self._wanted_controller_port} - {0}
+        ports: list[int] = []
+        while len(ports) < 2 * self._node_count:
+            port = free_port()
+            if port not in taken:  # two free_port() calls may agree
+                taken.add(port)
+                ports.append(port)
+        if self._wanted_port:
+            ports[0] = self._wanted_port
+        if self._wanted_controller_port:
+            ports[1] = self._wanted_controller_port
+        return [
+            NodeAddress(node_id, ports[2 * i], ports[2 * i + 1])
+            for i, node_id in enumerate(self.node_ids)
+        ]
+
+    def _check_fixed_ports(self) -> None:
+        for port, what in (
+            (self._wanted_port, "client port"),
+            (self._wanted_controller_port, "controller port"),
+        ):
+            if port and not port_is_free(port):
+                raise ConfigError(f"cannot start Kafka: {port_taken_message(port, what)}")
+
+    async def _start_cluster(self) -> None:
+        self._check_fixed_ports()
         auto_ports = not (self._wanted_port and self._wanted_controller_port)
+        cluster_id = self.cluster_layout.cluster_id()
         for attempt in range(1, _BIND_ATTEMPTS + 1):
-            self.port = self._wanted_port or free_port()
-            self.controller_port = self._wanted_controller_port or free_port()
-            if self.port == self.controller_port:  # two free_port() calls may agree
-                continue
-            self.layout.prepare(port=self.port, controller_port=self.controller_port)
-            if not self.layout.formatted:
-                await self._format(java, lib)
-            await self._spawn(java, lib)
+            addresses = self._addresses()
+            self._nodes = [
+                _Node(address, self.cluster_layout.node(address.node_id, self._node_count))
+                for address in addresses
+            ]
+            for node in self._nodes:
+                node.layout.prepare(node.address, addresses)
+            await wait_all(
+                self._format(node.layout, cluster_id)
+                for node in self._nodes
+                if not node.layout.formatted
+            )
+            for node in self._nodes:
+                await self._spawn(node)
             try:
-                await wait_ready(
-                    f"127.0.0.1:{self.port}",
-                    timeout_s=self.start_timeout_s,
-                    alive=lambda: self._process is not None and self._process.returncode is None,
-                    log_tail=self.layout.log_tail,
-                )
+                await wait_all(self._wait_ready(node) for node in self._nodes)
             except BrokerUnavailable:
-                await self._terminate()
-                tail = self.layout.log_tail()
-                if auto_ports and attempt < _BIND_ATTEMPTS and "Address already in use" in tail:
+                await self._stop_all()
+                failed = [node for node in self._nodes if node.layout.bind_failed()]
+                if failed and auto_ports and attempt < _BIND_ATTEMPTS:
                     logger.warning("a picked port was taken before Kafka bound it; retrying")
                     continue
+                if failed:
+                    raise self._bind_error(failed[0]) from None
                 raise
             return
         raise BrokerUnavailable(f"no free loopback ports for Kafka after {_BIND_ATTEMPTS} tries")
 
-    async def _format(self, java: str, lib: Path) -> None:
-        argv = format_command(java=java, lib=lib, layout=self.layout)
-        logger.info("formatting Kafka storage in %s", self.layout.log_dir)
+    def _bind_error(self, node: _Node) -> ConfigError:
+        address = node.address
+        held = [
+            port_taken_message(port, what)
+            for port, what in (
+                (address.port, "client port"),
+                (address.controller_port, "controller port"),
+            )
+            if not port_is_free(port)
+        ]
+        detail = "; ".join(held) or f"port {address.port} or {address.controller_port} was taken"
+        return ConfigError(
+            f"Kafka node {address.node_id} could not bind its ports: {detail}\n"
+            f"{node.layout.log_tail(lines=10)}"
+        )
+
+    async def _wait_ready(self, node: _Node) -> None:
+        await wait_ready(
+            node.address.bootstrap,
+            node_id=node.address.node_id,
+            timeout_s=self.start_timeout_s,
+            alive=lambda: node.alive,
+            log_tail=node.layout.log_tail,
+        )
+
+    async def _format(self, layout: Layout, cluster_id: str) -> None:
+        argv = format_command(java=self._java, lib=self._lib, layout=layout, cluster_id=cluster_id)
+        logger.info("formatting Kafka storage in %s", layout.log_dir)
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=subprocess.DEVNULL,
@@ -174,49 +310,109 @@ class LocalKafka:
         text = output.decode("utf-8", errors="replace").strip()
         if process.returncode != 0:
             raise ConfigError(
-                f"formatting Kafka storage in {self.layout.log_dir} failed "
+                f"formatting Kafka storage in {layout.log_dir} failed "
                 f"(exit {process.returncode}):\n{text}"
             )
         logger.debug("StorageTool: %s", text)
 
-    async def _spawn(self, java: str, lib: Path) -> None:
-        argv = broker_command(java=java, lib=lib, layout=self.layout, heap=self.heap)
-        logger.debug("starting Kafka: %s", argv)
+    async def _spawn(self, node: _Node) -> None:
+        argv = broker_command(java=self._java, lib=self._lib, layout=node.layout, heap=self.heap)
+        logger.debug("starting Kafka node %d: %s", node.address.node_id, argv)
         # The JVM's own stdout/stderr (crashes, log4j status) go to a file the parent closes at
         # once; the child keeps its copy of the descriptor.
-        with self.layout.jvm_out.open("ab") as out:
-            self._process = await asyncio.create_subprocess_exec(
+        with node.layout.jvm_out.open("ab") as out:
+            node.process = await asyncio.create_subprocess_exec(
                 *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
 
+    # -- fault injection --------------------------------------------------------------------
+    async def terminate(self, node: int = 0) -> None:
+        """Stop one node cleanly (SIGTERM, Kafka's controlled shutdown) and wait for its exit;
+        SIGKILL if it takes over 30 s. Its ports and data stay for ``restart``. No-op when
+        the node is already down."""
+        target = self._running_node(node)
+        async with target.lock:
+            await _terminate(target)
+
+    async def kill(self, node: int = 0) -> None:
+        """Crash one node (SIGKILL: no flush, no controlled shutdown) and wait for its exit.
+        No-op when the node is already down."""
+        target = self._running_node(node)
+        async with target.lock:
+            process = target.process
+            if process is None or process.returncode is not None:
+                return
+            process.kill()
+            await process.wait()
+            logger.info("Kafka node %d (pid %d) killed", target.address.node_id, process.pid)
+
+    async def restart(self, node: int = 0) -> None:
+        """Start one node again on the same ports and data dir, stopping it cleanly first if it
+        still runs; return once it serves metadata (it may still be catching up replicas).
+
+        Raises ConfigError if one of its ports is now held by another process (naming it),
+        BrokerUnavailable if it dies or is not ready within ``start_timeout_s``.
+        """
+        target = self._running_node(node)
+        async with target.lock:
+            await _terminate(target)
+            began = time.monotonic()
+            address = target.address
+            for port, what in (
+                (address.port, "client port"),
+                (address.controller_port, "controller port"),
+            ):
+                if not port_is_free(port):
+                    raise ConfigError(
+                        f"cannot restart Kafka node {address.node_id}: "
+                        f"{port_taken_message(port, what)}"
+                    )
+            # Rewritten although nothing changed: the file is the record of this start.
+            target.layout.prepare(address, [n.address for n in self._nodes])
+            await self._spawn(target)
+            try:
+                await self._wait_ready(target)
+            except BrokerUnavailable:
+                await _terminate(target)
+                if target.layout.bind_failed():
+                    raise self._bind_error(target) from None
+                raise
+            logger.info(
+                "Kafka node %d restarted at %s in %.1fs (pid %s)",
+                address.node_id,
+                address.bootstrap,
+                time.monotonic() - began,
+                target.process.pid if target.process else None,
+            )
+
+    def _node(self, node: int) -> _Node:
+        if not self._nodes:
+            raise RuntimeError(f"LocalKafka is {self._state.value}, not running")
+        if not 0 <= node < len(self._nodes):
+            raise IndexError(f"node index {node} out of range 0..{len(self._nodes) - 1}")
+        return self._nodes[node]
+
+    def _running_node(self, node: int) -> _Node:
+        self._check_running()
+        return self._node(node)
+
+    def _check_running(self) -> None:
+        if self._state is not _State.RUNNING:
+            raise RuntimeError(f"LocalKafka is {self._state.value}, not running")
+
+    # -- stop -------------------------------------------------------------------------------
     async def stop(self) -> None:
-        """SIGTERM, wait for Kafka's clean shutdown, SIGKILL after 30 s. Safe to call twice."""
+        """SIGTERM every node at once, wait for Kafka's clean shutdown, SIGKILL after 30 s.
+        Safe to call twice."""
         if self._state is _State.STOPPED:
             return
         self._state = _State.STOPPED
-        await self._terminate()
+        await self._stop_all()
 
-    async def _terminate(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.returncode is not None:
-            return
-        began = time.monotonic()
-        process.terminate()
-        try:
-            code = await asyncio.wait_for(process.wait(), _STOP_TIMEOUT_S)
-        except TimeoutError:
-            logger.warning(
-                "Kafka (pid %d) ignored SIGTERM for %.0fs; killing it", process.pid, _STOP_TIMEOUT_S
-            )
-            process.kill()
-            code = await process.wait()
-        # 143 (128 + SIGTERM) is the JVM's normal exit after its shutdown hooks ran.
-        logger.info(
-            "Kafka (pid %d) stopped in %.1fs, exit code %d",
-            process.pid,
-            time.monotonic() - began,
-            code,
-        )
+    async def _stop_all(self) -> None:
+        # All at once: stopping one by one would leave the last nodes without a controller
+        # quorum, and their controlled shutdown would wait for one until the deadline.
+        await asyncio.gather(*(_terminate(node) for node in self._nodes))
 
     async def __aenter__(self) -> LocalKafka:
         await self.start()
@@ -231,4 +427,35 @@ class LocalKafka:
         await self.stop()
 
     def __repr__(self) -> str:
-        return f"<LocalKafka {self.version} {self._state.value} port={self.port} {self.data_dir}>"
+        ports = ",".join(str(node.address.port) for node in self._nodes) or "-"
+        return (
+            f"<LocalKafka {self.version} {self._state.value} nodes={self._node_count} "
+            f"ports={ports} {self.data_dir}>"
+        )
+
+
+async def _terminate(node: _Node) -> None:
+    process = node.process
+    if process is None or process.returncode is not None:
+        return
+    began = time.monotonic()
+    process.terminate()
+    try:
+        code = await asyncio.wait_for(process.wait(), _STOP_TIMEOUT_S)
+    except TimeoutError:
+        logger.warning(
+            "Kafka node %d (pid %d) ignored SIGTERM for %.0fs; killing it",
+            node.address.node_id,
+            process.pid,
+            _STOP_TIMEOUT_S,
+        )
+        process.kill()
+        code = await process.wait()
+    # 143 (128 + SIGTERM) is the JVM's normal exit after its shutdown hooks ran.
+    logger.info(
+        "Kafka node %d (pid %d) stopped in %.1fs, exit code %d",
+        node.address.node_id,
+        process.pid,
+        time.monotonic() - began,
+        code,
+    )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,14 +15,22 @@ import pytest
 from ingest.broker import (
     BrokerState,
     LocalKafka,
+    NodeAddress,
+    NodeState,
     ensure_tools,
+    min_insync_replicas,
     new_cluster_id,
     render_properties,
+    replication_factor_for,
     resolve_jars,
     server_properties,
 )
-from ingest.broker._config import Layout
+from ingest.broker._config import ClusterLayout, Layout, port_holder, port_is_free
+from ingest.topics import Topics
 from pizzashop.errors import ConfigError
+
+ONE = NodeAddress(1, 19092, 19093)
+THREE = (NodeAddress(1, 19092, 19093), NodeAddress(2, 19094, 19095), NodeAddress(3, 19096, 19097))
 
 
 def _parse(text: str) -> dict[str, str]:
@@ -79,11 +89,7 @@ async def test_start_without_java_raises_config_error(bare_path: Path, tmp_path:
 
 
 def test_server_properties_for_one_node(tmp_path: Path) -> None:
-    props = _parse(
-        render_properties(
-            server_properties(log_dir=tmp_path / "kraft", port=19092, controller_port=19093)
-        )
-    )
+    props = _parse(render_properties(server_properties(log_dir=tmp_path / "kraft", node=ONE)))
     assert props["process.roles"] == "broker,controller"
     assert props["node.id"] == "1"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:19093"
@@ -97,6 +103,8 @@ def test_server_properties_for_one_node(tmp_path: Path) -> None:
         "transaction.state.log.min.isr",
         "share.coordinator.state.topic.replication.factor",
         "share.coordinator.state.topic.min.isr",
+        "default.replication.factor",
+        "min.insync.replicas",
     ):
         assert props[key] == "1", key
     assert props["group.initial.rebalance.delay.ms"] == "0"
@@ -106,6 +114,80 @@ def test_server_properties_for_one_node(tmp_path: Path) -> None:
     # Kafka refuses 1 MiB or less per cleaner thread, and the 128 MiB default wastes the heap.
     assert 1024 * 1024 < int(props["log.cleaner.dedupe.buffer.size"]) <= 16 * 1024 * 1024
     assert "controller.quorum.bootstrap.servers" not in props
+    # Transactional producers keep Kafka's 15 min ceiling for their transaction timeout.
+    assert "transaction.max.timeout.ms" not in props
+
+
+def test_server_properties_for_node_two_of_three(tmp_path: Path) -> None:
+    props = _parse(
+        render_properties(server_properties(log_dir=tmp_path, node=THREE[1], cluster=THREE))
+    )
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == (
+        "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097"
+    )
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19094,CONTROLLER://127.0.0.1:19095"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:19094"
+    for key in (
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "share.coordinator.state.topic.replication.factor",
+        "default.replication.factor",
+    ):
+        assert props[key] == "3", key
+    for key in (
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.min.isr",
+        "min.insync.replicas",
+    ):
+        assert props[key] == "2", key
+    assert props["unclean.leader.election.enable"] == "false"
+    assert int(props["broker.heartbeat.interval.ms"]) < int(props["broker.session.timeout.ms"])
+
+
+def test_a_node_outside_its_cluster_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="node 1 is not one"):
+        server_properties(log_dir=tmp_path, node=ONE, cluster=THREE[1:])
+
+
+@pytest.mark.parametrize(("nodes", "rf", "isr"), [(1, 1, 1), (3, 3, 2), (5, 3, 2)])
+def test_replication_follows_the_node_count(nodes: int, rf: int, isr: int) -> None:
+    assert replication_factor_for(nodes) == rf
+    assert min_insync_replicas(rf) == isr
+
+
+def test_min_insync_replicas_never_exceeds_two_nor_the_replicas() -> None:
+    assert [min_insync_replicas(rf) for rf in (1, 2, 3, 4, 5)] == [1, 2, 2, 2, 2]
+
+
+def test_shop_topic_specs_leave_min_insync_replicas_to_ensure_topics() -> None:
+    # ensure_topics derives it from the replication factor it picks; a hard-coded "1" would
+    # let acks=all writes sit on one replica of three.
+    for spec in Topics("x.").specs():
+        assert "min.insync.replicas" not in spec.configs, spec.name
+
+
+def test_cluster_layout_gives_each_node_its_own_dir(tmp_path: Path) -> None:
+    cluster = ClusterLayout.of(tmp_path)
+    assert cluster.node(1, 1).data_dir == tmp_path.resolve()  # the layout from before clusters
+    assert cluster.node(2, 3).data_dir == tmp_path.resolve() / "node-2"
+    assert cluster.node(2, 3).log_dir == tmp_path.resolve() / "node-2" / "kraft"
+    assert cluster.cluster_id_file == tmp_path.resolve() / "cluster.id"
+    assert cluster.formatted_nodes() is None
+
+
+def test_a_data_dir_keeps_its_node_count(tmp_path: Path) -> None:
+    cluster = ClusterLayout.of(tmp_path)
+    for node_id in (1, 2, 3):
+        log_dir = cluster.node(node_id, 3).log_dir
+        log_dir.mkdir(parents=True)
+        (log_dir / "meta.properties").write_text(f"node.id={node_id}\n")
+    assert cluster.formatted_nodes() == 3
+    cluster.check_nodes(3)
+    with pytest.raises(ConfigError, match="holds a 3-node Kafka cluster, not 1 nodes"):
+        cluster.check_nodes(1)
+    with pytest.raises(ConfigError, match="1, 3 or 5 nodes"):
+        cluster.check_nodes(2)
 
 
 def test_properties_escape_what_java_properties_would_misread() -> None:
@@ -116,7 +198,7 @@ def test_properties_escape_what_java_properties_would_misread() -> None:
 
 def test_prepare_writes_config_and_log4j(tmp_path: Path) -> None:
     layout = Layout.of(tmp_path / "data")
-    layout.prepare(port=1234, controller_port=1235)
+    layout.prepare(NodeAddress(1, 1234, 1235))
     props = _parse(layout.properties.read_text("latin-1"))
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:1234,CONTROLLER://127.0.0.1:1235"
     assert "${sys:kafka.logs.dir}/server.log" in layout.log4j_config.read_text()
@@ -134,9 +216,9 @@ def test_cluster_id_has_kafkas_uuid_form() -> None:
 
 
 def test_cluster_id_is_persisted_in_the_data_dir(tmp_path: Path) -> None:
-    layout = Layout.of(tmp_path)
+    layout = ClusterLayout.of(tmp_path)
     first = layout.cluster_id()
-    assert Layout.of(tmp_path).cluster_id() == first
+    assert ClusterLayout.of(tmp_path).cluster_id() == first
     assert layout.cluster_id_file.read_text().strip() == first
 
 
@@ -147,6 +229,8 @@ def test_cluster_id_is_persisted_in_the_data_dir(tmp_path: Path) -> None:
         ({"version": "4.2"}, "look like 4.2.0"),
         ({"heap": "half"}, "heap"),
         ({"port": 9092, "controller_port": 9092}, "differ"),
+        ({"nodes": 2}, "1, 3 or 5 nodes"),
+        ({"nodes": 3, "port": 9092}, "fixed ports are for a single node"),
     ],
 )
 def test_bad_arguments_are_config_errors(
@@ -166,17 +250,68 @@ async def test_stopped_instance_refuses_to_start(tmp_path: Path) -> None:
 
 def test_broker_state_round_trips_and_is_frozen(tmp_path: Path) -> None:
     state = BrokerState(
-        pid=os.getpid(),
-        bootstrap="127.0.0.1:9092",
-        port=9092,
-        controller_port=9093,
         version="4.2.0",
         data_dir=tmp_path,
         started_at=1.5,
+        nodes=tuple(
+            NodeState(a.node_id, 100 + a.node_id, a.port, a.controller_port) for a in THREE
+        ),
     )
     assert BrokerState.from_json(state.to_json()) == state
+    assert state.bootstrap == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
+    assert (state.pid, state.port, state.controller_port) == (101, 19092, 19093)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        state.pid = 1  # type: ignore[misc]
+        state.version = "4.1.0"  # type: ignore[misc]
+
+
+def test_a_single_node_state_file_from_before_clusters_keeps_its_ports(tmp_path: Path) -> None:
+    old = {
+        "pid": os.getpid(),
+        "bootstrap": "127.0.0.1:9092",
+        "port": 9092,
+        "controller_port": 9093,
+        "version": "4.2.0",
+        "data_dir": str(tmp_path),
+        "started_at": 1.5,
+    }
+    state = BrokerState.from_json(json.dumps(old))
+    assert state.nodes == (NodeState(1, os.getpid(), 9092, 9093),)
+    assert state.bootstrap == "127.0.0.1:9092"
+
+
+def _time_wait_port() -> int:
+    """A port whose only trace is a connection in TIME_WAIT, as a stopped broker leaves its
+    port when it closed its clients' connections first."""
+    with socket.socket() as listener:
+        # As the JVM's server sockets: TIME_WAIT entries inherit the flag, and only then does a
+        # SO_REUSEADDR bind pass over them.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port: int = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server side closes first: TIME_WAIT lands on 127.0.0.1:port
+        client.recv(1)
+        client.close()
+    return port
+
+
+def test_a_port_in_time_wait_is_free_for_kafka() -> None:
+    port = _time_wait_port()
+    # A plain bind() fails here, which made a restarted broker move to a new port.
+    with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+        plain.bind(("127.0.0.1", port))
+    assert port_is_free(port)
+
+
+def test_a_listening_port_is_taken_and_its_holder_named() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert not port_is_free(port)
+        assert port_holder(port).startswith(f"pid {os.getpid()} (")
 
 
 _FAKE_MVN = """#!/bin/sh
