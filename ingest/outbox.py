@@ -330,11 +330,13 @@ class OutboxRelay:
                 self._succeeded()
                 if sent < self._settings.batch_size:
                     await self._sleep(self._settings.idle_poll_s)
-            # One last pass so a clean shutdown leaves nothing behind that Kafka could take.
-            try:
-                await self.relay_once()
-            except Exception as exc:
-                logger.warning("outbox relay: stopping with rows pending (%r); next start", exc)
+            # One last pass so a clean shutdown leaves nothing behind that Kafka could take;
+            # not while failing, where it would only hold up the shutdown for a timeout.
+            if not self.consecutive_failures:
+                try:
+                    await self.relay_once()
+                except Exception as exc:
+                    logger.warning("outbox relay: stopping with rows pending (%r)", exc)
         finally:
             self._running = False
             with contextlib.suppress(Exception):
