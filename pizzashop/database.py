@@ -1,8 +1,20 @@
 """The database: SQLite by default (embedded), PostgreSQL through a URL.
 
-Every package defines its tables with SQLAlchemy Core on the shared ``metadata`` below;
-``Database.start()`` creates what is missing. SQLite runs in WAL mode with a busy timeout so the
-API and the workers (one process or several) can write to one file.
+Every package defines its tables with SQLAlchemy Core on the shared ``metadata`` below; the
+Alembic revisions in ``pizzashop.migrations`` build them. ``Database.start()`` brings the schema
+to the code's revision or refuses to start:
+
+* an empty database is migrated to head (so the embedded default starts with zero steps);
+* a database at the code's head starts as it is;
+* a database at an older revision, or one made by ``create_all`` before migrations (tables but
+  no ``alembic_version``), is migrated when ``auto_migrate`` holds, else refused with a message
+  naming ``pizzashop db upgrade``. ``auto_migrate`` defaults to on for SQLite (a local file that
+  one operator owns; nobody else would run the upgrade) and off for PostgreSQL (a shared server,
+  where changing the schema belongs in the deploy, run once, not raced by every worker);
+* a database at a revision this code does not know (a newer Pizzashop's) is refused.
+
+SQLite runs in WAL mode with a busy timeout so the API and the workers (one process or several)
+can write to one file.
 """
 
 from __future__ import annotations
@@ -11,14 +23,18 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from sqlalchemy import MetaData, Table, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from pizzashop.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pizzashop.migrations import SchemaState
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +44,20 @@ T = TypeVar("T")
 
 
 class Database:
-    """An async engine plus schema creation. ``async with Database(url) as db: db.engine``."""
+    """An async engine plus schema migration. ``async with Database(url) as db: db.engine``.
 
-    def __init__(self, url: str) -> None:
+    ``auto_migrate``: upgrade an older schema at start-up; None means on for SQLite, off for
+    PostgreSQL (see the module docstring).
+    """
+
+    def __init__(self, url: str, *, auto_migrate: bool | None = None) -> None:
         if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ConfigError(
                 f"unsupported database URL {url!r}: use sqlite+aiosqlite:///path "
                 "or postgresql+asyncpg://user:pass@host/db"
             )
         self.url = url
+        self.auto_migrate = url.startswith("sqlite") if auto_migrate is None else auto_migrate
         self._engine: AsyncEngine | None = None
         self._stopped = False
 
@@ -72,17 +93,62 @@ class Database:
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._engine = engine
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            stale = await conn.run_sync(_missing_columns)
-        if stale:
+        try:
+            await self._migrate(engine)
+        except BaseException:
             await engine.dispose()
             self._engine = None
+            raise
+
+    async def _migrate(self, engine: AsyncEngine) -> None:
+        from pizzashop import migrations
+
+        async with engine.connect() as conn:
+            state = await migrations.schema_state_on(conn)
+        if not state.known:
             raise ConfigError(
-                f"the database at {self.url} was made by an older Pizzashop: "
-                + "; ".join(f"table {t} lacks {', '.join(c)}" for t, c in stale.items())
-                + ". Point PIZZASHOP_DATABASE_URL elsewhere or remove the old file."
+                f"the database at {_safe(self.url)} is at revision {state.current}, which this "
+                f"Pizzashop does not know (its head is {state.head}): a newer version made it"
             )
+        if not state.at_head:
+            if not (state.empty or self.auto_migrate):
+                where = (
+                    "has tables but no migration revision (made before migrations)"
+                    if state.legacy
+                    else f"is at revision {state.current}, the code at {state.head}"
+                )
+                raise ConfigError(
+                    f"the database at {_safe(self.url)} {where}: "
+                    "run `pizzashop db upgrade` (after a backup) and start again"
+                )
+            await self._upgrade(engine, state)
+        async with engine.connect() as conn:
+            unmigrated = await conn.run_sync(_missing_columns)
+        if unmigrated:
+            raise ConfigError(
+                "the code defines columns no migration creates: "
+                + "; ".join(f"table {t} lacks {', '.join(c)}" for t, c in unmigrated.items())
+                + ". Generate one: `pizzashop db revision -m '...'`"
+            )
+
+    async def _upgrade(self, engine: AsyncEngine, before: SchemaState) -> None:
+        from pizzashop import migrations
+
+        logger.info(
+            "migrating the database from %s to %s",
+            before.current or ("empty" if before.empty else "pre-migration tables"),
+            before.head,
+            extra={"database": _safe(self.url)},
+        )
+        try:
+            await migrations.upgrade_on(engine)
+        except Exception:
+            # Two processes starting on one database race to migrate it; the loser fails on
+            # what the winner created. Fine if the schema is at head now, else the error stands.
+            async with engine.connect() as conn:
+                if (await migrations.schema_state_on(conn)).at_head:
+                    return
+            raise
 
     async def stop(self) -> None:
         if self._engine is not None and not self._stopped:
@@ -113,11 +179,23 @@ def chunked(values: Sequence[T], size: int = 500) -> list[Sequence[T]]:
     return [values[start : start + size] for start in range(0, len(values), size)]
 
 
+def _safe(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _missing_columns(sync_conn: Any) -> dict[str, list[str]]:
-    """Tables that exist with fewer columns than the code expects (create_all adds none)."""
+    """Tables whose columns the code expects but the migrated schema lacks (a forgotten revision).
+
+    Only the tables of modules imported so far are checked; the full check is the migration test.
+    """
     inspector = inspect(sync_conn)
     missing: dict[str, list[str]] = {}
+    tables = set(inspector.get_table_names())
     for table in metadata.sorted_tables:
+        if table.name not in tables:
+            missing[table.name] = ["the whole table"]
+            continue
         present = {c["name"] for c in inspector.get_columns(table.name)}
         if lacking := [c.name for c in table.columns if c.name not in present]:
             missing[table.name] = lacking
