@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from ingest.codec import Headers, header
+from ingest.codec import H_EVENT_ID, Headers, header
 from ingest.producer import EventProducer
 from ingest.reader import read_topics
+from pizzashop.errors import ConfigError
 
 H_TOPIC = "dlq.original.topic"
 H_PARTITION = "dlq.original.partition"
@@ -24,6 +25,9 @@ H_ERROR_CLASS = "dlq.error.class"
 H_ERROR_MESSAGE = "dlq.error.message"
 H_FAILED_AT = "dlq.failed.at"
 H_ATTEMPTS = "dlq.attempts"
+#: On a replayed record: the one consumer group that should handle it again. Every other group
+#: has handled the original already and passes the copy over.
+H_REPLAY_GROUP = "replay-for-group"
 DLQ_HEADERS = (
     H_TOPIC,
     H_PARTITION,
@@ -60,6 +64,49 @@ class DeadLetter:
         return json.dumps(data)
 
 
+@dataclass(frozen=True, slots=True)
+class LetterFilter:
+    """Which dead letters to replay: every given criterion must hold."""
+
+    group: str | None = None
+    topic: str | None = None
+    error_class: str | None = None
+    event_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @classmethod
+    def parse(cls, *, since: str | None, until: str | None, **exact: str | None) -> LetterFilter:
+        """From command-line text; a time that is not ISO 8601 is a ``ConfigError``."""
+        return cls(since=_when(since), until=_when(until), **exact)
+
+    def matches(self, letter: DeadLetter) -> bool:
+        failed_at = _when(letter.failed_at) if letter.failed_at else None
+        return (
+            (self.group is None or letter.consumer_group == self.group)
+            and (self.topic is None or letter.original_topic == self.topic)
+            and (self.error_class is None or letter.error_class == self.error_class)
+            and (
+                self.event_id is None
+                or header(letter.original_headers, H_EVENT_ID) == self.event_id
+            )
+            and (self.since is None or (failed_at is not None and failed_at >= self.since))
+            and (self.until is None or (failed_at is not None and failed_at < self.until))
+        )
+
+
+def _when(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-12-02T10:00:00+00:00)"
+        ) from exc
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _text(raw: bytes | None) -> str | None:
     return raw.decode("utf-8", errors="replace") if raw is not None else None
 
@@ -74,7 +121,7 @@ def dead_letter_headers(
     error: BaseException,
     attempts: int,
 ) -> Headers:
-    kept = [(k, v) for k, v in original if not k.startswith("dlq.")]
+    kept = [(k, v) for k, v in original if not k.startswith("dlq.") and k != H_REPLAY_GROUP]
     message = str(error) or repr(error)
     return [
         *kept,
@@ -100,12 +147,14 @@ async def read_dead_letters(bootstrap: str, dlq_topics: Sequence[str]) -> list[D
 async def replay(producer: EventProducer, letter: DeadLetter) -> None:
     """Send a dead letter's original record, byte for byte, back to its original topic.
 
-    Consumers that already handled it drop it again by event id; the one that failed takes it
-    anew (after its fix was deployed, one hopes).
+    The copy names the group that dead-lettered it (``replay-for-group``): only that group
+    handles it, once (a dead-lettered event was never marked handled); every other group passes
+    it over, and a second replay of the same letter is dropped by the group's dedupe.
     """
-    await producer.send_raw(
-        letter.original_topic, letter.value, key=letter.key, headers=letter.original_headers
-    )
+    headers = [(k, v) for k, v in letter.original_headers if k != H_REPLAY_GROUP]
+    if letter.consumer_group:
+        headers.append((H_REPLAY_GROUP, letter.consumer_group.encode()))
+    await producer.send_raw(letter.original_topic, letter.value, key=letter.key, headers=headers)
 
 
 def _to_letter(

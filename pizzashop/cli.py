@@ -7,13 +7,16 @@ import json
 import logging
 import signal
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from models import commands as model_commands
 from pizzashop.errors import PizzashopError
 from pizzashop.settings import Settings
+
+if TYPE_CHECKING:
+    from ingest.dlq import LetterFilter
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 broker_app = typer.Typer(no_args_is_help=True, help="The local Apache Kafka broker.")
@@ -137,23 +140,33 @@ def topics(verbose: Verbose = False) -> None:
 
 
 @app.command()
+def flows() -> None:
+    """List the flows a worker process can run, with the topics each consumes."""
+    from pizzashop.shop import registered_flows
+
+    for name, spec in registered_flows().items():
+        typer.echo(f"{name:<16} {', '.join(spec.topics)}")
+
+
+@app.command()
 def run(
     workers: Annotated[
-        str, typer.Option(help="comma-separated workers (default: all)")
-    ] = "status,payment,kitchen,notification,scores,enricher",
+        str | None,
+        typer.Option(help="comma-separated flows to run (default: all; see `pizzashop flows`)"),
+    ] = None,
     api: Annotated[bool, typer.Option(help="serve the HTTP API and relay the outbox")] = True,
     verbose: Verbose = False,
 ) -> None:
     """Run the API and/or workers until SIGINT/SIGTERM, then shut down in order."""
     settings = _setup(verbose)
-    chosen = tuple(w for w in workers.split(",") if w)
+    chosen = None if workers is None else tuple(w for w in workers.split(",") if w)
     try:
         asyncio.run(_run(settings, chosen, api))
     except PizzashopError as exc:
         raise _fail(exc) from exc
 
 
-async def _run(settings: Settings, workers: tuple[str, ...], api: bool) -> None:
+async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -> None:
     import uvicorn
 
     from api.app import create_app
@@ -167,7 +180,10 @@ async def _run(settings: Settings, workers: tuple[str, ...], api: bool) -> None:
     bootstrap = running_bootstrap(settings)
     async with Shop(settings, bootstrap, Wiring(api=api, workers=workers)) as shop:
         logging.getLogger(__name__).warning(
-            "pizzashop running (api=%s, workers=%s, kafka=%s)", api, ",".join(workers), bootstrap
+            "pizzashop running (api=%s, workers=%s, kafka=%s)",
+            api,
+            ",".join(shop.runtimes),
+            bootstrap,
         )
         if not api:
             await stop.wait()
@@ -253,21 +269,36 @@ def dlq_replay(
     error_class: Annotated[
         str | None, typer.Option(help="only letters with this error class")
     ] = None,
+    event_id: Annotated[str | None, typer.Option(help="only the letter of this event id")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="only letters dead-lettered at or after (ISO 8601)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="only letters dead-lettered before (ISO 8601)")
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="list what would be replayed")] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Send dead letters back to their original topics, byte for byte."""
+    """Send dead letters back to their original topics, byte for byte, for their group alone."""
+    from ingest.dlq import LetterFilter
+
     settings = _setup(verbose)
     try:
-        count = asyncio.run(_replay(settings, group, topic, error_class, dry_run))
+        chosen = LetterFilter.parse(
+            group=group,
+            topic=topic,
+            error_class=error_class,
+            event_id=event_id,
+            since=since,
+            until=until,
+        )
+        count = asyncio.run(_replay(settings, chosen, dry_run))
     except PizzashopError as exc:
         raise _fail(exc) from exc
     typer.echo(f"{'would replay' if dry_run else 'replayed'} {count} dead letter(s)")
 
 
-async def _replay(
-    settings: Settings, group: str | None, topic: str | None, error_class: str | None, dry_run: bool
-) -> int:
+async def _replay(settings: Settings, chosen: LetterFilter, dry_run: bool) -> int:
     from ingest.dlq import read_dead_letters, replay
     from ingest.producer import EventProducer
     from ingest.topics import Topics
@@ -277,9 +308,7 @@ async def _replay(
     letters = [
         letter
         for letter in await read_dead_letters(bootstrap, Topics(settings.topic_prefix).dlq_topics())
-        if (group is None or letter.consumer_group == group)
-        and (topic is None or letter.original_topic == topic)
-        and (error_class is None or letter.error_class == error_class)
+        if chosen.matches(letter)
     ]
     if dry_run:
         for letter in letters:
@@ -291,59 +320,6 @@ async def _replay(
         for letter in letters:
             await replay(producer, letter)
     return len(letters)
-
-
-# -- db -------------------------------------------------------------------------------------
-@db_app.command("upgrade")
-def db_upgrade(
-    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
-    verbose: Verbose = False,
-) -> None:
-    """Migrate the database to the code's schema (or to REVISION); back it up first."""
-    from pizzashop import migrations
-
-    settings = _setup(verbose)
-    try:
-        state = asyncio.run(migrations.upgrade(settings.resolved_database_url, revision))
-    except PizzashopError as exc:
-        raise _fail(exc) from exc
-    typer.echo(f"at revision {state.current} (head {state.head})")
-
-
-@db_app.command("status")
-def db_status(
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-    verbose: Verbose = False,
-) -> None:
-    """Say the database's revision and the code's; exit 3 when an upgrade is due."""
-    from pizzashop import migrations
-
-    settings = _setup(verbose)
-    state = asyncio.run(migrations.schema_state(settings.resolved_database_url))
-    if as_json:
-        fields = ("current", "head", "empty", "legacy", "at_head")
-        typer.echo(json.dumps({name: getattr(state, name) for name in fields}))
-    elif state.at_head:
-        typer.echo(f"up to date at revision {state.current}")
-    elif state.empty:
-        typer.echo(f"empty; the first start (or `pizzashop db upgrade`) builds {state.head}")
-    else:
-        where = "tables made before migrations" if state.legacy else f"revision {state.current}"
-        typer.echo(f"at {where}; the code is at {state.head}: run `pizzashop db upgrade`")
-    if not (state.at_head or state.empty):
-        raise typer.Exit(code=3)
-
-
-@db_app.command("revision")
-def db_revision(
-    message: Annotated[str, typer.Option("--message", "-m", help="what the change does")],
-    verbose: Verbose = False,
-) -> None:
-    """Autogenerate the next migration from the models (developers: see pizzashop.migrations)."""
-    from pizzashop import migrations
-
-    _setup(verbose)
-    typer.echo(migrations.new_revision(message))
 
 
 def main() -> None:

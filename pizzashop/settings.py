@@ -21,15 +21,29 @@ class BrokerSettings(BaseModel):
 
 
 class ConsumerSettings(BaseModel):
-    """The consumer runtime: batching, retries, session liveness."""
+    """The consumer runtime: batching, retries, session liveness, transactions."""
 
     batch_max: int = Field(default=500, ge=1)
     batch_wait_ms: int = Field(default=100, ge=0)
-    retry_max_attempts: int = Field(default=5, ge=1)
-    retry_base_delay_s: float = Field(default=0.2, gt=0)
-    retry_max_delay_s: float = Field(default=5.0, gt=0)
+    retry_budget_s: float = Field(
+        default=300.0, ge=0, description="how long a failing record is retried before its DLQ"
+    )
+    retry_base_delay_s: float = Field(default=0.2, gt=0, description="first retry's backoff")
+    retry_max_delay_s: float = Field(default=30.0, gt=0, description="cap of the backoff")
+    rewind_delay_s: float = Field(
+        default=1.0, gt=0, description="pause after a failed commit before the batch comes again"
+    )
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
+    max_poll_interval_ms: int = 300_000
+    transaction_timeout_ms: int = Field(
+        default=10_000, description="a killed member's open transaction is aborted after this"
+    )
+    instance_id: str | None = Field(
+        default=None,
+        description="stable id of this worker (a pod ordinal): a restart then fences its "
+        "predecessor's open transaction at once instead of after transaction_timeout_ms",
+    )
     shutdown_deadline_s: float = 10.0
 
 
@@ -104,6 +118,11 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     cook_seconds: float = Field(default=0.5, ge=0, description="how long the kitchen bakes")
+    saga_deadline_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="a captured order with no outcome this long after its capture is refunded",
+    )
     orders_partitions: int = Field(default=6, ge=1)
     events_partitions: int = Field(default=6, ge=1)
     topic_replication_factor: int = Field(

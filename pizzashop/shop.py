@@ -23,7 +23,7 @@ from typing import Any, Self
 from ingest.dedupe import ProcessedEvents
 from ingest.flows import FLOWS, Flow, FlowContext
 from ingest.kafka_transport import KafkaTransport
-from ingest.outbox import OutboxRelay
+from ingest.outbox import KafkaOutboxTransport, OutboxRelay
 from ingest.producer import EventProducer
 from ingest.runtime import ConsumerRuntime
 from ingest.topics import Topics, ensure_topics
@@ -81,7 +81,19 @@ class Shop:
         self.processed = ProcessedEvents(self.db)
         self.queries = StatusQueries(self.db)
         self.scores = ScoreQueries(self.db)
-        self.relay = OutboxRelay(self.db, self.producer)
+        outbox = settings.outbox
+        self.relay = OutboxRelay(
+            self.db,
+            KafkaOutboxTransport(
+                bootstrap,
+                transactional_id=f"{settings.group_prefix}.outbox-relay",
+                progress_topic=self.topics.name("outbox-progress"),
+                request_timeout_ms=outbox.request_timeout_ms,
+                replication_factor=settings.topic_replication_factor,
+                progress_window=outbox.progress_window,
+            ),
+            settings=outbox,
+        )
         self.intake = OrderIntake(
             self.db, self.menu, self.topics.orders, on_committed=self.relay.wake
         )

@@ -122,7 +122,7 @@ async def test_a_shutdown_mid_retry_dead_letters_nothing_and_the_next_run_delive
         update={
             "smtp": shop_settings.smtp.model_copy(update={"port": _dead_port()}),
             "consumer": shop_settings.consumer.model_copy(
-                update={"retry_max_attempts": 50, "retry_base_delay_s": 0.2}
+                update={"retry_budget_s": 300.0, "retry_base_delay_s": 0.2}
             ),
         }
     )
@@ -149,7 +149,7 @@ async def test_an_unreachable_dedupe_table_pauses_the_consumer_and_loses_nothing
     shop_settings: Settings, smtp_sink: SmtpSink
 ) -> None:
     fast = shop_settings.model_copy(
-        update={"consumer": shop_settings.consumer.model_copy(update={"retry_max_delay_s": 0.2})}
+        update={"consumer": shop_settings.consumer.model_copy(update={"rewind_delay_s": 0.2})}
     )
     wiring = Wiring(api=False, workers=("notification",))
     async with Shop(fast, fast.kafka_bootstrap or "", wiring) as shop:
