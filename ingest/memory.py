@@ -81,6 +81,7 @@ class MemoryTransport:
         self._assigned: frozenset[Partition] = frozenset()
         self._positions: dict[Partition, int] = {}
         self._paused: set[Partition] = set()
+        self._rebalancing = False
 
     async def start(self, topics: Sequence[str], listener: RebalanceListener) -> None:
         self._topics = list(topics)
@@ -93,11 +94,20 @@ class MemoryTransport:
         self._assigned = frozenset()
 
     async def rebalance(self) -> None:
-        """Give every partition away and take it back, as a group rebalance does."""
+        """Give every partition away and take it back, as a group rebalance does.
+
+        As in aiokafka, ``fetch`` hands out nothing while the reassignment is in progress: a
+        batch started then would escape the ``revoked`` callback that waits for batches in hand.
+        """
         assert self._listener is not None
-        await self._listener.revoked(self._assigned)
-        self._assigned = frozenset()
-        await self._assign()
+        self._rebalancing = True
+        try:
+            await self._listener.revoked(self._assigned)
+            self._assigned = frozenset()
+            await self._assign()
+        finally:
+            self._rebalancing = False
+            await self._broker._notify()
 
     async def _assign(self) -> None:
         parts = frozenset(
@@ -131,7 +141,7 @@ class MemoryTransport:
         return out
 
     def _available(self) -> bool:
-        return any(
+        return not self._rebalancing and any(
             self._positions[p] < len(self._broker.topic(p.topic)[p.partition])
             for p in self._assigned - self._paused
         )
@@ -156,6 +166,8 @@ class MemoryTransport:
         async with broker._changed:
             if broker.fail_commits > 0:
                 broker.fail_commits -= 1
+                # Announced too: a test waits for the failure to see that nothing shows.
+                broker._changed.notify_all()
                 raise BrokerUnavailable("in-memory broker: commit refused (injected fault)")
             for r in records:
                 broker.append(r.topic, r.key, r.value, r.headers)

@@ -272,6 +272,11 @@ class ConsumerRuntime(Resource):
         for group in groups:
             if not group:
                 continue
+            if len(group) == 1:
+                # A batch of one is its own one-by-one: trying it twice in a row would repeat
+                # its side effects and count its failure twice, with no backoff in between.
+                await self._one_by_one(_part(group[0]), group, work)
+                continue
             try:
                 outputs = await self._handler.handle(group)
             except Exception as exc:
