@@ -40,10 +40,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ingest.codec import decode, encode
+from ingest.codec import decode, encode, header
 from ingest.consumer import Delivery, Handler, Output
 from ingest.dedupe import ProcessedEvents
-from ingest.dlq import dead_letter_headers
+from ingest.dlq import H_REPLAY_GROUP, dead_letter_headers
 from ingest.events import utcnow
 from ingest.topics import DLQ_SUFFIX
 from ingest.transport import Outgoing, Partition, Record, Transport
@@ -305,6 +305,10 @@ class ConsumerRuntime(Resource):
     def _decode(self, part: Partition, records: list[Record], work: _Work) -> list[Delivery]:
         deliveries: list[Delivery] = []
         for record in records:
+            replay_for = header(record.headers, H_REPLAY_GROUP)
+            if replay_for is not None and replay_for != self.group_id:
+                self.stats.skipped += 1  # a replay meant for another group
+                continue
             try:
                 event = decode(record.value, record.headers)
             except PizzashopError as exc:
