@@ -126,6 +126,7 @@ def audit_topics(
     final_ts: dict[str, int] = {}
     letters: list[Letter] = []
     malformed_on_topic = 0
+    bookkeeping: Counter[str] = Counter()
     for record in records:
         if record.topic.endswith(DLQ_SUFFIX):
             letters.append(Letter.of(record))
@@ -134,10 +135,14 @@ def audit_topics(
             malformed_on_topic += 1
             continue
         headers = list(record.headers)
+        event_type = header(headers, H_EVENT_TYPE)
+        if event_type is None:
+            # Not an event of an order: the runtime's own bookkeeping (outbox progress...).
+            bookkeeping[_base(record.topic, prefix)] += 1
+            continue
         order_id = header(headers, H_ORDER_ID) or (record.key or b"").decode(errors="replace")
-        event_type = header(headers, H_EVENT_TYPE) or "?"
         per_key[record.topic, order_id, event_type] += 1
-        if record.topic in (orders_topic, events_topic):
+        if record.topic in (orders_topic, events_topic) or event_type == "OrderEnriched":
             types_of[order_id][event_type] += 1
         if event_type in ("OrderReady", "RefundIssued"):
             final_ts[order_id] = max(final_ts.get(order_id, 0), record.timestamp)
@@ -179,6 +184,7 @@ def audit_topics(
         "stuck": len(stuck),
         "charged_not_refunded": len(charged_not_refunded),
         "refunded_not_charged": len(refunded_not_charged),
+        "not_enriched": sum(1 for o in confirmed_at if not types_of[o]["OrderEnriched"]),
         "duplicate_records": sum(excess.values()),
         "duplicate_records_by_type": {f"{t}/{e}": n for (t, e), n in sorted(excess.items())},
         "replay_copies": sum(replay_copies.values()),
@@ -191,12 +197,20 @@ def audit_topics(
         },
         "dlq_letters_replayed": len(replayed_away),
         "malformed_on_topic": malformed_on_topic,
+        "records_by_topic": dict(
+            sorted(Counter(_base(t, prefix) for (t, _, _) in per_key.elements()).items())
+        ),
+        "records_by_type": dict(sorted(Counter(e for (_, _, e) in per_key.elements()).items())),
+        "bookkeeping_records_by_topic": dict(sorted(bookkeeping.items())),
         "orders_unconfirmed_but_placed": unconfirmed,
         "outcomes": dict(outcome),
         "e2e_latency_p50_s": _percentile(latencies, 0.5),
         "e2e_latency_p99_s": _percentile(latencies, 0.99),
         "e2e_latency_max_s": round(max(latencies), 1) if latencies else 0.0,
-        "records_read": sum(per_key.values()) + malformed_on_topic + len(letters),
+        "records_read": sum(per_key.values())
+        + malformed_on_topic
+        + len(letters)
+        + sum(bookkeeping.values()),
         "examples": {
             "lost": lost[:5],
             "stuck": stuck[:5],

@@ -3,10 +3,10 @@
 Every fault is drawn from one seeded ``random.Random`` at the start, so a seed replays the same
 schedule (the moments are relative to the start of the load, the victims chosen at the time).
 
-- worker kills: SIGKILL of a random live worker process, replaced at once. About a third are
-  aimed at a rebalance: 1-4 s after the previous kill's replacement started, while its groups
-  are still reassigning partitions; the rest fall at random moments under load, so mostly in
-  the middle of a batch.
+- worker kills: SIGKILL of a live worker process (roles take turns, the slot is random),
+  replaced at once. About a third are aimed at a rebalance: 1-4 s after the previous kill's
+  replacement started, in the same role, while its groups are still reassigning partitions;
+  the rest fall at random moments under load, so mostly in the middle of a batch.
 - broker restarts: alternately a clean stop (SIGTERM, Kafka's shutdown hook) and a SIGKILL of
   the JVM, each down for ``broker_down_s``, one after another, never overlapping.
 - an SMTP outage: the SMTP server stops listening for ``smtp_outage_s`` and comes back on the
@@ -87,7 +87,14 @@ async def _sleep_until(began: float, at: float) -> None:
 async def run_kills(
     schedule: Schedule, procs: ShopProcesses, rng: random.Random, began: float, log: FaultLog
 ) -> None:
+    worker_roles = [role for role in procs.flows if role != "api"]
+    role = worker_roles[0]
+    turn = 0
     for at, rebalance in schedule.kills:
+        if not rebalance:
+            # Roles take turns; a rebalance kill stays in the role whose groups are rebalancing.
+            role = worker_roles[turn % len(worker_roles)]
+            turn += 1
         if rebalance:
             # 1-4 s after the last worker (re)start: its groups are mid-rebalance.
             await asyncio.sleep(
@@ -95,7 +102,7 @@ async def run_kills(
             )
         else:
             await _sleep_until(began, at)
-        live = procs.live_workers()
+        live = [m for m in procs.live_workers() if m.role == role] or procs.live_workers()
         if not live:
             continue
         victim = rng.choice(live)

@@ -25,8 +25,22 @@ from pizzashop.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CORE_ROLE = "status,payment,kitchen,notification"
-ENRICH_ROLE = "enricher,scores"
+ENRICH_FLOWS = ("enricher", "scores")
+
+
+def roles(*, enricher: bool) -> dict[str, str]:
+    """Role name -> the flows its processes run: every registered flow but the enrichment ones
+    in "core" (timers such as the oven included), those in "enrich"."""
+    try:
+        from pizzashop.shop import registered_flows
+
+        names = list(registered_flows())
+    except ImportError:  # before flows were declared: a fixed list of workers
+        from pizzashop.shop import WORKERS  # type: ignore[attr-defined, unused-ignore]
+
+        names = list(WORKERS)
+    core = ",".join(n for n in names if n not in ENRICH_FLOWS)
+    return {"core": core, "enrich": ",".join(ENRICH_FLOWS)} if enricher else {"core": core}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -50,7 +64,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if settings.database_url:
         env["PIZZASHOP_DATABASE_URL"] = settings.database_url
     for name, value in settings.consumer.model_dump().items():
-        env[f"PIZZASHOP_CONSUMER__{name.upper()}"] = str(value)
+        if value is not None and name != "instance_id":  # instance ids are per process
+            env[f"PIZZASHOP_CONSUMER__{name.upper()}"] = str(value)
     return env
 
 
@@ -65,42 +80,51 @@ class Member:
 
     @property
     def name(self) -> str:
-        return f"{'api' if self.role == 'api' else 'worker'}-{self.slot}({self.role})"
+        return f"{self.role}-{self.slot}"
 
 
 class ShopProcesses:
     """Starts, kills and replaces the shop's processes; ``stop()`` ends them all with SIGTERM."""
 
     def __init__(
-        self, settings: Settings, logs: Path, *, roles: list[str], replicas: int = 2
+        self, settings: Settings, logs: Path, *, roles: dict[str, str], replicas: int = 2
     ) -> None:
         self._settings = settings
         self._logs = logs
         self._env = {**os.environ, **settings_env(settings)}
+        self._flows = {"api": "status", **roles}
         self._wanted = [(role, slot) for role in roles for slot in range(replicas)]
         self.workers: dict[tuple[str, int], Member] = {}
         self.api: Member | None = None
         self.starts = 0
         self.unexpected_exits: list[str] = []
+        self._all: list[Member] = []  # every process ever started, so stop() misses none
 
     @property
     def api_url(self) -> str:
         return f"http://{self._settings.api_host}:{self._settings.api_port}"
 
+    @property
+    def flows(self) -> dict[str, str]:
+        return dict(self._flows)
+
     async def _spawn(self, role: str, slot: int) -> Member:
-        api = role == "api"
-        argv = ["run", "--verbose", "--workers", "status" if api else role]
-        if not api:
+        argv = ["run", "--verbose", "--workers", self._flows[role]]
+        if role != "api":
             argv.append("--no-api")
-        log = self._logs / ("api.log" if api else f"worker-{role.replace(',', '+')}-{slot}.log")
+        log = self._logs / f"{role}-{slot}.log"
+        # A stable id per slot, as a pod ordinal: the replacement of a killed process fences
+        # its predecessor's open transactions at once.
+        env = {**self._env, "PIZZASHOP_CONSUMER__INSTANCE_ID": f"{role}-{slot}"}
         with log.open("ab") as sink:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "pizzashop.cli", *argv,
-                env=self._env, stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL,
+                env=env, stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         self.starts += 1
         member = Member(role=role, slot=slot, process=process)
-        logger.info("started %s (pid %d)", member.name, process.pid)
+        self._all.append(member)
+        logger.info("started %s (pid %d): %s", member.name, process.pid, self._flows[role])
         return member
 
     async def start(self, *, ready_timeout_s: float = 120.0) -> None:
@@ -162,7 +186,10 @@ class ShopProcesses:
 
     async def stop(self, *, deadline_s: float = 30.0) -> None:
         """SIGTERM to every process (workers first, then the API), SIGKILL past the deadline."""
-        groups = [list(self.workers.values()), [self.api] if self.api else []]
+        groups = [
+            [m for m in self._all if m.role != "api"],
+            [m for m in self._all if m.role == "api"],
+        ]
         for members in groups:
             for member in members:
                 if member.process.returncode is None:

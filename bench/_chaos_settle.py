@@ -95,32 +95,31 @@ def deserves_replay(letter: DeadLetter) -> bool:
 
 @dataclass(slots=True)
 class Replayed:
-    records: int  # distinct original records sent back
+    records: int  # distinct original records sent back (one copy per letter)
     letters: set[tuple[str, int]]  # (dlq topic, dlq offset) of every letter they stood for
     copies: Counter[tuple[str, str, str]]  # (topic, order id, event type) -> copies sent
     why: Counter[str]  # "group/error class" of every letter replayed
 
 
 async def replay_dead_letters(bootstrap: str, dlq_topics: Sequence[str]) -> Replayed:
-    """``pizzashop dlq replay`` for the letters that deserve it, once per original record.
+    """``pizzashop dlq replay`` for every letter that deserves it, one copy per letter.
 
-    Each consumer group dead-letters a record on its own; sending the original back once is
-    enough (the groups that handled it drop the copy by event id, the others take it).
+    A record several groups dead-lettered has one letter per group; each letter's copy is meant
+    for its own group (the others drop it), so every letter is replayed.
     """
     letters = [x for x in await read_dead_letters(bootstrap, dlq_topics) if deserves_replay(x)]
     done = Replayed(records=0, letters=set(), copies=Counter(), why=Counter())
-    sent: set[tuple[str, int, int]] = set()
+    originals: set[tuple[str, int, int]] = set()
     async with EventProducer(bootstrap, client_id="chaos-replay") as producer:
         for letter in letters:
+            await replay(producer, letter)
             done.letters.add((letter.dlq_topic, letter.dlq_offset))
             done.why[f"{letter.consumer_group}/{letter.error_class}"] += 1
-            original = (letter.original_topic, letter.original_partition, letter.original_offset)
-            if original in sent:
-                continue
-            sent.add(original)
-            await replay(producer, letter)
             order_id = header(letter.original_headers, H_ORDER_ID) or "?"
             event_type = header(letter.original_headers, H_EVENT_TYPE) or "?"
             done.copies[letter.original_topic, order_id, event_type] += 1
-            done.records += 1
+            originals.add(
+                (letter.original_topic, letter.original_partition, letter.original_offset)
+            )
+    done.records = len(originals)
     return done

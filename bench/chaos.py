@@ -9,10 +9,10 @@ API process (HTTP, outbox relay, a status consumer) and worker processes, every 
 spread over at least two of them. Orders go in through HTTP at a steady rate while faults are
 injected (see ``bench/_chaos_faults.py``): worker SIGKILLs (each replaced by a fresh process, as
 a supervisor would), broker restarts (clean stop, SIGKILL of the JVM; with ``--nodes 3`` one
-node of three), an SMTP outage, a database outage (PostgreSQL only, ``PIZZASHOP_DATABASE_URL``),
-and a few malformed records written straight onto the orders topic. Then: wait until nothing
-moves, replay the dead letters that are not malformed records (``pizzashop dlq replay``, once
-per original record), wait again, stop the shop, and check.
+node of three), an SMTP outage, a database outage (PostgreSQL only: ``PIZZASHOP_DATABASE_URL``
+naming a fresh database), and a few malformed records written straight onto the orders topic.
+Then: wait until nothing moves, replay the dead letters that are not malformed records
+(``pizzashop dlq replay``, one copy per letter), wait again, stop the shop, and check.
 
 Definitions (``confirmed`` = order ids the API answered ``202 Confirmed``; topics read whole
 with a ``read_committed`` reader):
@@ -29,11 +29,12 @@ with a ``read_committed`` reader):
   drop them), ``duplicate_emails_new_message_id`` did not.
 - ``dlq_records``: distinct original records with a dead letter at the end that was not
   replayed (each consumer group letters a bad record on its own: ``dlq_letters`` counts those).
-- ``replayed``: distinct original records sent back by the replay.
+- ``replayed``: distinct original records sent back by the replay (one copy per letter).
 
 A promise is broken (exit code 2) when lost, stuck, charged_not_refunded, duplicate_records,
 duplicate_emails, a missing receipt or refund notice, a confirmed order missing from the
-database, or ``dlq_records != malformed_injected``. All traffic stays on 127.0.0.1; every wait
+database, a confirmed order without ``OrderEnriched`` (``not_enriched``, when the enricher
+runs), or ``dlq_records != malformed_injected``. All traffic stays on 127.0.0.1; every wait
 has a deadline, so the run ends by itself.
 """
 
@@ -71,10 +72,11 @@ from bench._chaos_audit import (
 )
 from bench._chaos_broker import ChaosBroker
 from bench._chaos_load import LoadResult, place_orders
-from bench._chaos_procs import CORE_ROLE, ENRICH_ROLE, ShopProcesses
+from bench._chaos_procs import ShopProcesses, roles
 from bench._chaos_settle import Replayed, Settled, replay_dead_letters, settle
 from ingest.producer import EventProducer
 from ingest.topics import Topics, ensure_topics
+from pizzashop.database import Database
 from pizzashop.demo import malformed_records
 from pizzashop.settings import Settings
 from services.mailer import SmtpSink
@@ -187,8 +189,12 @@ async def run_chaos(settings: Settings, options: ChaosOptions) -> dict[str, Any]
             topics.specs(run_settings.orders_partitions, run_settings.events_partitions),
             replication_factor=run_settings.topic_replication_factor,
         )
-        roles = [CORE_ROLE, *([ENRICH_ROLE] if options.enricher else [])]
-        procs = ShopProcesses(run_settings, logs, roles=roles, replicas=options.replicas)
+        # The schema first, as a deployment's migration step would: not raced by five processes.
+        async with Database(audit_db_url):
+            pass
+        procs = ShopProcesses(
+            run_settings, logs, roles=roles(enricher=options.enricher), replicas=options.replicas
+        )
         stack.push_async_callback(procs.stop)
         await procs.start()
         run.phases["start_s"] = round(time.monotonic() - began, 1)
@@ -263,6 +269,8 @@ async def run_chaos(settings: Settings, options: ChaosOptions) -> dict[str, Any]
         "offered_rate": options.rate,
         "achieved_rate": round(run.load.submitted / max(run.load.seconds, 1e-9), 1),
         "confirm_p99_ms": _p99(run.load.latencies_ms),
+        "processes": procs.flows,
+        "replicas": options.replicas,
         "process_starts": procs.starts,
         "unexpected_exits": procs.unexpected_exits,
         "phases": run.phases,
@@ -361,6 +369,8 @@ def broken_promises(report: dict[str, Any]) -> list[str]:
         )
         if report[name]
     ]
+    if report["processes"].get("enrich") and report["not_enriched"]:
+        broken.append("not_enriched")
     if report["dlq_records"] != report["malformed_injected"]:
         broken.append("dlq_records != malformed_injected")
     return broken
