@@ -42,7 +42,10 @@ async def place_orders(
     result: LoadResult,
     concurrency: int = 64,
     timeout_s: float = 30.0,
+    overrun_s: float = 300.0,
 ) -> LoadResult:
+    """Place ``orders`` at ``rate``; stop submitting ``overrun_s`` past the planned end (an API
+    that hangs must not hold the run for hours), so ``submitted`` may fall short."""
     bodies = itertools.islice(OrderRequests(load_menu(), seed=seed), orders)
     slots = asyncio.Semaphore(concurrency)
     began = time.monotonic()
@@ -66,7 +69,11 @@ async def place_orders(
         httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client,
         asyncio.TaskGroup() as tasks,
     ):
+        give_up = began + orders / rate + overrun_s
         for i, body in enumerate(bodies):
+            if time.monotonic() > give_up:
+                logger.warning("load: %d of %d orders submitted; giving up", i, orders)
+                break
             delay = began + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
