@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
 
 from ingest.broker import min_insync_replicas
-from pizzashop.errors import ConfigError
+from pizzashop.errors import BrokerUnavailable, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,11 @@ async def ensure_topics(
             # Another process may have created one between our listing and our request: fine.
             if code not in (0, TopicAlreadyExistsError.errno):
                 message = rest[0] if rest else ""
+                if code == InvalidReplicationFactorError.errno:
+                    # Fewer brokers up than replicas wanted: a node of the cluster is down.
+                    raise BrokerUnavailable(
+                        f"cannot create topic {topic} with {factor} replicas now: {message}"
+                    )
                 raise ConfigError(f"cannot create topic {topic}: error {code} {message}")
         logger.info(
             "created topics %s (replication factor %d, min.insync.replicas %s)",

@@ -1,8 +1,14 @@
 """Which Kafka this process talks to.
 
-An external cluster when ``PIZZASHOP_KAFKA_BOOTSTRAP`` is set; else the detached local broker
-(``pizzashop broker start``) if it runs; else, for commands that need one now (the demo), a
-local broker owned by this process for its lifetime.
+An external cluster when ``PIZZASHOP_KAFKA_BOOTSTRAP`` is set; else the detached local cluster
+(``pizzashop broker start [--nodes 3]``) if at least one of its nodes serves; else, for commands
+that need one now (the demo), a single local broker owned by this process for its lifetime.
+
+A bootstrap is a comma-separated ``host:port`` list; a local cluster keeps its ports across
+restarts, so clients started earlier reconnect by themselves. The replication factor of the
+shop's topics follows the cluster: ``ensure_topics`` never goes below the cluster's own
+``default.replication.factor`` (3 on a three-node local cluster), and
+``topic_replication_factor`` asks for more on an external cluster whose default is lower.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.conn import create_conn
+from aiokafka.protocol.metadata import MetadataRequest
 
 from ingest.broker._config import NODE_ID
 from pizzashop.errors import BrokerUnavailable
@@ -35,29 +37,36 @@ async def _port_open(host: str, port: int, timeout_s: float) -> bool:
 
 
 async def lists_broker(bootstrap: str, timeout_s: float = 5.0, *, node_id: int = NODE_ID) -> bool:
-    """True when a metadata request to the node at ``bootstrap`` (``host:port``) lists broker
-    ``node_id``."""
+    """True when a metadata request sent to the node at ``bootstrap`` (``host:port``) itself
+    lists broker ``node_id``.
+
+    One connection to that node only: a client would send the request to whichever broker it
+    likes, and in a cluster with a node down that may be the dead one.
+    """
     host, _, port = bootstrap.rpartition(":")
     if not await _port_open(host, int(port), timeout_s):
         return False
     timeout_ms = max(int(timeout_s * 1000), 1000)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="pizzashop-readiness",
-        request_timeout_ms=timeout_ms,
-        connections_max_idle_ms=timeout_ms + 1000,
-    )
+    conn = None
     try:
-        await admin.start()
-        cluster = await admin.describe_cluster()
+        conn = await asyncio.wait_for(
+            create_conn(
+                host, int(port), client_id="pizzashop-readiness", request_timeout_ms=timeout_ms
+            ),
+            timeout_s,
+        )
+        response = await conn.send(MetadataRequest([]))
     except Exception:
         # While the broker boots, any failure (refused, fenced, no node yet) just means "not yet";
         # the caller's deadline bounds the wait.
         logger.debug("metadata request to %s failed", bootstrap, exc_info=True)
         return False
     finally:
-        await admin.close()
-    return any(broker["node_id"] == node_id for broker in cluster["brokers"])
+        if conn is not None:
+            conn.close()
+    cluster = ClusterMetadata()
+    cluster.update_metadata(response)
+    return any(broker.nodeId == node_id for broker in cluster.brokers())
 
 
 async def wait_ready(
