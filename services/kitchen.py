@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Column, DateTime, String, Table, select, update
+from sqlalchemy import Boolean, Column, DateTime, String, Table, bindparam, select, update
 from sqlalchemy.engine import Row
 
 from ingest.consumer import Delivery, Handler, Output
@@ -81,77 +81,111 @@ class Kitchen(Handler):
         self._cook = timedelta(seconds=cook_seconds)
 
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
+        """One transaction for the whole batch: decide, hold, then read back what each event
+        decided (the ticket remembers which event set which flag)."""
+        placed = [d.event for d in batch if isinstance(d.event, OrderPlaced)]
+        flagged = [d.event for d in batch if isinstance(d.event, OrderFlagged)]
+        ready_by = utcnow() + self._cook
+        decisions = [(o, has_pineapple(o, self._menu)) for o in placed]
+        async with self._db.engine.begin() as conn:
+            ids = sorted({d.event.order_id for d in batch})
+            await conn.execute(self._db.insert_ignore(tickets), [{"order_id": i} for i in ids])
+            accept = [
+                {"oid": o.order_id, "pid": o.event_id, "rby": ready_by}
+                for o, refuse in decisions
+                if not refuse
+            ]
+            reject = [{"oid": o.order_id, "pid": o.event_id} for o, refuse in decisions if refuse]
+            if accept:
+                await conn.execute(_DECIDE_ACCEPT, accept)
+            if reject:
+                await conn.execute(_DECIDE_REJECT, reject)
+            if flagged:
+                await conn.execute(
+                    _HOLD,
+                    [
+                        {"oid": f.order_id, "fid": f.event_id, "reason": _hold_reason(f)}
+                        for f in flagged
+                    ],
+                )
+            rows = {}
+            for chunk in chunked(ids):
+                found = await conn.execute(select(tickets).where(tickets.c.order_id.in_(chunk)))
+                rows.update({r.order_id: r for r in found})
         out: list[Output] = []
         for delivery in batch:
-            event = delivery.event
-            if isinstance(event, OrderPlaced):
-                emitted = await self._decide(event)
-            elif isinstance(event, OrderFlagged):
-                emitted = await self._hold(event)
-            else:
-                continue
-            out += [delivery.emit(self._topic, e) for e in emitted]
+            emitted = self._implied(delivery.event, rows[delivery.event.order_id])
+            if emitted is not None:
+                out.append(delivery.emit(self._topic, emitted))
         return out
 
-    async def _decide(self, order: OrderPlaced) -> list[Event]:
-        refuse = has_pineapple(order, self._menu)
-        flag = tickets.c.rejected if refuse else tickets.c.accepted
-        values: dict[str, Any] = {"placed_event_id": order.event_id}
-        if not refuse:
-            values["ready_by"] = utcnow() + self._cook
-        row = await self._set(order.order_id, flag, tickets.c.cancelled.is_(False), **values)
-        if row.cancelled or row.placed_event_id != order.event_id:
-            return []  # held for fraud before the kitchen saw it, or decided by another event
-        if refuse:
-            logger.info("kitchen rejects order %s: pineapple", order.order_id)
-            return [
-                OrderRejected(
-                    event_id=derived_event_id(order.event_id, "OrderRejected"),
-                    order_id=order.order_id,
+    @staticmethod
+    def _implied(event: Event, row: Row[Any]) -> Event | None:
+        """What ``event`` decided, as the ticket now says; nothing if another event decided."""
+        if isinstance(event, OrderPlaced):
+            if row.cancelled or row.placed_event_id != event.event_id:
+                return None  # held for fraud before the kitchen saw it, or decided by another
+            if row.rejected:
+                logger.info("kitchen rejects order %s: pineapple", event.order_id)
+                return OrderRejected(
+                    event_id=derived_event_id(event.event_id, "OrderRejected"),
+                    order_id=event.order_id,
                     reason=REJECTION_REASON,
                 )
-            ]
-        return [
-            OrderAccepted(
-                event_id=derived_event_id(order.event_id, "OrderAccepted"),
-                order_id=order.order_id,
+            return OrderAccepted(
+                event_id=derived_event_id(event.event_id, "OrderAccepted"),
+                order_id=event.order_id,
                 # The first decision's time, even on a redelivery (SQLite drops the offset).
                 ready_by=_utc(row.ready_by),
             )
-        ]
-
-    async def _hold(self, flagged: OrderFlagged) -> list[Event]:
-        reason = f"fraud hold: score {flagged.fraud_score:.3f} >= {flagged.threshold:.3f}"
-        row = await self._set(
-            flagged.order_id,
-            tickets.c.cancelled,
-            tickets.c.ready.is_(False) & tickets.c.rejected.is_(False),
-            cancel_event_id=flagged.event_id,
-            cancel_reason=reason,
-        )
-        if not row.cancelled or row.cancel_event_id != flagged.event_id:
-            return []  # already out of the oven, refused anyway, or cancelled by another flag
-        logger.info("kitchen cancels order %s: %s", flagged.order_id, reason)
-        return [
-            OrderCancelled(
-                event_id=derived_event_id(flagged.event_id, "OrderCancelled"),
-                order_id=flagged.order_id,
+        if isinstance(event, OrderFlagged):
+            if not row.cancelled or row.cancel_event_id != event.event_id:
+                return None  # already out of the oven, refused anyway, or cancelled by another
+            logger.info("kitchen cancels order %s: %s", event.order_id, row.cancel_reason)
+            return OrderCancelled(
+                event_id=derived_event_id(event.event_id, "OrderCancelled"),
+                order_id=event.order_id,
                 reason=row.cancel_reason,
             )
-        ]
+        return None
 
-    async def _set(self, order_id: str, flag: Any, condition: Any, **values: Any) -> Row[Any]:
-        """Set ``flag`` (and ``values``) on the order's ticket if ``condition`` holds and the flag
-        is not set yet; return the ticket as it now is."""
-        async with self._db.engine.begin() as conn:
-            await conn.execute(self._db.insert_ignore(tickets).values(order_id=order_id))
-            await conn.execute(
-                update(tickets)
-                .where(tickets.c.order_id == order_id, flag.is_(False), condition)
-                .values({flag.name: True, **values})
-            )
-            row = (await conn.execute(select(tickets).where(tickets.c.order_id == order_id))).one()
-            return row
+
+def _hold_reason(flagged: OrderFlagged) -> str:
+    return f"fraud hold: score {flagged.fraud_score:.3f} >= {flagged.threshold:.3f}"
+
+
+# Each flag goes from false to true once, set by the first event that may set it; executed
+# for a whole batch at a time (executemany).
+_DECIDE_ACCEPT = (
+    update(tickets)
+    .where(
+        tickets.c.order_id == bindparam("oid"),
+        tickets.c.accepted.is_(False),
+        tickets.c.rejected.is_(False),
+        tickets.c.cancelled.is_(False),
+    )
+    .values(accepted=True, placed_event_id=bindparam("pid"), ready_by=bindparam("rby"))
+)
+_DECIDE_REJECT = (
+    update(tickets)
+    .where(
+        tickets.c.order_id == bindparam("oid"),
+        tickets.c.accepted.is_(False),
+        tickets.c.rejected.is_(False),
+        tickets.c.cancelled.is_(False),
+    )
+    .values(rejected=True, placed_event_id=bindparam("pid"))
+)
+_HOLD = (
+    update(tickets)
+    .where(
+        tickets.c.order_id == bindparam("oid"),
+        tickets.c.cancelled.is_(False),
+        tickets.c.ready.is_(False),
+        tickets.c.rejected.is_(False),
+    )
+    .values(cancelled=True, cancel_event_id=bindparam("fid"), cancel_reason=bindparam("reason"))
+)
 
 
 class Oven(Handler):

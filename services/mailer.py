@@ -22,16 +22,32 @@ import aiosmtplib
 from aiosmtpd.controller import Controller
 
 from pizzashop.errors import DeliveryFailed, ValidationFailed
+from pizzashop.lifecycle import Resource
 from pizzashop.settings import SmtpSettings
 
 logger = logging.getLogger(__name__)
 
 
-class Mailer:
-    """Sends one message per call over a fresh SMTP connection (simple, robust to restarts)."""
+class Mailer(Resource):
+    """Sends messages over a small pool of kept-open SMTP connections.
 
-    def __init__(self, settings: SmtpSettings) -> None:
+    A connection is opened when a send needs one and none is idle, reused after each message,
+    and dropped after any error, so a restarted server costs one failed send per connection,
+    never a wedged client. ``stop()`` closes the idle ones.
+    """
+
+    def __init__(self, settings: SmtpSettings, *, pool_size: int = 8) -> None:
         self._settings = settings
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(pool_size)
+
+    async def _start(self) -> None:
+        """Connections open on demand: the shop starts while the mail server is away."""
+
+    async def _stop(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            await _close(client)
 
     async def send(self, *, to: str, subject: str, body: str, message_id: str) -> None:
         message = EmailMessage()
@@ -40,20 +56,39 @@ class Mailer:
         message["Subject"] = subject
         message["Message-ID"] = f"<{message_id}@pizzashop>"
         message.set_content(body)
-        password = self._settings.password.get_secret_value() if self._settings.password else None
-        try:
-            await aiosmtplib.send(
-                message,
-                hostname=self._settings.host,
-                port=self._settings.port,
-                username=self._settings.username,
-                password=password,
-                timeout=self._settings.timeout_s,
-            )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            raise ValidationFailed(f"SMTP server refused recipient {to}: {exc}") from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise DeliveryFailed(f"SMTP delivery to {to} failed: {exc}") from exc
+        async with self._slots:
+            client = self._idle.pop() if self._idle else None
+            try:
+                if client is None or not client.is_connected:
+                    client = await self._connect()
+                await client.send_message(message)
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                self._idle.append(client)  # type: ignore[arg-type]  # the session is fine
+                raise ValidationFailed(f"SMTP server refused recipient {to}: {exc}") from exc
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                if client is not None:
+                    await _close(client)
+                raise DeliveryFailed(f"SMTP delivery to {to} failed: {exc}") from exc
+            self._idle.append(client)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        settings = self._settings
+        client = aiosmtplib.SMTP(
+            hostname=settings.host, port=settings.port, timeout=settings.timeout_s
+        )
+        await client.connect()
+        if settings.username:
+            password = settings.password.get_secret_value() if settings.password else ""
+            await client.login(settings.username, password)
+        return client
+
+
+async def _close(client: aiosmtplib.SMTP) -> None:
+    try:
+        if client.is_connected:
+            await asyncio.wait_for(client.quit(), timeout=1.0)
+    except Exception:  # closing a broken connection: nothing left to do with it
+        client.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,4 +158,6 @@ def _confirmation(event: Event) -> Event:
 
 @flow("notification", topics=(ORDERS, ORDER_EVENTS))
 def notification_flow(ctx: FlowContext) -> Handler:
-    return Notifier(ctx.db, Mailer(ctx.settings.smtp), ctx.topics.order_events)
+    mailer = Mailer(ctx.settings.smtp)
+    ctx.resources.append(mailer)  # started before consuming, its connections closed after
+    return Notifier(ctx.db, mailer, ctx.topics.order_events)

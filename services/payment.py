@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Numeric, String, Table, select, update
+from sqlalchemy import Boolean, Column, Numeric, String, Table, bindparam, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,7 +40,7 @@ from ingest.events import (
 )
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
-from pizzashop.database import Database, metadata
+from pizzashop.database import Database, chunked, metadata
 
 logger = logging.getLogger(__name__)
 
@@ -75,89 +75,64 @@ class PaymentSaga(Handler):
         self._topic = events_topic
 
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
-        out: list[Output] = []
-        for delivery in batch:
-            event = delivery.event
+        """One transaction for the whole batch: write every flag, let each event claim the
+        refund it may imply (in batch order), then read back what each event decided."""
+        captures, failures, fulfilled, claims = [], [], [], []
+        for d in batch:
+            event = d.event
             if isinstance(event, OrderPlaced):
-                row = await self._capture(event)
-                emitted = self._implied(row, event, capture=True)
+                captures.append(_capture_params(event))
+                claims.append({"oid": event.order_id, "cause": event.event_id})
             elif isinstance(event, OrderReady):
-                await self._fulfil(event)
-                emitted = []
+                fulfilled.append({"oid": event.order_id})
             else:
                 reason = getattr(event, "reason", event.event_type)
-                row = await self._request_refund(event.order_id, reason, event.event_id)
-                emitted = self._implied(row, event, capture=False)
-            out += [delivery.emit(self._topic, e) for e in emitted]
-        return out
-
-    async def _capture(self, order: OrderPlaced) -> Row[Any]:
-        values = {
-            "placed_event_id": order.event_id,
-            "amount": order.total,
-            "currency": order.currency,
-            "customer_email": order.customer_email,
-            "card_fingerprint": order.payment.card_fingerprint,
-        }
+                failures.append({"oid": event.order_id, "reason": reason, "fid": event.event_id})
+                claims.append({"oid": event.order_id, "cause": event.event_id})
         async with self._db.engine.begin() as conn:
-            await self._ensure_row(conn, order.order_id)
-            await conn.execute(
-                update(payments)
-                .where(payments.c.order_id == order.order_id, payments.c.captured.is_(False))
-                .values(captured=True, **values)
+            rows = await self._apply(
+                conn,
+                [d.event.order_id for d in batch],
+                (_CAPTURE, captures),
+                (_REQUEST_REFUND, failures),
+                (_FULFIL, fulfilled),
+                (_CLAIM_REFUND, claims),
             )
-            return await self._claim_refund(conn, order.order_id, order.event_id)
+        for ready in fulfilled:
+            row = rows[ready["oid"]]
+            if row.refund_requested:
+                logger.warning("saga: order %s is ready after its refund; ignored", row.order_id)
+        return [
+            d.emit(self._topic, e)
+            for d in batch
+            for e in self._implied(rows[d.event.order_id], d.event, capture=True)
+        ]
 
-    async def _request_refund(self, order_id: str, reason: str, cause_id: str) -> Row[Any]:
-        async with self._db.engine.begin() as conn:
-            await self._ensure_row(conn, order_id)
-            await conn.execute(
-                update(payments)
-                .where(payments.c.order_id == order_id, payments.c.refund_requested.is_(False))
-                .values(refund_requested=True, refund_reason=reason, failure_event_id=cause_id)
-            )
-            return await self._claim_refund(conn, order_id, cause_id)
-
-    async def _fulfil(self, ready: OrderReady) -> None:
-        async with self._db.engine.begin() as conn:
-            await self._ensure_row(conn, ready.order_id)
-            result = await conn.execute(
-                update(payments)
-                .where(
-                    payments.c.order_id == ready.order_id, payments.c.refund_requested.is_(False)
-                )
-                .values(fulfilled=True)
-            )
-        if result.rowcount == 0:
-            logger.warning("saga: order %s is ready after its refund; ignored", ready.order_id)
-
-    async def _ensure_row(self, conn: AsyncConnection, order_id: str) -> None:
+    async def _apply(
+        self, conn: AsyncConnection, order_ids: Sequence[str], *steps: tuple[Any, list[Any]]
+    ) -> dict[str, Row[Any]]:
+        """Ensure a row per order, run each statement over its parameters, return the rows."""
+        ids = sorted(set(order_ids))
         await conn.execute(
-            self._db.insert_ignore(payments).values(
-                order_id=order_id, captured=False, refund_requested=False, fulfilled=False
-            )
+            self._db.insert_ignore(payments),
+            [
+                {"order_id": i, "captured": False, "refund_requested": False, "fulfilled": False}
+                for i in ids
+            ],
         )
-
-    @staticmethod
-    async def _claim_refund(conn: AsyncConnection, order_id: str, cause_id: str) -> Row[Any]:
-        """Make ``cause_id`` the refund's owner if the row now implies one and nobody owns it."""
-        await conn.execute(
-            update(payments)
-            .where(
-                payments.c.order_id == order_id,
-                payments.c.captured.is_(True),
-                payments.c.refund_requested.is_(True),
-                payments.c.refund_owner.is_(None),
-            )
-            .values(refund_owner=cause_id)
-        )
-        row = (await conn.execute(select(payments).where(payments.c.order_id == order_id))).one()
-        return row
+        for statement, params in steps:
+            if params:
+                await conn.execute(statement, params)
+        rows: dict[str, Row[Any]] = {}
+        for chunk in chunked(ids):
+            found = await conn.execute(select(payments).where(payments.c.order_id.in_(chunk)))
+            rows.update({r.order_id: r for r in found})
+        return rows
 
     @staticmethod
     def _implied(row: Row[Any], cause: Event, *, capture: bool) -> list[Event]:
         events: list[Event] = []
-        if capture and row.captured and row.placed_event_id == cause.event_id:
+        if capture and isinstance(cause, OrderPlaced) and row.placed_event_id == cause.event_id:
             events.append(
                 PaymentCaptured(
                     event_id=derived_event_id(row.placed_event_id, "PaymentCaptured"),
@@ -195,31 +170,87 @@ class SagaDeadline(PaymentSaga):
         return event.occurred_at + self._deadline
 
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
-        out: list[Output] = []
-        for delivery in batch:
-            captured = delivery.event
-            async with self._db.engine.begin() as conn:
-                await conn.execute(
-                    update(payments)
-                    .where(
-                        payments.c.order_id == captured.order_id,
-                        payments.c.captured.is_(True),
-                        payments.c.fulfilled.is_(False),
-                        payments.c.refund_requested.is_(False),
-                    )
-                    .values(
-                        refund_requested=True,
-                        refund_reason=DEADLINE_REASON,
-                        failure_event_id=captured.event_id,
-                    )
-                )
-                row = await self._claim_refund(conn, captured.order_id, captured.event_id)
-            if row.refund_owner == captured.event_id:
+        params = [
+            {"oid": d.event.order_id, "reason": DEADLINE_REASON, "fid": d.event.event_id}
+            for d in batch
+        ]
+        claims = [{"oid": d.event.order_id, "cause": d.event.event_id} for d in batch]
+        async with self._db.engine.begin() as conn:
+            rows = await self._apply(
+                conn,
+                [d.event.order_id for d in batch],
+                (_DEADLINE, params),
+                (_CLAIM_REFUND, claims),
+            )
+        out = []
+        for d in batch:
+            row = rows[d.event.order_id]
+            if row.refund_owner == d.event.event_id:
                 logger.warning("saga: order %s has no outcome in time; refunding", row.order_id)
-            out += [
-                delivery.emit(self._topic, e) for e in self._implied(row, captured, capture=False)
-            ]
+            out += [d.emit(self._topic, e) for e in self._implied(row, d.event, capture=False)]
         return out
+
+
+def _capture_params(order: OrderPlaced) -> dict[str, Any]:
+    return {
+        "oid": order.order_id,
+        "pid": order.event_id,
+        "amt": order.total,
+        "cur": order.currency,
+        "email": order.customer_email,
+        "fp": order.payment.card_fingerprint,
+    }
+
+
+# Flags only ever go from false to true, each by the first event that may set it; each
+# statement runs over a whole batch (executemany), in batch order.
+_CAPTURE = (
+    update(payments)
+    .where(payments.c.order_id == bindparam("oid"), payments.c.captured.is_(False))
+    .values(
+        captured=True,
+        placed_event_id=bindparam("pid"),
+        amount=bindparam("amt"),
+        currency=bindparam("cur"),
+        customer_email=bindparam("email"),
+        card_fingerprint=bindparam("fp"),
+    )
+)
+_REQUEST_REFUND = (
+    update(payments)
+    .where(payments.c.order_id == bindparam("oid"), payments.c.refund_requested.is_(False))
+    .values(
+        refund_requested=True, refund_reason=bindparam("reason"), failure_event_id=bindparam("fid")
+    )
+)
+_FULFIL = (
+    update(payments)
+    .where(payments.c.order_id == bindparam("oid"), payments.c.refund_requested.is_(False))
+    .values(fulfilled=True)
+)
+_DEADLINE = (
+    update(payments)
+    .where(
+        payments.c.order_id == bindparam("oid"),
+        payments.c.captured.is_(True),
+        payments.c.fulfilled.is_(False),
+        payments.c.refund_requested.is_(False),
+    )
+    .values(
+        refund_requested=True, refund_reason=bindparam("reason"), failure_event_id=bindparam("fid")
+    )
+)
+#: Whoever makes the row imply a refund first owns it; only the owner emits it.
+_CLAIM_REFUND = (
+    update(payments)
+    .where(
+        payments.c.order_id == bindparam("oid"),
+        payments.c.captured.is_(True),
+        payments.c.refund_requested.is_(True),
+        payments.c.refund_owner.is_(None),
+    )
+    .values(refund_owner=bindparam("cause"))
+)
 
 
 @flow("payment", topics=(ORDERS, ORDER_EVENTS))

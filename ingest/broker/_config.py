@@ -216,6 +216,10 @@ def server_properties(
         "offsets.topic.num.partitions": "3",
         "transaction.state.log.num.partitions": "3",
         "share.coordinator.state.topic.num.partitions": "3",
+        # A worker killed mid-transaction leaves it open until transaction_timeout_ms; the broker
+        # looks for such expired transactions every 10 s by default, holding read_committed
+        # readers of those partitions up to that much longer. Look every second.
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
         # Tests join groups constantly; the 3 s default delay would be paid on every first join.
         "group.initial.rebalance.delay.ms": "0",
         # The default reserves 128 MiB of heap for compaction; Kafka insists on more than 1 MiB.

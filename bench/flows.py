@@ -1,0 +1,174 @@
+"""Throughput of the core flows from a preloaded backlog, on a real Kafka, with their durable
+effects and exactly-once commits.
+
+    .venv/bin/python bench/flows.py --orders 5000 --runs 3 --json
+
+For each flow (kitchen, payment, notification, status): ``--orders`` ``OrderPlaced`` records are
+produced to a fresh ``orders`` topic first; then the flow starts alone in its own consumer group
+and the clock runs until the group's committed offsets reach the end of the topic. The reference
+in the same run is a bare aiokafka passthrough (consume, decode, encode, produce in a
+transaction per fetch with the offsets) over the same backlog, so the ratio says how close to
+the client's own speed the flow is. Median of ``--runs`` with min and max. Uses
+PIZZASHOP_KAFKA_BOOTSTRAP if set, else a local broker in a temp dir; SQLite in a temp dir, or
+PIZZASHOP_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ingest.codec import decode, encode
+from ingest.producer import EventProducer
+from ingest.topics import Topics, ensure_topics
+from models.simulator import simulate
+from pizzashop.kafka import kafka
+from pizzashop.settings import Settings
+from pizzashop.shop import Shop, Wiring
+from services.mailer import SmtpSink
+
+REPO = Path(__file__).resolve().parents[1]
+FLOWS = ("kitchen", "payment", "notification", "status")
+
+
+async def preload(settings: Settings, bootstrap: str, n: int) -> Topics:
+    topics = Topics(f"bench-{uuid.uuid4().hex[:8]}.")
+    await ensure_topics(bootstrap, topics.specs(settings.orders_partitions))
+    orders = list(simulate(n, seed=7).orders)
+    async with EventProducer(bootstrap) as producer:
+        for start in range(0, n, 1000):
+            await producer.publish_many(topics.orders, orders[start : start + 1000])
+    return topics
+
+
+async def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
+
+
+async def run_flow(settings: Settings, bootstrap: str, flow: str, n: int, home: Path) -> float:
+    topics = await preload(settings, bootstrap, n)
+    run = uuid.uuid4().hex[:8]
+    flow_settings = settings.model_copy(
+        update={
+            "topic_prefix": topics.prefix,
+            "group_prefix": f"bench-{run}",
+            "database_url": settings.database_url or f"sqlite+aiosqlite:///{home / run}.db",
+        }
+    )
+    group = flow_settings.group(flow)
+    async with (
+        SmtpSink() as sink,
+        Shop(
+            flow_settings.model_copy(
+                update={"smtp": flow_settings.smtp.model_copy(update={"port": sink.port})}
+            ),
+            bootstrap,
+            Wiring(api=False, workers=(flow,)),
+        ),
+    ):
+        started = time.perf_counter()
+        while await committed_total(bootstrap, group, topics.orders) < n:
+            await asyncio.sleep(0.05)
+        return n / (time.perf_counter() - started)
+
+
+async def passthrough(settings: Settings, bootstrap: str, n: int) -> float:
+    """The client's own speed on the same work: decode, encode, produce + offsets per fetch."""
+    topics = await preload(settings, bootstrap, n)
+    group = f"bench-pass-{uuid.uuid4().hex[:8]}"
+    consumer = AIOKafkaConsumer(
+        topics.orders,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=500,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, transactional_id=f"{group}.tx", linger_ms=2
+    )
+    await consumer.start()
+    await producer.start()
+    done = 0
+    started = time.perf_counter()
+    try:
+        while done < n:
+            fetched = await consumer.getmany(timeout_ms=100, max_records=500)
+            if not fetched:
+                continue
+            async with producer.transaction():
+                offsets: dict[TopicPartition, int] = {}
+                for tp, records in fetched.items():
+                    for r in records:
+                        out = encode(decode(r.value, list(r.headers)))
+                        await producer.send(
+                            topics.order_events, out.value, key=out.key, headers=out.headers
+                        )
+                    offsets[tp] = records[-1].offset + 1
+                    done += len(records)
+                await producer.send_offsets_to_transaction(offsets, group)
+        return n / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), 1),
+        "min": round(min(values), 1),
+        "max": round(max(values), 1),
+    }
+
+
+async def main(orders: int, runs: int, flows: Sequence[str]) -> dict[str, Any]:
+    settings = Settings(home=REPO / ".pizzashop", cache_dir=REPO / ".cache")
+    async with kafka(settings) as bootstrap:
+        with tempfile.TemporaryDirectory() as tmp:
+            results: dict[str, list[float]] = {"passthrough": [], **{f: [] for f in flows}}
+            # Interleaved, so the noise of a shared machine falls on all alike.
+            for _ in range(runs):
+                results["passthrough"].append(await passthrough(settings, bootstrap, orders))
+                for flow in flows:
+                    results[flow].append(
+                        await run_flow(settings, bootstrap, flow, orders, Path(tmp))
+                    )
+    reference = statistics.median(results["passthrough"])
+    return {
+        "orders": orders,
+        "runs": runs,
+        "per_s": {name: summary(values) for name, values in results.items()},
+        "ratio_to_passthrough": {
+            name: round(statistics.median(values) / reference, 3)
+            for name, values in results.items()
+        },
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--orders", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--flows", default=",".join(FLOWS))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    report = asyncio.run(main(args.orders, args.runs, args.flows.split(",")))
+    print(json.dumps(report) if args.json else json.dumps(report, indent=2))
