@@ -12,14 +12,32 @@ retry-with-backoff or the dead-letter topic by type, never by message::
     │   └── DeliveryFailed              SMTP or another side effect failed for now
     └── PermanentError                  retriable=False: the same input fails the same way
         ├── DecodeError                 bytes that are not a known event
-        ├── ValidationFailed(ValueError) an event or request that breaks the contract
+        ├── ValidationFailed(ValueError) an event or request that breaks the contract;
+        │                               ``problems`` lists each thing wrong (a ``Problem``)
         ├── PublishRejected             Kafka refused a record for good (too large, not allowed)
         └── ModelError                  a model could not score at all
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigError",
+    "DecodeError",
+    "DeliveryFailed",
+    "DependencyPending",
+    "ModelError",
+    "PermanentError",
+    "PizzashopError",
+    "Problem",
+    "ProducerReset",
+    "PublishRejected",
+    "TransientError",
+    "ValidationFailed",
+]
 
 
 class PizzashopError(Exception):
@@ -64,8 +82,43 @@ class DecodeError(PermanentError):
     """A record whose bytes are not a known, well-formed event."""
 
 
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input: where (a path into it, ``("items", 0, "quantity")``; empty
+    for the whole), what, and a machine-readable ``type``."""
+
+    loc: tuple[str | int, ...]
+    msg: str
+    type: str = "invalid"
+
+    @property
+    def where(self) -> str:
+        """The path as one would write it in Python: ``items[0].quantity``."""
+        text = ""
+        for part in self.loc:
+            text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+        return text
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.msg}" if self.loc else self.msg
+
+
 class ValidationFailed(PermanentError, ValueError):
-    """An event or a request that breaks the contract (unknown item, bad total...)."""
+    """An event or a request that breaks the contract (unknown item, bad total...).
+
+    ``problems`` names every thing wrong, not only the first, so a client fixes its request in
+    one go; the message joins them. A plain string is a problem of the whole input.
+    """
+
+    problems: tuple[Problem, ...]
+
+    def __init__(self, *problems: Problem | str) -> None:
+        self.problems = tuple(p if isinstance(p, Problem) else Problem((), p) for p in problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+    def __reduce__(self) -> tuple[type[ValidationFailed], tuple[Problem | str, ...]]:
+        # pickled (a process pool) with its problems, not with the joined message
+        return type(self), self.problems
 
 
 class PublishRejected(PermanentError):
