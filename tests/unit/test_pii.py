@@ -1,0 +1,133 @@
+"""Card numbers found wherever they hide; e-mail addresses masked in text, values and logs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pizzashop.pii import (
+    EmailMaskingFilter,
+    card_numbers_in,
+    has_card_number,
+    luhn_valid,
+    mask_emails,
+    masked,
+)
+
+
+@pytest.mark.parametrize(
+    ("digits", "valid"),
+    [
+        ("4111111111111111", True),
+        ("4242424242424242", True),
+        ("378282246310005", True),  # Amex, 15 digits
+        ("6011111111111117", True),
+        ("4111111111111112", False),
+        ("", False),
+        ("41x1", False),
+    ],
+)
+def test_luhn(digits: str, valid: bool) -> None:
+    assert luhn_valid(digits) is valid
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+        "4111 - 1111 - 1111 - 1111",
+        "fp-4111111111111111",
+        "12 Main Street, card 4111111111111111 thanks",
+        "378282246310005",
+        "6304000000000000000",  # 19 digits
+    ],
+)
+def test_card_numbers_are_found_with_spaces_dashes_and_around_words(text: str) -> None:
+    assert has_card_number(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "4111111111111112",  # fails Luhn
+        "424242424242",  # 12 digits
+        "41111111111111111115",  # 20 digits pass Luhn but are no card number
+        "fp-8f3a1c0e9b7d2a64",
+        "cust-00042",
+        "dev-12345678",
+        "2026-12-02 10:00",
+        "",
+    ],
+)
+def test_other_digits_are_left_alone(text: str) -> None:
+    assert not has_card_number(text)
+
+
+def test_every_path_holding_a_card_number_is_named() -> None:
+    body = {
+        "customer_id": "4111 1111 1111 1111",
+        "items": [{"sku": "pepperoni_m", "quantity": 4242424242424242}],
+        "delivery_address": {"street": "4111-1111-1111-1111 Elm", "city": "Springfield"},
+        "payment": {"card_fingerprint": "fp-abcdef12", "last4": "1111"},
+        "flag": True,
+        "4111111111111111": "as a key",
+    }
+    assert sorted(map(str, card_numbers_in(body))) == sorted(
+        map(
+            str,
+            [
+                ("customer_id",),
+                ("items", 0, "quantity"),
+                ("delivery_address", "street"),
+                ("4111111111111111",),
+            ],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("c9@example.com", "c***@example.com"),
+        (
+            "SMTP server refused recipient <jane.doe+pizza@mail.example.org>: 550",
+            "SMTP server refused recipient <j***@mail.example.org>: 550",
+        ),
+        ("{'to': 'a@b.io', 'cc': \"x.y@z.co.uk\"}", "{'to': 'a***@b.io', 'cc': \"x***@z.co.uk\"}"),
+        ("no address here @ all", "no address here @ all"),
+        ("c***@example.com", "c***@example.com"),  # masking twice changes nothing
+    ],
+)
+def test_emails_are_masked_to_first_letter_and_domain(text: str, expected: str) -> None:
+    assert mask_emails(text) == expected
+
+
+def test_masked_walks_nested_values_and_keeps_other_types() -> None:
+    detail = {"recipient": "bob@example.com", "n": 3, "list": ["al@ex.com", None]}
+    assert masked(detail) == {
+        "recipient": "b***@example.com",
+        "n": 3,
+        "list": ["a***@ex.com", None],
+    }
+
+
+def test_the_filter_masks_message_arguments_exceptions_and_extras(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("tests.pii")
+    caplog.handler.addFilter(EmailMaskingFilter())
+    try:
+        with caplog.at_level(logging.INFO, logger="tests.pii"):
+            logger.warning("receipt to %s failed", "bob@example.com", extra={"to": "al@ex.com"})
+            try:
+                raise ValueError("refused recipient carol@example.com")
+            except ValueError:
+                logger.exception("sending failed")
+    finally:
+        caplog.handler.filters.clear()
+    assert "bob@example.com" not in caplog.text and "b***@example.com" in caplog.text
+    assert "carol@example.com" not in caplog.text and "c***@example.com" in caplog.text
+    assert caplog.records[0].to == "a***@ex.com"  # type: ignore[attr-defined]
