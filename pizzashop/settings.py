@@ -7,8 +7,10 @@ Every field can be set from the environment with the ``PIZZASHOP_`` prefix, nest
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+import limits
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -88,6 +90,62 @@ class HealthSettings(BaseModel):
     db_timeout_s: float = Field(default=2.0, gt=0, description="a slower database is unready")
 
 
+class ApiKey(BaseModel):
+    """One API key: a name (for logs and rate limits; the secret itself is never logged), the
+    secret a client sends in the ``X-API-Key`` header (16 characters or more, checked when the
+    API starts, so that a refused secret is never echoed in a validation error), and the scopes
+    it grants: ``place`` (orders), ``inspect`` (orders' status and scores), ``operate`` (dead
+    letters, models)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    secret: SecretStr
+    scopes: frozenset[Literal["place", "inspect", "operate"]] = Field(min_length=1)
+    rate_limit: str | None = Field(
+        default=None, description="this key's limit on placing orders; unset: `rate_limit_per_key`"
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            limits.parse_many(value)  # a ValueError names what is wrong
+        return value
+
+
+class ApiSettings(BaseModel):
+    """Who may call the API, and how much. Keys come as JSON:
+    ``PIZZASHOP_API__KEYS='[{"name": "ops", "secret": "...", "scopes": ["inspect", "operate"]}]'``.
+
+    Inspecting and operating always need a key with that scope (no keys: nobody may). Placing
+    orders needs one only once some key has the ``place`` scope: a storefront's browsers cannot
+    keep a secret, so the per-address rate limit is what guards an open order endpoint.
+    Rate limits are in the ``limits`` notation (``"10/second;600/minute"``); empty means none.
+    """
+
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
+
+    keys: tuple[ApiKey, ...] = ()
+    rate_limit_per_address: str = Field(
+        default="600/minute",
+        description="placing orders without a valid key, per client address",
+    )
+    rate_limit_per_key: str = Field(
+        default="6000/minute", description="placing orders with a key, per key"
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="a larger request body is refused with 413"
+    )
+
+    @field_validator("rate_limit_per_address", "rate_limit_per_key")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        if value.strip():
+            limits.parse_many(value)  # a ValueError names what is wrong
+        return value
+
+
 class SmtpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8025
@@ -137,6 +195,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     outbox: OutboxSettings = OutboxSettings()
     health: HealthSettings = HealthSettings()
+    api: ApiSettings = ApiSettings()
 
     @property
     def resolved_database_url(self) -> str:
