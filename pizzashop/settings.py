@@ -55,6 +55,12 @@ class EnricherSettings(BaseModel):
     fraud_threshold: float = Field(default=0.9, ge=0, le=1, description="hold orders at or above")
     reload_every_s: float = Field(default=5.0, gt=0, description="how often to look for new models")
     model_timeout_s: float = Field(default=2.0, gt=0, description="a slower model is degraded")
+    model_timeouts: dict[str, float] = Field(
+        default_factory=dict, description="per-model overrides of model_timeout_s, by name"
+    )
+    model_threads: int = Field(
+        default=3, ge=1, description="threads for the models' forward passes (one per model)"
+    )
     prefer_onnx: bool = True
     with_upsell: bool = True
     shadow_fraud_version: int | None = Field(
@@ -153,6 +159,27 @@ class SmtpSettings(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     timeout_s: float = 10.0
+    connections: int = Field(
+        default=16, ge=1, description="SMTP connections kept open; as many mails in flight"
+    )
+
+
+class SchemaRegistrySettings(BaseModel):
+    """A Confluent-API schema registry (``ingest.registry``). Off while ``url`` is unset: events
+    travel as plain JSON, as before. The local one: ``pizzashop registry start`` prints its URL."""
+
+    url: str | None = Field(
+        default=None,
+        description="Confluent-compatible base URL, e.g. http://127.0.0.1:8081/apis/ccompat/v7",
+    )
+    username: str | None = None
+    password: SecretStr | None = None
+    compatibility: Literal["BACKWARD_TRANSITIVE", "FULL_TRANSITIVE"] = Field(
+        default="BACKWARD_TRANSITIVE", description="set on every subject the shop registers"
+    )
+    timeout_s: float = Field(default=5.0, gt=0, description="per request to the registry")
+    heap: str = Field(default="256m", description="JVM heap of the local registry")
+    start_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -196,6 +223,7 @@ class Settings(BaseSettings):
     outbox: OutboxSettings = OutboxSettings()
     health: HealthSettings = HealthSettings()
     api: ApiSettings = ApiSettings()
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
 
     @property
     def resolved_database_url(self) -> str:
