@@ -15,13 +15,38 @@ A record without a ``schema-version`` header is read as version 1, and only stri
 refused when the event type is served at another version, and an unknown field in its body
 fails it rather than being dropped, since without the header nothing says the writer followed
 the version-1 contract that makes dropping safe.
+
+Two value formats, told apart by the first byte (JSON never starts with byte 0):
+
+- plain JSON, what ``encode`` writes;
+- registry-framed, the Confluent wire format: magic byte ``0``, the schema id as 4 bytes
+  big-endian, then the JSON. A ``Serializer`` (``ingest.registry.RegistrySerializer``) writes
+  these. ``decode`` reads both, so a topic migrates record by record.
+
+A framed record is read against the schema its id names: the schema comes from a process-wide
+cache keyed by id (``remember_schema``), filled by whoever registered or fetched it, and on a
+miss from the ``SchemaSource`` installed with ``install_schema_source`` (the composition root
+installs a registry client; tests may install their own). The cache is module-level on purpose:
+a schema id means the same schema to every reader of one registry, so one cache serves every
+consumer in the process, and ``decode`` keeps its signature (no client threaded through the
+runtime, the DLQ replayer and the tests). An id the source does not know, no source installed,
+or a body that breaks the registered schema, is a ``DecodeError``/``ValidationFailed`` naming
+the schema id and the reason (not retriable: the runtime dead-letters it); a registry that
+cannot be reached is a ``TransientError`` (retried). The fetch on a miss is a blocking HTTP
+call, made once per id per process; warm the cache at start (``RegistrySerializer.warm``) so it
+stays off the hot path.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+import jsonschema
 from pydantic import ValidationError
 
 from ingest.events import EVENT_TYPES, Event
@@ -57,6 +82,7 @@ def child_traceparent(parent: str | None) -> str:
 
 
 def encode(event: Event, traceparent: str | None = None) -> EncodedRecord:
+    """The event as plain JSON with the routing headers (no registry involved)."""
     headers: Headers = [
         (H_EVENT_TYPE, event.event_type.encode()),
         (H_SCHEMA_VERSION, str(event.schema_version).encode()),
@@ -67,6 +93,120 @@ def encode(event: Event, traceparent: str | None = None) -> EncodedRecord:
     return EncodedRecord(
         key=event.order_id.encode(), value=event.model_dump_json().encode(), headers=headers
     )
+
+
+# -- the serializer seam ----------------------------------------------------------------------
+class Serializer(Protocol):
+    """Turns an event bound for ``topic`` into a record. The composition root picks one and
+    passes it to whatever writes records (the consumer runtime, the outbox)."""
+
+    def encode(self, topic: str, event: Event, traceparent: str | None = None) -> EncodedRecord:
+        """Called once per record, synchronously, on the event loop: keep it cheap."""
+        ...
+
+
+class PlainJson:
+    """The default ``Serializer``: ``encode`` as it always was, the topic unused."""
+
+    def encode(self, topic: str, event: Event, traceparent: str | None = None) -> EncodedRecord:
+        return encode(event, traceparent)
+
+
+PLAIN_JSON: Serializer = PlainJson()
+
+MAGIC_BYTE = 0
+_FRAME_HEADER = 5  # magic byte + 4-byte schema id
+
+
+def frame(schema_id: int, payload: bytes) -> bytes:
+    """The Confluent wire format: magic byte 0, schema id (4 bytes, big-endian), payload."""
+    return bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big") + payload
+
+
+def unframe(value: bytes) -> tuple[int | None, bytes]:
+    """``(schema_id, payload)`` of a framed value, ``(None, value)`` of a plain one."""
+    if value[:1] != bytes([MAGIC_BYTE]):
+        return None, value
+    if len(value) < _FRAME_HEADER:
+        raise DecodeError(f"framed record of {len(value)} bytes is shorter than its header")
+    return int.from_bytes(value[1:_FRAME_HEADER], "big"), value[_FRAME_HEADER:]
+
+
+# -- schemas by id: the process-wide cache --------------------------------------------------------
+class SchemaSource(Protocol):
+    """Where ``decode`` fetches a schema it has not seen (a registry client)."""
+
+    def schema_by_id(self, schema_id: int) -> dict[str, Any] | None:
+        """The JSON Schema registered under ``schema_id``; None when the registry has no such
+        id. Raises a TransientError when the registry cannot be asked now."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    event_type: str | None
+    validator: Any  # a jsonschema validator, compiled once per id
+
+
+_known: dict[int, _Known] = {}
+_source: SchemaSource | None = None
+_lock = threading.Lock()
+
+
+def install_schema_source(source: SchemaSource | None) -> None:
+    """Use ``source`` for schema ids the cache misses (None: misses are unknown ids)."""
+    global _source
+    _source = source
+
+
+def remember_schema(schema_id: int, schema: Mapping[str, Any]) -> None:
+    """Cache the schema registered under ``schema_id`` (ids never change meaning)."""
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    event_type = schema.get("x-event-type") or schema.get("title")
+    known = _Known(str(event_type) if event_type else None, cls(dict(schema)))
+    with _lock:
+        _known[schema_id] = known
+
+
+def forget_schemas() -> None:
+    """Empty the cache (tests)."""
+    with _lock:
+        _known.clear()
+
+
+def _schema(schema_id: int) -> _Known:
+    known = _known.get(schema_id)
+    if known is not None:
+        return known
+    source = _source
+    if source is None:
+        raise DecodeError(f"schema id {schema_id} is unknown: no schema registry is configured")
+    schema = source.schema_by_id(schema_id)
+    if schema is None:
+        raise DecodeError(f"schema id {schema_id} is unknown to the schema registry")
+    remember_schema(schema_id, schema)
+    return _known[schema_id]
+
+
+def _check_registered(schema_id: int, event_type: str, payload: bytes) -> None:
+    known = _schema(schema_id)
+    if known.event_type is not None and known.event_type != event_type:
+        raise DecodeError(
+            f"schema id {schema_id} is the schema of {known.event_type}, "
+            f"but the record says it is {event_type}"
+        )
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise DecodeError(
+            f"{event_type} value (schema id {schema_id}) is not valid JSON: {exc}"
+        ) from exc
+    error = jsonschema.exceptions.best_match(known.validator.iter_errors(body))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "<root>"
+        raise ValidationFailed(
+            f"{event_type} breaks its registered schema id {schema_id}: {where}: {error.message}"
+        )
 
 
 def header(headers: Headers | tuple[tuple[str, bytes], ...] | None, name: str) -> str | None:
@@ -80,7 +220,8 @@ def decode(value: bytes | None, headers: Headers | tuple[tuple[str, bytes], ...]
     """Parse a record into its event class, or raise a non-retriable error saying why.
 
     Unknown fields are dropped when the record names the served schema version; see the module
-    docstring for records without a version header.
+    docstring for records without a version header. A framed record is first checked against
+    the schema its id names (see the module docstring).
     """
     event_type = header(headers, H_EVENT_TYPE)
     if event_type is None:
@@ -100,6 +241,9 @@ def decode(value: bytes | None, headers: Headers | tuple[tuple[str, bytes], ...]
         )
     if not value:
         raise DecodeError(f"{event_type} record has an empty value")
+    schema_id, value = unframe(value)
+    if schema_id is not None:
+        _check_registered(schema_id, event_type, value)
     try:
         # One model, two doors: the class keeps extra="forbid" for code that builds events,
         # and this validation-time override makes the reader tolerant. pydantic-core applies

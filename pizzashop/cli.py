@@ -16,7 +16,10 @@ from pizzashop.errors import PizzashopError
 from pizzashop.settings import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ingest.dlq import LetterFilter
+    from ingest.registry import RegistryClient
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 broker_app = typer.Typer(no_args_is_help=True, help="The local Apache Kafka broker.")
@@ -320,6 +323,140 @@ async def _replay(settings: Settings, chosen: LetterFilter, dry_run: bool) -> in
         for letter in letters:
             await replay(producer, letter)
     return len(letters)
+
+
+# -- schema registry ------------------------------------------------------------------------
+registry_app = typer.Typer(no_args_is_help=True, help="The local schema registry (Apicurio).")
+schemas_app = typer.Typer(no_args_is_help=True, help="Event schemas in the schema registry.")
+app.add_typer(registry_app, name="registry")
+app.add_typer(schemas_app, name="schemas")
+
+
+def _registry_dir(settings: Settings) -> Path:
+    return settings.home / "schema-registry"
+
+
+@registry_app.command("start")
+def registry_start(verbose: Verbose = False) -> None:
+    """Start the local schema registry in the background (built with Maven the first time) on
+    the port it had before; print its URL. Its data is in memory."""
+    from ingest.registry import start_detached
+
+    settings = _setup(verbose)
+    cfg = settings.schema_registry
+    try:
+        state = start_detached(
+            cache_dir=settings.cache_dir,
+            data_dir=_registry_dir(settings),
+            heap=cfg.heap,
+            start_timeout_s=cfg.start_timeout_s,
+        )
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+    typer.echo(state.url)
+
+
+@registry_app.command("stop")
+def registry_stop(verbose: Verbose = False) -> None:
+    """Stop the local schema registry (what it held is gone: it keeps it in memory)."""
+    from ingest.registry import stop_detached
+
+    settings = _setup(verbose)
+    typer.echo("stopped" if stop_detached(_registry_dir(settings)) else "not running")
+
+
+@registry_app.command("status")
+def registry_status(verbose: Verbose = False) -> None:
+    """Say whether the local schema registry runs and answers; exit code 3 when not."""
+    from ingest.registry import status
+
+    settings = _setup(verbose)
+    state = status(_registry_dir(settings))
+    if state is None:
+        typer.echo("not running")
+        raise typer.Exit(code=3)
+    typer.echo(f"running: {state.url} (pid {state.pid})")
+
+
+def _registry_client(settings: Settings) -> RegistryClient:
+    """A client of ``schema_registry.url``, else of the running local registry."""
+    from ingest.registry import RegistryClient, status
+
+    cfg = settings.schema_registry
+    url = cfg.url
+    if url is None:
+        state = status(_registry_dir(settings))
+        if state is None:
+            raise _fail(
+                ValueError(
+                    "no schema registry: set PIZZASHOP_SCHEMA_REGISTRY__URL or run "
+                    "`pizzashop registry start`"
+                )
+            )
+        url = state.url
+    password = cfg.password.get_secret_value() if cfg.password is not None else None
+    return RegistryClient(url, username=cfg.username, password=password, timeout_s=cfg.timeout_s)
+
+
+@schemas_app.command("check")
+def schemas_check(
+    as_json: Annotated[bool, typer.Option("--json", help="print the reports as JSON")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Ask the registry whether the current event models may follow every registered version of
+    their subjects; exit code 1 naming each subject and reason when one may not."""
+    from ingest.registry import check
+    from ingest.topics import Topics
+
+    settings = _setup(verbose)
+    level = settings.schema_registry.compatibility
+    with _registry_client(settings) as client:
+        try:
+            reports = check(client, Topics(settings.topic_prefix), compatibility=level)
+        except PizzashopError as exc:
+            raise _fail(exc) from exc
+    failed = [r for r in reports if r.problems]
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {"subject": r.subject, "versions": r.versions, "problems": r.problems}
+                    for r in reports
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for report in reports:
+            mark = "FAIL" if report.problems else "ok"
+            versions = ",".join(map(str, report.versions)) or "new"
+            typer.echo(f"{mark:<5}{report.subject} (versions: {versions})")
+            for problem in report.problems:
+                typer.echo(f"       {problem}")
+    if failed:
+        typer.echo(f"{len(failed)} subject(s) incompatible with their registered history", err=True)
+        raise typer.Exit(code=1)
+
+
+@schemas_app.command("register")
+def schemas_register(verbose: Verbose = False) -> None:
+    """Set each subject's compatibility level and register the current event schemas; exit
+    code 1 naming the subjects the registry refused."""
+    from ingest.registry import register
+    from ingest.topics import Topics
+
+    settings = _setup(verbose)
+    level = settings.schema_registry.compatibility
+    with _registry_client(settings) as client:
+        try:
+            result = register(client, Topics(settings.topic_prefix), compatibility=level)
+        except PizzashopError as exc:
+            raise _fail(exc) from exc
+    refused = {s: r for s, r in result.items() if isinstance(r, str)}
+    for subject, outcome in result.items():
+        typer.echo(f"{subject}: {'refused: ' + outcome if isinstance(outcome, str) else outcome}")
+    if refused:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:
