@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import socket
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench._chaos_audit import MALFORMED_KEY
 from bench._chaos_broker import ChaosBroker
 from bench._chaos_procs import ShopProcesses
+from ingest.producer import EventProducer
+from pizzashop.demo import malformed_records
 from services.mailer import SmtpSink
 
 logger = logging.getLogger(__name__)
@@ -41,6 +46,74 @@ class FaultLog:
     broker_restarts: list[dict[str, Any]] = field(default_factory=list)
     smtp_outages: list[dict[str, Any]] = field(default_factory=list)
     db_outages: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPlan:
+    """How many of each fault, and how long; zero leaves a fault out."""
+
+    kills: int
+    broker_restarts: int
+    broker_down_s: float
+    broker_kill_first: bool  # else the first restart is a clean stop; then they alternate
+    smtp_outage_s: float
+    db_outage_s: float
+
+
+async def under_load(
+    load: Coroutine[Any, Any, Any],
+    plan: FaultPlan,
+    *,
+    window_s: float,
+    rng: random.Random,
+    procs: ShopProcesses,
+    broker: ChaosBroker | None,
+    sink: SmtpSink,
+    gate: Gate | None,
+    log: FaultLog,
+) -> None:
+    """Run ``load`` while the faults of ``plan`` happen; return when all of them are over.
+
+    A supervisor restarts any process that exits by itself meanwhile.
+    """
+    schedule = Schedule.draw(
+        rng,
+        window_s=window_s,
+        kills=plan.kills,
+        broker_restarts=plan.broker_restarts if broker is not None else 0,
+        broker_down_s=plan.broker_down_s,
+        smtp_outage=plan.smtp_outage_s > 0,
+        db_outage=gate is not None and plan.db_outage_s > 0,
+    )
+    began = time.monotonic()
+    supervisor = asyncio.create_task(procs.supervise())
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(load)
+            tasks.create_task(run_kills(schedule, procs, rng, began, log))
+            if broker is not None:
+                restarts = run_broker_restarts(
+                    schedule,
+                    broker,
+                    plan.broker_down_s,
+                    began,
+                    log,
+                    kill_first=plan.broker_kill_first,
+                )
+                tasks.create_task(restarts)
+            tasks.create_task(run_smtp_outage(schedule, sink, plan.smtp_outage_s, began, log))
+            tasks.create_task(run_db_outage(schedule, gate, plan.db_outage_s, began, log))
+    finally:
+        supervisor.cancel()
+
+
+async def inject_malformed(bootstrap: str, topic: str, count: int, *, tag: str) -> int:
+    """Write ``count`` records no consumer can read straight onto ``topic``; returns how many."""
+    bad = malformed_records(tag)
+    async with EventProducer(bootstrap, client_id="chaos-malformed") as producer:
+        for value, headers in itertools.islice(itertools.cycle(bad), count):
+            await producer.send_raw(topic, value, key=MALFORMED_KEY, headers=headers)
+    return count
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import random
@@ -63,7 +62,6 @@ from sqlalchemy.engine import make_url
 
 from bench import _chaos_faults as faults
 from bench._chaos_audit import (
-    MALFORMED_KEY,
     audit_database,
     audit_emails,
     audit_topics,
@@ -74,10 +72,8 @@ from bench._chaos_broker import ChaosBroker
 from bench._chaos_load import LoadResult, place_orders
 from bench._chaos_procs import ShopProcesses, roles
 from bench._chaos_settle import Replayed, Settled, replay_dead_letters, settle
-from ingest.producer import EventProducer
 from ingest.topics import Topics, ensure_topics
 from pizzashop.database import Database
-from pizzashop.demo import malformed_records
 from pizzashop.settings import Settings
 from services.mailer import SmtpSink
 
@@ -199,8 +195,37 @@ async def run_chaos(settings: Settings, options: ChaosOptions) -> dict[str, Any]
         await procs.start()
         run.phases["start_s"] = round(time.monotonic() - began, 1)
 
-        await _inject_malformed(bootstrap, topics.orders, options.malformed, run_id, run)
-        await _load_under_faults(options, procs, broker, sink, gate, run)
+        run.malformed_injected = await faults.inject_malformed(
+            bootstrap, topics.orders, options.malformed, tag=f"chaos-{run_id}"
+        )
+        if options.db_outage_s > 0 and gate is None:
+            run.notes.append("no database outage: it needs a PostgreSQL PIZZASHOP_DATABASE_URL")
+        plan = faults.FaultPlan(
+            kills=options.kills,
+            broker_restarts=options.broker_restarts if broker is not None else 0,
+            broker_down_s=options.broker_down_s,
+            broker_kill_first=options.broker_kill_first,
+            smtp_outage_s=options.smtp_outage_s,
+            db_outage_s=options.db_outage_s if gate is not None else 0.0,
+        )
+        load = place_orders(
+            procs.api_url,
+            orders=options.orders,
+            rate=options.rate,
+            seed=options.seed,
+            result=run.load,
+        )
+        await faults.under_load(
+            load,
+            plan,
+            window_s=options.orders / options.rate,
+            rng=random.Random(options.seed),
+            procs=procs,
+            broker=broker,
+            sink=sink,
+            gate=gate,
+            log=run.log,
+        )
         run.phases["load_s"] = round(time.monotonic() - began, 1)
 
         confirmed = list(run.load.confirmed_at)
@@ -287,72 +312,6 @@ async def run_chaos(settings: Settings, options: ChaosOptions) -> dict[str, Any]
     return report
 
 
-async def _inject_malformed(bootstrap: str, topic: str, count: int, run_id: str, run: _Run) -> None:
-    """Records no consumer can read, written straight onto the orders topic."""
-    bad = malformed_records(f"chaos-{run_id}")
-    async with EventProducer(bootstrap, client_id="chaos-malformed") as producer:
-        for value, headers in itertools.islice(itertools.cycle(bad), count):
-            await producer.send_raw(topic, value, key=MALFORMED_KEY, headers=headers)
-            run.malformed_injected += 1
-
-
-async def _load_under_faults(
-    options: ChaosOptions,
-    procs: ShopProcesses,
-    broker: ChaosBroker | None,
-    sink: SmtpSink,
-    gate: faults.Gate | None,
-    run: _Run,
-) -> None:
-    rng = random.Random(options.seed)
-    if options.db_outage_s > 0 and gate is None:
-        run.notes.append(
-            "no database outage: it needs PIZZASHOP_DATABASE_URL=postgresql+asyncpg://"
-        )
-    schedule = faults.Schedule.draw(
-        rng,
-        window_s=options.orders / options.rate,
-        kills=options.kills,
-        broker_restarts=options.broker_restarts if broker is not None else 0,
-        broker_down_s=options.broker_down_s,
-        smtp_outage=options.smtp_outage_s > 0,
-        db_outage=gate is not None and options.db_outage_s > 0,
-    )
-    began = time.monotonic()
-    supervisor = asyncio.create_task(procs.supervise())
-    try:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(
-                place_orders(
-                    procs.api_url,
-                    orders=options.orders,
-                    rate=options.rate,
-                    seed=options.seed,
-                    result=run.load,
-                )
-            )
-            tasks.create_task(faults.run_kills(schedule, procs, rng, began, run.log))
-            if broker is not None:
-                tasks.create_task(
-                    faults.run_broker_restarts(
-                        schedule,
-                        broker,
-                        options.broker_down_s,
-                        began,
-                        run.log,
-                        kill_first=options.broker_kill_first,
-                    )
-                )
-            tasks.create_task(
-                faults.run_smtp_outage(schedule, sink, options.smtp_outage_s, began, run.log)
-            )
-            tasks.create_task(
-                faults.run_db_outage(schedule, gate, options.db_outage_s, began, run.log)
-            )
-    finally:
-        supervisor.cancel()
-
-
 def broken_promises(report: dict[str, Any]) -> list[str]:
     """The names of the promises this run saw broken (empty: all kept)."""
     broken = [
@@ -389,6 +348,9 @@ def _options(argv: list[str] | None) -> tuple[ChaosOptions, bool, bool]:
     parser.add_argument("--kills", type=int, default=d.kills, help="worker SIGKILLs")
     parser.add_argument("--broker-restarts", type=int, default=d.broker_restarts)
     parser.add_argument("--broker-down-s", type=float, default=d.broker_down_s)
+    parser.add_argument(
+        "--broker-kill-first", action="store_true", help="first restart a SIGKILL, not a stop"
+    )
     parser.add_argument("--smtp-outage-s", type=float, default=d.smtp_outage_s)
     parser.add_argument("--db-outage-s", type=float, default=d.db_outage_s, help="PostgreSQL only")
     parser.add_argument("--nodes", type=int, choices=(1, 3), default=d.nodes)
@@ -410,6 +372,7 @@ def _options(argv: list[str] | None) -> tuple[ChaosOptions, bool, bool]:
         kills=args.kills,
         broker_restarts=args.broker_restarts,
         broker_down_s=args.broker_down_s,
+        broker_kill_first=args.broker_kill_first,
         smtp_outage_s=args.smtp_outage_s,
         db_outage_s=args.db_outage_s,
         nodes=args.nodes,
