@@ -36,10 +36,10 @@ class Mailer(Resource):
     never a wedged client. ``stop()`` closes the idle ones.
     """
 
-    def __init__(self, settings: SmtpSettings, *, pool_size: int = 8) -> None:
+    def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
         self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(pool_size)
+        self._slots = asyncio.Semaphore(settings.connections)
 
     async def _start(self) -> None:
         """Connections open on demand: the shop starts while the mail server is away."""

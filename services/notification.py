@@ -68,13 +68,10 @@ def render_refund(refund: RefundIssued) -> tuple[str, str]:
 class Notifier(Handler):
     event_types = (OrderPlaced, RefundIssued)
 
-    def __init__(
-        self, db: Database, mailer: Mailer, events_topic: str, *, concurrency: int = 8
-    ) -> None:
+    def __init__(self, db: Database, mailer: Mailer, events_topic: str) -> None:
         self._db = db
         self._mailer = mailer
         self._topic = events_topic
-        self._slots = asyncio.Semaphore(concurrency)
 
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         confirmations = {d.event.event_id: _confirmation(d.event) for d in batch}
@@ -118,23 +115,21 @@ class Notifier(Handler):
         return sent
 
     async def _send(self, event: Event, confirmation: Event) -> None:
-        async with self._slots:
-            if isinstance(event, OrderPlaced):
-                subject, body = render_receipt(event)
-                to = event.customer_email
-            else:
-                assert isinstance(event, RefundIssued)
-                subject, body = render_refund(event)
-                to = event.customer_email
-            await self._mailer.send(
-                to=to, subject=subject, body=body, message_id=confirmation.event_id
+        if isinstance(event, OrderPlaced):
+            subject, body = render_receipt(event)
+            to = event.customer_email
+        else:
+            assert isinstance(event, RefundIssued)
+            subject, body = render_refund(event)
+            to = event.customer_email
+        # The mailer's connection pool bounds how many are in flight.
+        await self._mailer.send(to=to, subject=subject, body=body, message_id=confirmation.event_id)
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(email_intents)
+                .where(email_intents.c.message_id == confirmation.event_id)
+                .values(sent_at=func.now())
             )
-            async with self._db.engine.begin() as conn:
-                await conn.execute(
-                    update(email_intents)
-                    .where(email_intents.c.message_id == confirmation.event_id)
-                    .values(sent_at=func.now())
-                )
 
 
 def _confirmation(event: Event) -> Event:
