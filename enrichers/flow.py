@@ -3,6 +3,8 @@ when a process builds the flow, so processes that do not enrich never load them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ingest.consumer import Handler
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDERS
@@ -13,7 +15,7 @@ def enricher_flow(ctx: FlowContext) -> Handler:
     from enrichers.pipeline import ScoringPipeline
     from enrichers.worker import Enricher
     from models.feature_state import SqlFeatureState
-    from models.registry import Registry
+    from models.registry import SCORERS, Registry
     from models.upsell.history import SqlBasketHistory
     from services.menu import load_menu
 
@@ -21,23 +23,18 @@ def enricher_flow(ctx: FlowContext) -> Handler:
     store = SqlFeatureState(ctx.db.url, engine=ctx.db.engine)
     registry = Registry(ctx.settings.resolved_registry_dir)
     history = SqlBasketHistory(ctx.db)
-    pipeline = ScoringPipeline(
-        registry,
-        store,
-        history=history,
-        timeout_s=cfg.model_timeout_s,
-        prefer_onnx=cfg.prefer_onnx,
-        with_upsell=cfg.with_upsell,
-    )
+    options: dict[str, Any] = {
+        "timeout_s": cfg.model_timeout_s,
+        "timeouts": cfg.model_timeouts,
+        "threads": cfg.model_threads,
+        "prefer_onnx": cfg.prefer_onnx,
+    }
+    names = [name for name in SCORERS if cfg.with_upsell or name != "upsell"]
+    pipeline = ScoringPipeline(registry, store, names=names, history=history, **options)
     shadow = None
     if cfg.shadow_fraud_version is not None:
         shadow = ScoringPipeline.challenger(
-            registry,
-            store,
-            fraud_version=cfg.shadow_fraud_version,
-            timeout_s=cfg.model_timeout_s,
-            prefer_onnx=cfg.prefer_onnx,
-            with_upsell=cfg.with_upsell,
+            registry, store, name="fraud", version=cfg.shadow_fraud_version, **options
         )
     # Started before the runtime consumes and stopped after it.
     ctx.resources += [store, history]

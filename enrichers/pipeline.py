@@ -1,17 +1,24 @@
 """The batch scoring pipeline the enrichment worker calls; no Kafka in here.
 
-    orders ──pre──▶ features (one vectorised batch, state read then updated, idempotent)
-           ──core─▶ fraud | anomaly | upsell forward passes, concurrently, each in a worker
-                    thread so the event loop (and the consumer's heartbeats) never blocks
-           ──post─▶ OrderScores: frozen records, each score with its lineage
+    orders ──▶ ScoringBatch: features (one vectorised batch, state read then updated,
+               idempotent) and, when a scorer wants them, basket histories
+           ──▶ for each scorer, concurrently (``models.scorer``):
+                 pre (loop) ──▶ core + explain (the pipeline's own thread pool, under the
+                 model's timeout) ──▶ post (loop)
+           ──▶ OrderScores: per order, each scorer's ``Scored | Degraded``, stamped with its
+               lineage (``ScoreLineage``: model, version, feature schema, backend, latency,
+               top features)
 
-A model that raises or overruns ``timeout_s`` yields a *degraded* score carrying the reason;
-the other scores of the batch still publish. A failure to read or write the feature state is
-not a model failure: it raises ``TransientError`` so the runtime retries the batch, and since
-the state is idempotent by order id the retry counts nothing twice.
+The forward passes run in a bounded ``ThreadPoolExecutor`` owned by the pipeline, never in the
+loop's default executor, so a hung model cannot starve anything else that uses it. A scorer
+that raises or overruns its timeout degrades only its own scores; the others still publish.
+While its timed-out batch still runs, its next batches are degraded at once, so a hung model
+holds one thread at most. A failure to read or write the feature state is not a model failure:
+it raises ``TransientError`` so the runtime retries the batch, and since the state is
+idempotent by order id the retry counts nothing twice.
 
-Models come from the registry (``fraud``, ``anomaly``, optional ``upsell``) and are swapped as
-one bundle by ``reload_if_newer()``, so a batch never mixes versions.
+Scorers are loaded from the registry by name (``models.registry.SCORERS``) and swapped as one
+set by ``reload_if_newer()``, so a batch never mixes versions.
 """
 
 from __future__ import annotations
@@ -19,402 +26,323 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from typing import Any, TypeAlias
 
-import numpy as np
-
-from ingest.events import OrderPlaced
-from models.anomaly import AnomalyModel
+from ingest.events import FeatureContribution, OrderPlaced, ScoreLineage
 from models.feature_state import FeatureBuilder, FeatureStateStore
-from models.features import FEATURE_SCHEMA_VERSION
-from models.fraud import FraudModel
-from models.registry import Registry
+from models.registry import SCORERS, Registry, scorer_class
+from models.scorer import Degraded, Result, Scored, Scorer, ScoringBatch, TopFeatures
 from models.upsell.history import BasketHistory
-from pizzashop.errors import TransientError
+from pizzashop.errors import ConfigError, TransientError
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class Lineage:
-    model: str
-    version: int
-    feature_schema_version: int
-    backend: str  # "onnx" or "torch" (or "numpy" for upsell)
-    latency_ms: float  # wall time of this score's batch: features + pre/core/post
-    top_features: tuple[tuple[str, float], ...] = ()
-
-    @property
-    def tag(self) -> str:
-        return f"{self.model}-v{self.version}"
-
-
-@dataclass(frozen=True, slots=True)
-class FraudScore:
-    probability: float | None  # calibrated P(fraud); None when degraded
-    lineage: Lineage | None
-    degraded: bool = False
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AnomalyScore:
-    error: float | None  # reconstruction error, standardised units
-    percentile: float | None  # 0-100 among the training errors
-    lineage: Lineage | None
-    degraded: bool = False
-    reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class UpsellItem:
-    sku: str
-    reason: str
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class UpsellScore:
-    suggestions: tuple[UpsellItem, ...]
-    lineage: Lineage | None
-    degraded: bool = False
-    reason: str | None = None
+AnyScorer: TypeAlias = Scorer[Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class OrderScores:
+    """One order's results, by scorer name, in the order the scorers run. A scorer that is
+    not loaded has no entry."""
+
     order_id: str
-    fraud: FraudScore
-    anomaly: AnomalyScore
-    upsell: UpsellScore | None  # None when no upsell model is deployed
+    results: Mapping[str, Result]
+
+    def __getitem__(self, name: str) -> Result:
+        return self.results[name]
+
+    def get(self, name: str) -> Result | None:
+        return self.results.get(name)
 
     def to_dict(self) -> dict[str, Any]:
-        def lineage(item: Lineage | None) -> dict[str, Any] | None:
-            if item is None:
-                return None
-            return {
-                "model": item.model,
-                "version": item.version,
-                "feature_schema_version": item.feature_schema_version,
-                "backend": item.backend,
-                "latency_ms": round(item.latency_ms, 3),
-                "top_features": [list(pair) for pair in item.top_features],
-            }
-
-        out: dict[str, Any] = {
-            "order_id": self.order_id,
-            "fraud": {
-                "probability": self.fraud.probability,
-                "degraded": self.fraud.degraded,
-                "reason": self.fraud.reason,
-                "lineage": lineage(self.fraud.lineage),
-            },
-            "anomaly": {
-                "error": self.anomaly.error,
-                "percentile": self.anomaly.percentile,
-                "degraded": self.anomaly.degraded,
-                "reason": self.anomaly.reason,
-                "lineage": lineage(self.anomaly.lineage),
-            },
-            "upsell": None,
-        }
-        if self.upsell is not None:
-            out["upsell"] = {
-                "suggestions": [
-                    {"sku": s.sku, "reason": s.reason, "score": round(s.score, 5)}
-                    for s in self.upsell.suggestions
-                ],
-                "degraded": self.upsell.degraded,
-                "reason": self.upsell.reason,
-                "lineage": lineage(self.upsell.lineage),
-            }
+        """Plain JSON-able data, for tools and notebooks."""
+        out: dict[str, Any] = {"order_id": self.order_id}
+        for name, result in self.results.items():
+            lineage = result.lineage.model_dump(mode="json") if result.lineage else None
+            if isinstance(result, Degraded):
+                out[name] = {"degraded": True, "reason": result.reason, "lineage": lineage}
+            else:
+                value = {key: _plain(item) for key, item in result.value.items()}
+                out[name] = {**value, "degraded": False, "reason": None, "lineage": lineage}
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class ModelBundle:
-    """The models one batch runs with; replaced as a whole on reload."""
-
-    fraud: FraudModel | None
-    anomaly: AnomalyModel | None
-    upsell: Any | None = None  # models.upsell.UpsellModel, when deployed
-    upsell_version: int = 0
-    versions: dict[str, int] = field(default_factory=dict)
-
-    def warm_up(self) -> None:
-        for model in (self.fraud, self.anomaly, self.upsell):
-            if model is not None:
-                model.warm_up()
-
-
-def load_bundle(
-    registry: Registry, *, prefer_onnx: bool = True, upsell: bool = True
-) -> ModelBundle:
-    """The latest version of each model; a missing fraud/anomaly model is left out (its score
-    will be degraded), a missing or unloadable upsell model is skipped."""
-    versions: dict[str, int] = {}
-    fraud = anomaly = upsell_model = None
-    if (mv := registry.latest("fraud")) is not None:
-        fraud = FraudModel.load(mv, prefer_onnx=prefer_onnx)
-        versions["fraud"] = mv.version
-    if (mv := registry.latest("anomaly")) is not None:
-        anomaly = AnomalyModel.load(mv, prefer_onnx=prefer_onnx)
-        versions["anomaly"] = mv.version
-    if upsell and (mv := registry.latest("upsell")) is not None:
-        try:
-            from models.upsell import UpsellModel
-
-            upsell_model = UpsellModel.load(mv.path)
-            versions["upsell"] = mv.version
-        except Exception:
-            logger.warning("upsell model %s not loaded", mv.metadata.tag, exc_info=True)
-    return ModelBundle(fraud, anomaly, upsell_model, versions.get("upsell", 0), versions)
+def _plain(value: object) -> object:
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
 
 
 def _ms(start: float) -> float:
     return 1000.0 * (time.perf_counter() - start)
 
 
+class _Busy(Exception):
+    """The scorer's last batch timed out and still runs."""
+
+
 class ScoringPipeline:
-    """pre → core → post over a batch of orders. ``start()`` loads and warms up the models."""
+    """Scorers over batches of orders. ``start()`` loads and warms them up; ``stop()`` shuts
+    the thread pool down (a thread stuck in a hung model is abandoned, not joined)."""
 
     def __init__(
         self,
         registry: Registry | None,
         store: FeatureStateStore,
         *,
+        names: Sequence[str] | None = None,
+        scorers: Sequence[AnyScorer] | None = None,
         timeout_s: float = 2.0,
+        timeouts: Mapping[str, float] | None = None,
+        threads: int = 3,
         explain_k: int = 3,
         prefer_onnx: bool = True,
-        with_upsell: bool = True,
-        upsell_k: int = 3,
-        bundle: ModelBundle | None = None,
         history: BasketHistory | None = None,
+        pinned: Mapping[str, int] | None = None,
     ) -> None:
+        """``names``: the registered scorers to serve (default: all of ``SCORERS``), loaded
+        from ``registry``; or ``scorers``: given instances (tests, notebooks; never reloaded).
+        ``pinned`` fixes a version per name (a shadow pipeline). ``timeouts`` overrides
+        ``timeout_s`` per scorer name; ``threads`` bounds the pool that runs ``core``."""
+        if threads < 1:
+            raise ConfigError("a scoring pipeline needs at least one thread")
         self.registry = registry
         self.features = FeatureBuilder(store)
+        self.names = tuple(names if names is not None else SCORERS)
         self.timeout_s = timeout_s
+        self.timeouts = dict(timeouts or {})
         self.explain_k = explain_k
         self.prefer_onnx = prefer_onnx
-        self.with_upsell = with_upsell
-        self.upsell_k = upsell_k
+        self.pinned = dict(pinned or {})
         # Without a history, upsell sees only the basket (it was trained with histories).
         self.history = history
-        self._bundle = bundle
+        self._scorers = tuple(scorers) if scorers is not None else None
+        self._fixed = scorers is not None
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scorer")
+        self._running: dict[str, Future[Any]] = {}
+        self._failed: dict[str, int] = {}  # a version that would not load is not tried again
+        self._stopped = False
 
     @classmethod
-    def from_models(
-        cls,
-        store: FeatureStateStore,
-        fraud: FraudModel | None,
-        anomaly: AnomalyModel | None,
-        upsell: Any | None = None,
-        **kwargs: Any,
+    def from_scorers(
+        cls, store: FeatureStateStore, scorers: Sequence[AnyScorer], **kwargs: Any
     ) -> ScoringPipeline:
-        """A pipeline over given models (tests, notebooks): no registry, no reload."""
-        versions = {m.name: m.version for m in (fraud, anomaly) if m is not None}
-        return cls(None, store, bundle=ModelBundle(fraud, anomaly, upsell, 0, versions), **kwargs)
+        """A pipeline over given scorers (tests, notebooks): no registry, no reload."""
+        return cls(None, store, scorers=scorers, **kwargs)
 
     @classmethod
     def challenger(
-        cls, registry: Registry, store: FeatureStateStore, *, fraud_version: int, **kwargs: Any
+        cls, registry: Registry, store: FeatureStateStore, *, name: str, version: int, **kwargs: Any
     ) -> ScoringPipeline:
-        """A shadow pipeline: one pinned fraud version, nothing else, never reloaded.
+        """A shadow pipeline: one scorer at a pinned version, nothing else, never reloaded.
 
         Sharing the champion's feature store is safe: features are stored per order id, so the
         challenger reads exactly the features the champion computed.
         """
-        fraud = FraudModel.load(
-            registry.load("fraud", fraud_version), prefer_onnx=kwargs.get("prefer_onnx", True)
-        )
-        kwargs["with_upsell"] = False
-        return cls.from_models(store, fraud, None, **kwargs)
+        return cls(registry, store, names=(name,), pinned={name: version}, **kwargs)
+
+    @property
+    def scorers(self) -> tuple[AnyScorer, ...]:
+        return self._scorers or ()
 
     @property
     def versions(self) -> dict[str, int]:
-        return dict(self._bundle.versions) if self._bundle else {}
+        return {s.name: s.version for s in self.scorers}
 
+    # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._bundle is None:
+        if self._stopped:
+            raise RuntimeError("a stopped scoring pipeline cannot start again")
+        if self._scorers is None:
             if self.registry is None:
-                raise ValueError("a pipeline needs a registry or a bundle")
-            self._bundle = await asyncio.to_thread(
-                load_bundle, self.registry, prefer_onnx=self.prefer_onnx, upsell=self.with_upsell
-            )
-        await asyncio.to_thread(self._bundle.warm_up)
-        logger.info("scoring pipeline ready", extra={"versions": self._bundle.versions})
+                raise ConfigError("a pipeline needs a registry or scorers")
+            self._scorers = await self._load(self._newest(), {})
+        else:
+            await self._warm_up(self._scorers)
+        logger.info("scoring pipeline ready", extra={"versions": self.versions})
+
+    async def stop(self) -> None:
+        """Idempotent. Queued forward passes are cancelled; running ones finish unobserved."""
+        self._stopped = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _newest(self) -> dict[str, int]:
+        """Registry version to serve per name (pinned or latest); blocking, call off the loop."""
+        assert self.registry is not None
+        found: dict[str, int] = {}
+        for name in self.names:
+            if name in self.pinned:
+                found[name] = self.pinned[name]
+            elif (mv := self.registry.latest(name)) is not None:
+                found[name] = mv.version
+        return found
+
+    async def _load(
+        self, wanted: Mapping[str, int], current: Mapping[str, AnyScorer]
+    ) -> tuple[AnyScorer, ...]:
+        """Load the wanted versions not loaded yet; keep the current scorer of a name whose
+        new version fails to load (a missing model's score is degraded by the worker)."""
+        registry = self.registry
+        assert registry is not None
+        loaded: list[AnyScorer] = []
+        fresh: list[AnyScorer] = []
+        for name, version in wanted.items():
+            kept = current.get(name)
+            if kept is not None and kept.version == version:
+                loaded.append(kept)
+                continue
+            if self._failed.get(name) == version:
+                loaded += [kept] if kept is not None else []
+                continue
+            try:
+                cls = scorer_class(name)
+                mv = await asyncio.to_thread(registry.load, name, version)
+                scorer = await asyncio.to_thread(cls.load, mv, prefer_onnx=self.prefer_onnx)
+            except Exception:
+                logger.warning("scorer %s v%d not loaded", name, version, exc_info=True)
+                self._failed[name] = version
+                loaded += [kept] if kept is not None else []
+                continue
+            loaded.append(scorer)
+            fresh.append(scorer)
+        await self._warm_up(fresh)
+        return tuple(loaded)
+
+    async def _warm_up(self, scorers: Iterable[AnyScorer]) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, s.warm_up) for s in scorers))
 
     async def reload_if_newer(self) -> bool:
         """Swap in newer registry versions, if any. True when something changed."""
-        if self.registry is None:
+        if self.registry is None or self._fixed:
             return False
-        current = self.versions
-        registry = self.registry
-        newest = {
-            name: mv.version
-            for name in ("fraud", "anomaly", "upsell")
-            if (mv := await asyncio.to_thread(registry.latest, name)) is not None
-        }
-        if not self.with_upsell:
-            newest.pop("upsell", None)
-        if all(current.get(name, 0) >= v for name, v in newest.items()):
+        if self._scorers is None:
+            await self.start()
+            return True
+        current = {s.name: s for s in self._scorers}
+        newest = await asyncio.to_thread(self._newest)
+        if all(name in current and current[name].version >= v for name, v in newest.items()):
             return False
-        bundle = await asyncio.to_thread(
-            load_bundle, registry, prefer_onnx=self.prefer_onnx, upsell=self.with_upsell
-        )
-        await asyncio.to_thread(bundle.warm_up)
-        self._bundle = bundle
-        logger.info("models reloaded", extra={"versions": bundle.versions, "was": current})
+        before = self.versions
+        self._scorers = await self._load(newest, current)
+        if self.versions == before:
+            return False
+        logger.info("models reloaded", extra={"versions": self.versions, "was": before})
         return True
 
+    # -- scoring --------------------------------------------------------------------------------
     async def score_batch(self, orders: Sequence[OrderPlaced]) -> list[OrderScores]:
         if not orders:
             return []
-        if self._bundle is None:
+        if self._scorers is None:
             await self.start()
-        bundle = self._bundle
-        assert bundle is not None
+        scorers = self.scorers  # one set per batch, even if a reload lands meanwhile
         t0 = time.perf_counter()
         try:
             features = await self.features.transform(orders)
             histories = (
                 await self.history.before(orders)
-                if self.history is not None and bundle.upsell is not None
+                if self.history is not None and any(s.needs_history for s in scorers)
                 else None
             )
         except Exception as exc:
             raise TransientError(f"feature state unavailable: {exc}") from exc
+        batch = ScoringBatch(orders, features, histories)
         feature_ms = _ms(t0)
-        fraud, anomaly, upsell = await asyncio.gather(
-            self._guard("fraud", bundle.fraud, self._run_fraud, bundle, features),
-            self._guard("anomaly", bundle.anomaly, self._run_anomaly, bundle, features),
-            self._guard("upsell", bundle.upsell, self._run_upsell, bundle, (orders, histories)),
-        )
-        n = len(orders)
-        fraud_scores = (
-            fraud if isinstance(fraud, list) else [FraudScore(None, None, True, fraud)] * n
-        )
-        anomaly_scores = (
-            anomaly
-            if isinstance(anomaly, list)
-            else [AnomalyScore(None, None, None, True, anomaly)] * n
-        )
-        if bundle.upsell is None and upsell is None:
-            upsell_scores: list[UpsellScore | None] = [None] * n
-        elif isinstance(upsell, list):
-            upsell_scores = list(upsell)
-        else:
-            upsell_scores = [UpsellScore((), None, True, upsell)] * n
+        per_scorer = await asyncio.gather(*(self._score(s, batch, feature_ms) for s in scorers))
         return [
             OrderScores(
-                order_id=o.order_id,
-                fraud=_add_latency(fraud_scores[i], feature_ms),
-                anomaly=_add_latency(anomaly_scores[i], feature_ms),
-                upsell=upsell_scores[i],
+                order.order_id,
+                {s.name: results[i] for s, results in zip(scorers, per_scorer, strict=True)},
             )
-            for i, o in enumerate(orders)
+            for i, order in enumerate(orders)
         ]
 
-    async def _guard(
-        self, name: str, model: Any, run: Any, bundle: ModelBundle, batch: Any
-    ) -> list[Any] | str | None:
-        """The scores, or the reason they are degraded (a string)."""
-        if model is None:
-            return None if name == "upsell" else f"no {name} model deployed"
+    async def _score(
+        self, scorer: AnyScorer, batch: ScoringBatch, feature_ms: float
+    ) -> list[Result]:
+        """pre → core + explain (pool, timeout) → post, and the lineage; never raises."""
+        t0 = time.perf_counter()
+        timeout = self.timeouts.get(scorer.name, self.timeout_s)
+        top: Sequence[TopFeatures] | None = None
         try:
-            return await asyncio.wait_for(asyncio.to_thread(run, bundle, batch), self.timeout_s)
-        except TimeoutError:
-            logger.warning("%s scoring timed out after %.1fs", name, self.timeout_s)
-            return f"timeout after {self.timeout_s}s"
-        except Exception as exc:
-            logger.warning("%s scoring failed", name, exc_info=True)
-            return f"{type(exc).__name__}: {exc}"
-
-    # -- core + post, run in a worker thread ------------------------------------------------
-    def _run_fraud(self, bundle: ModelBundle, features: np.ndarray) -> list[FraudScore]:
-        model = bundle.fraud
-        assert model is not None
-        t0 = time.perf_counter()
-        x = model.pre(features)
-        logits = model.core(x)
-        prob = model.post(logits)
-        attributions = model.explain(x, logits, self.explain_k) if self.explain_k else None
-        batch_ms = _ms(t0)
-        out = []
-        for i in range(len(x)):
-            lineage = Lineage(
-                model.name,
-                model.version,
-                FEATURE_SCHEMA_VERSION,
-                model.backend,
-                batch_ms,
-                attributions.row(i) if attributions else (),
+            inputs = scorer.pre(batch)
+            raw, top = await asyncio.wait_for(self._submit(scorer, inputs), timeout)
+            results = list(scorer.post(raw, batch))
+            if len(results) != len(batch):
+                raise ValueError(f"post returned {len(results)} results for {len(batch)} orders")
+            if top is not None and len(top) != len(batch):
+                raise ValueError(f"explain returned {len(top)} rows for {len(batch)} orders")
+        except _Busy:
+            results, top = (
+                [Degraded(f"timeout after {timeout}s (an earlier batch still runs)")],
+                None,
             )
-            out.append(FraudScore(float(prob[i]), lineage))
-        return out
+        except TimeoutError:
+            logger.warning("%s scoring timed out after %.3gs", scorer.name, timeout)
+            results, top = [Degraded(f"timeout after {timeout}s")], None
+        except Exception as exc:
+            logger.warning("%s scoring failed", scorer.name, exc_info=True)
+            results, top = [Degraded(f"{type(exc).__name__}: {exc}")], None
+        if top is None and len(results) == 1:
+            results *= len(batch)  # one reason for the whole batch
+        return self._stamp(scorer, results, top, feature_ms + _ms(t0))
 
-    def _run_anomaly(self, bundle: ModelBundle, features: np.ndarray) -> list[AnomalyScore]:
-        model = bundle.anomaly
-        assert model is not None
-        t0 = time.perf_counter()
-        x = model.pre(features)
-        score, per_feature = model.core(x)
-        percentile = model.post(score)
-        attributions = model.explain(per_feature, self.explain_k) if self.explain_k else None
-        batch_ms = _ms(t0)
+    async def _submit(
+        self, scorer: AnyScorer, inputs: Any
+    ) -> tuple[Any, Sequence[TopFeatures] | None]:
+        running = self._running.get(scorer.name)
+        if running is not None and not running.done():
+            raise _Busy
+        k = self.explain_k
+
+        def forward() -> tuple[Any, Sequence[TopFeatures] | None]:
+            raw = scorer.core(inputs)
+            return raw, (scorer.explain(inputs, raw, k) if k > 0 else None)
+
+        future = self._pool.submit(forward)
+        self._running[scorer.name] = future
+        # Cancelling the wrapper (the timeout) cancels the pool job too, if it has not started.
+        return await asyncio.wrap_future(future)
+
+    @staticmethod
+    def _stamp(
+        scorer: AnyScorer, results: list[Result], top: Sequence[TopFeatures] | None, ms: float
+    ) -> list[Result]:
+        name, version = scorer.name, scorer.version
+        schema, backend, latency = scorer.feature_schema_version, scorer.backend, round(ms, 3)
+        shared = ScoreLineage(
+            model=name,
+            version=version,
+            feature_schema_version=schema,
+            backend=backend,
+            latency_ms=latency,
+        )
+        if top is None:
+            return [replace(r, lineage=shared) for r in results]
         return [
-            AnomalyScore(
-                float(score[i]),
-                float(percentile[i]),
-                Lineage(
-                    model.name,
-                    model.version,
-                    FEATURE_SCHEMA_VERSION,
-                    model.backend,
-                    batch_ms,
-                    attributions.row(i) if attributions else (),
+            replace(
+                r,
+                lineage=ScoreLineage(
+                    model=name,
+                    version=version,
+                    feature_schema_version=schema,
+                    backend=backend,
+                    latency_ms=latency,
+                    top_features=tuple(
+                        FeatureContribution(name=f, contribution=round(v, 6)) for f, v in row
+                    ),
                 ),
             )
-            for i in range(len(x))
-        ]
-
-    def _run_upsell(
-        self,
-        bundle: ModelBundle,
-        batch: tuple[Sequence[OrderPlaced], list[list[str]] | None],
-    ) -> list[UpsellScore]:
-        model = bundle.upsell
-        assert model is not None
-        orders, histories = batch
-        t0 = time.perf_counter()
-        suggestions = model.suggest(
-            [[item.sku for item in o.items] for o in orders], histories, self.upsell_k
-        )
-        batch_ms = _ms(t0)
-        schema = int(model.metadata().get("feature_schema_version", 0))
-        lineage = Lineage("upsell", bundle.upsell_version, schema, "numpy", batch_ms)
-        return [
-            UpsellScore(tuple(UpsellItem(s.sku, s.reason, float(s.score)) for s in row), lineage)
-            for row in suggestions
+            if isinstance(r, Scored)
+            else replace(r, lineage=shared)
+            for r, row in zip(results, top, strict=True)
         ]
 
 
-def _add_latency(score: Any, ms: float) -> Any:
-    if score.lineage is None:
-        return score
-    return replace(score, lineage=replace(score.lineage, latency_ms=score.lineage.latency_ms + ms))
-
-
-__all__ = [
-    "AnomalyScore",
-    "FraudScore",
-    "Lineage",
-    "ModelBundle",
-    "OrderScores",
-    "ScoringPipeline",
-    "UpsellItem",
-    "UpsellScore",
-    "load_bundle",
-]
+__all__ = ["OrderScores", "ScoringPipeline"]

@@ -17,43 +17,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TypeVar
 
-from enrichers.pipeline import Lineage, OrderScores, ScoringPipeline
+from pydantic import BaseModel
+
+from enrichers.pipeline import OrderScores, ScoringPipeline
 from ingest.consumer import Delivery, Handler, Output
 from ingest.events import (
     AnomalyAssessment,
     Event,
-    FeatureContribution,
     FraudAssessment,
     OrderEnriched,
     OrderFlagged,
     OrderPlaced,
-    ScoreLineage,
     ScoreShadowed,
     UpsellAssessment,
     UpsellSuggestion,
     derived_event_id,
 )
 from ingest.topics import Topics
+from models.scorer import Degraded, Scored
+from models.upsell.model import Suggestion
 from services.menu import Menu
 
 logger = logging.getLogger(__name__)
 
-
-def _lineage(lineage: Lineage | None) -> ScoreLineage | None:
-    if lineage is None:
-        return None
-    return ScoreLineage(
-        model=lineage.model,
-        version=lineage.version,
-        feature_schema_version=lineage.feature_schema_version,
-        backend=lineage.backend,
-        latency_ms=round(lineage.latency_ms, 3),
-        top_features=tuple(
-            FeatureContribution(name=name, contribution=round(value, 6))
-            for name, value in lineage.top_features
-        ),
-    )
+AssessmentT = TypeVar("AssessmentT", bound=BaseModel)
 
 
 def _display_name(menu: Menu, sku: str) -> str:
@@ -64,44 +53,52 @@ def _display_name(menu: Menu, sku: str) -> str:
     return f"{item.name} ({item.size})" if item.category == "pizza" else item.name
 
 
+def _assessment(
+    kind: type[AssessmentT], scores: OrderScores, name: str, **fields: object
+) -> AssessmentT:
+    """Scorer ``name``'s result as its wire assessment: ``Scored.value`` holds the assessment's
+    fields by name (``fields`` replaces some), ``Degraded`` becomes ``degraded`` and its reason,
+    a scorer not loaded is degraded as not deployed."""
+    result = scores.get(name)
+    if result is None:
+        return kind(degraded=True, reason=f"no {name} model deployed")
+    if isinstance(result, Degraded):
+        return kind(degraded=True, reason=result.reason, lineage=result.lineage)
+    return kind.model_validate({**result.value, **fields, "lineage": result.lineage})
+
+
+def _suggestions(result: Scored, menu: Menu) -> tuple[UpsellSuggestion, ...]:
+    found: tuple[Suggestion, ...] = result.value["suggestions"]
+    return tuple(
+        UpsellSuggestion(
+            sku=s.sku, name=_display_name(menu, s.sku), reason=s.reason, score=round(s.score, 6)
+        )
+        for s in found
+    )
+
+
 def to_enriched(
     order: OrderPlaced, scores: OrderScores, menu: Menu, threshold: float
 ) -> OrderEnriched:
-    fraud, anomaly, upsell = scores.fraud, scores.anomaly, scores.upsell
+    """The one mapping from the pipeline's results to the wire. Fraud and anomaly are always
+    there (degraded when no model is loaded), upsell only when a model is deployed."""
+    fraud = _assessment(FraudAssessment, scores, "fraud")
+    upsell = scores.get("upsell")
     probability = fraud.probability
     return OrderEnriched(
         event_id=derived_event_id(order.event_id, "OrderEnriched"),
         order_id=order.order_id,
         source_event_id=order.event_id,
         customer_id=order.customer_id,
-        fraud=FraudAssessment(
-            probability=probability,
-            degraded=fraud.degraded,
-            reason=fraud.reason,
-            lineage=_lineage(fraud.lineage),
-        ),
-        anomaly=AnomalyAssessment(
-            error=anomaly.error,
-            percentile=anomaly.percentile,
-            degraded=anomaly.degraded,
-            reason=anomaly.reason,
-            lineage=_lineage(anomaly.lineage),
-        ),
+        fraud=fraud,
+        anomaly=_assessment(AnomalyAssessment, scores, "anomaly"),
         upsell=None
         if upsell is None
-        else UpsellAssessment(
-            suggestions=tuple(
-                UpsellSuggestion(
-                    sku=s.sku,
-                    name=_display_name(menu, s.sku),
-                    reason=s.reason,
-                    score=round(s.score, 6),
-                )
-                for s in upsell.suggestions
-            ),
-            degraded=upsell.degraded,
-            reason=upsell.reason,
-            lineage=_lineage(upsell.lineage),
+        else _assessment(
+            UpsellAssessment,
+            scores,
+            "upsell",
+            **({"suggestions": _suggestions(upsell, menu)} if isinstance(upsell, Scored) else {}),
         ),
         flagged=probability is not None and probability >= threshold,
     )
@@ -137,6 +134,12 @@ class Enricher(Handler):
         if self._shadow is not None:
             await self._shadow.start()
 
+    async def stop(self) -> None:
+        """Release the pipelines' thread pools once the runtime has committed for the last time."""
+        await self._pipeline.stop()
+        if self._shadow is not None:
+            await self._shadow.stop()
+
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         # Reload between batches only, so one batch is scored by one set of versions.
         if time.monotonic() >= self._next_reload:
@@ -155,7 +158,7 @@ class Enricher(Handler):
         ]
         shadowed: list[Event] = []
         if self._shadow is not None:
-            shadowed = await self._shadow_scores(orders, scores)
+            shadowed = await self._shadow_scores(orders, enriched)
         outputs = [
             d.emit(self._topics.enriched, e) for d, e in zip(deliveries, enriched, strict=True)
         ]
@@ -182,20 +185,21 @@ class Enricher(Handler):
         )
 
     async def _shadow_scores(
-        self, orders: Sequence[OrderPlaced], champion: Sequence[OrderScores]
+        self, orders: Sequence[OrderPlaced], champion: Sequence[OrderEnriched]
     ) -> list[Event]:
         assert self._shadow is not None
         challenger = await self._shadow.score_batch(orders)
         out: list[Event] = []
-        for order, mine, theirs in zip(orders, champion, challenger, strict=True):
-            a, b = mine.fraud.probability, theirs.fraud.probability
+        for order, mine, scores in zip(orders, champion, challenger, strict=True):
+            theirs = _assessment(FraudAssessment, scores, "fraud")
+            a, b = mine.fraud.probability, theirs.probability
             out.append(
                 ScoreShadowed(
                     event_id=derived_event_id(order.event_id, "ScoreShadowed"),
                     order_id=order.order_id,
                     model="fraud",
                     champion_version=mine.fraud.lineage.version if mine.fraud.lineage else 0,
-                    challenger_version=theirs.fraud.lineage.version if theirs.fraud.lineage else 0,
+                    challenger_version=theirs.lineage.version if theirs.lineage else 0,
                     champion_score=a,
                     challenger_score=b,
                     difference=(b - a) if a is not None and b is not None else None,

@@ -1,16 +1,18 @@
-"""Shared pieces of the torch models: ONNX export, the ONNX-or-torch runner, calibration."""
+"""Shared pieces of the torch models: ONNX export, the ONNX-or-torch runner, calibration, and
+the scorer base that puts a torch model in the enrichment pipeline."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
-from models.features import N_FEATURES
+from models.features import FEATURE_SCHEMA_VERSION, N_FEATURES
+from models.scorer import Scorer, ScoringBatch
 
 logger = logging.getLogger(__name__)
 
@@ -140,9 +142,10 @@ def model_input(features: np.ndarray) -> np.ndarray:
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-class TorchScorer:
+class TorchModel:
     """What the fraud and anomaly models share: a torch net in eval mode, its version, the
-    ONNX-or-torch runner, and the ``pre`` step."""
+    ONNX-or-torch runner, and the ``pre`` step. Array in, arrays out; :class:`TorchScorer`
+    puts one in the enrichment pipeline."""
 
     name: str
 
@@ -164,3 +167,42 @@ class TorchScorer:
 
     def pre(self, features: np.ndarray) -> np.ndarray:
         return model_input(features)
+
+    def warm_up(self) -> None:
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+ModelT = TypeVar("ModelT", bound=TorchModel)
+RawT = TypeVar("RawT")
+
+
+class TorchScorer(Scorer[np.ndarray, RawT], Generic[ModelT, RawT]):
+    """A :class:`TorchModel` as a pipeline scorer: identity, ``pre``, warm-up and persistence
+    come from the model; subclasses add ``load``, ``core``, ``explain`` and ``post``."""
+
+    def __init__(self, model: ModelT) -> None:
+        self.model = model
+
+    @property
+    def version(self) -> int:
+        return self.model.version
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
+    def feature_schema_version(self) -> int:
+        return FEATURE_SCHEMA_VERSION
+
+    def pre(self, batch: ScoringBatch) -> np.ndarray:
+        return self.model.pre(batch.features)
+
+    def warm_up(self) -> None:
+        self.model.warm_up()
+
+    def save(self, target: Path) -> dict[str, Any]:
+        return self.model.save(target)

@@ -3,11 +3,15 @@
 core returns the per-feature squared reconstruction error in standardised units and its mean
 (the score); post adds the score's percentile among the training errors. The per-feature
 errors are the attributions: they sum to the score, so they explain it exactly.
+
+:class:`AnomalyScorer` is the model in the enrichment pipeline (``models.scorer``); its wire
+assessment is ``AnomalyAssessment(error=..., percentile=...)``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +20,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from models._nn import TorchScorer, export_onnx, fit_standardizer
+from models._nn import TorchModel, TorchScorer, export_onnx, fit_standardizer
 from models.features import N_FEATURES
 from models.fraud import Attributions, top_k
 from models.registry import ModelVersion
+from models.scorer import Degraded, Result, Scored, ScoringBatch, TopFeatures
 
 logger = logging.getLogger(__name__)
 NAME = "anomaly"
@@ -47,7 +52,7 @@ class AutoEncoderNet(nn.Module):
         return per_feature.mean(dim=-1), per_feature
 
 
-class AnomalyModel(TorchScorer):
+class AnomalyModel(TorchModel):
     name = NAME
 
     def __init__(
@@ -107,6 +112,33 @@ class AnomalyModel(TorchScorer):
         return cls(AutoEncoderNet(hidden=8, code=2), np.linspace(0.0, 10.0, 101), prefer_onnx=False)
 
 
+class AnomalyScorer(TorchScorer[AnomalyModel, tuple[np.ndarray, np.ndarray]]):
+    """Anomaly in the pipeline: raw is (score, per-feature errors); the per-feature errors are
+    the attributions."""
+
+    name = NAME
+
+    @classmethod
+    def load(cls, artifact: ModelVersion, *, prefer_onnx: bool = True) -> AnomalyScorer:
+        return cls(AnomalyModel.load(artifact, prefer_onnx=prefer_onnx))
+
+    def core(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.core(inputs)
+
+    def explain(
+        self, inputs: np.ndarray, raw: tuple[np.ndarray, np.ndarray], k: int
+    ) -> list[TopFeatures]:
+        attributions = self.model.explain(raw[1], k)
+        return [attributions.row(i) for i in range(len(inputs))]
+
+    def post(self, raw: tuple[np.ndarray, np.ndarray], batch: ScoringBatch) -> list[Result]:
+        score = raw[0]
+        return [
+            Scored({"error": e, "percentile": p}) if math.isfinite(e) else Degraded(f"error {e}")
+            for e, p in zip(score.tolist(), self.model.post(score).tolist(), strict=True)
+        ]
+
+
 def train_anomaly(
     x_normal: np.ndarray, *, seed: int = 0, epochs: int = 25, progress: bool = True
 ) -> tuple[AnomalyModel, dict[str, float]]:
@@ -135,4 +167,4 @@ def train_anomaly(
     return AnomalyModel(net, errors, prefer_onnx=False), {"train_error_mean": float(errors.mean())}
 
 
-__all__ = ["AnomalyModel", "AutoEncoderNet", "train_anomaly"]
+__all__ = ["AnomalyModel", "AnomalyScorer", "AutoEncoderNet", "train_anomaly"]

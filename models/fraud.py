@@ -4,11 +4,15 @@ pre: feature matrix → float32, NaNs zeroed. core: the network's logit (onnxrun
 as fallback), standardisation inside the graph so the .onnx is self-contained. post: Platt
 scaling → probability. Attributions: occlusion against the training mean, batched through the
 same runner (B x F rows in one call), in logit units.
+
+:class:`FraudScorer` is the model in the enrichment pipeline (``models.scorer``); its wire
+assessment is ``FraudAssessment(probability=...)``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +24,17 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from models._nn import TorchScorer, export_onnx, fit_platt, fit_standardizer, sigmoid
+from models._nn import (
+    TorchModel,
+    TorchScorer,
+    export_onnx,
+    fit_platt,
+    fit_standardizer,
+    sigmoid,
+)
 from models.features import FEATURE_NAMES, N_FEATURES
 from models.registry import ModelVersion
+from models.scorer import Degraded, Result, Scored, ScoringBatch, TopFeatures
 
 logger = logging.getLogger(__name__)
 NAME = "fraud"
@@ -70,7 +82,7 @@ def top_k(contrib: np.ndarray, k: int) -> Attributions:
     return Attributions(idx, np.take_along_axis(contrib, idx, axis=1).astype(np.float32))
 
 
-class FraudModel(TorchScorer):
+class FraudModel(TorchModel):
     name = NAME
 
     def __init__(
@@ -139,6 +151,29 @@ class FraudModel(TorchScorer):
         return cls(FraudNet(hidden=(8,)), (1.0, 0.0), version=0, prefer_onnx=False)
 
 
+class FraudScorer(TorchScorer[FraudModel, np.ndarray]):
+    """Fraud in the pipeline: raw is the logit per order, attributions are occlusion deltas."""
+
+    name = NAME
+
+    @classmethod
+    def load(cls, artifact: ModelVersion, *, prefer_onnx: bool = True) -> FraudScorer:
+        return cls(FraudModel.load(artifact, prefer_onnx=prefer_onnx))
+
+    def core(self, inputs: np.ndarray) -> np.ndarray:
+        return self.model.core(inputs)
+
+    def explain(self, inputs: np.ndarray, raw: np.ndarray, k: int) -> list[TopFeatures]:
+        attributions = self.model.explain(inputs, raw, k)
+        return [attributions.row(i) for i in range(len(inputs))]
+
+    def post(self, raw: np.ndarray, batch: ScoringBatch) -> list[Result]:
+        return [
+            Scored({"probability": p}) if math.isfinite(p) else Degraded(f"probability {p}")
+            for p in self.model.post(raw).tolist()
+        ]
+
+
 def train_fraud(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -188,4 +223,4 @@ def train_fraud(
     return FraudModel(net, platt, prefer_onnx=False), {"val_pr_auc": best}
 
 
-__all__ = ["Attributions", "FraudModel", "FraudNet", "top_k", "train_fraud"]
+__all__ = ["Attributions", "FraudModel", "FraudNet", "FraudScorer", "top_k", "train_fraud"]

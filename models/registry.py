@@ -4,10 +4,15 @@ Layout: ``<root>/<name>/v000003/{metadata.json, <name>.pt, <name>.onnx, ...}``. 
 monotonic integers per model name. A version is written into a temporary directory next to
 its final place and renamed in one step, so a worker polling ``latest()`` sees either the whole
 version or none of it; a directory without ``metadata.json`` is never listed.
+
+``SCORERS`` names the class that serves each model (``models.scorer.Scorer``): the one line a
+new model adds. Classes are named as ``"module:Class"`` and imported when first served, so a
+process that never scores never imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -17,10 +22,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.features import FEATURE_SCHEMA_VERSION
 from pizzashop.errors import ConfigError
+
+if TYPE_CHECKING:
+    from models.scorer import Scorer
 
 logger = logging.getLogger(__name__)
 METADATA = "metadata.json"
@@ -141,4 +149,26 @@ class Registry:
         ]
 
 
-__all__ = ["ModelMetadata", "ModelVersion", "Registry"]
+#: The models the enrichment pipeline serves, by registry name, in the order they are run.
+SCORERS: dict[str, str] = {
+    "fraud": "models.fraud:FraudScorer",
+    "anomaly": "models.anomaly:AnomalyScorer",
+    "upsell": "models.upsell.model:UpsellScorer",
+}
+
+
+def scorer_class(name: str) -> type[Scorer[Any, Any]]:
+    """The class registered for ``name`` in ``SCORERS``, imported now."""
+    from models.scorer import Scorer
+
+    try:
+        module, _, attr = SCORERS[name].partition(":")
+    except KeyError:
+        raise ConfigError(f"no scorer registered as {name!r}; known: {sorted(SCORERS)}") from None
+    found = getattr(importlib.import_module(module), attr)
+    if not (isinstance(found, type) and issubclass(found, Scorer) and found.name == name):
+        raise ConfigError(f"{SCORERS[name]} is not a Scorer named {name!r}")
+    return found
+
+
+__all__ = ["SCORERS", "ModelMetadata", "ModelVersion", "Registry", "scorer_class"]

@@ -61,6 +61,12 @@ class EnricherSettings(BaseModel):
     model_threads: int = Field(
         default=3, ge=1, description="threads for the models' forward passes (one per model)"
     )
+    model_timeouts: dict[str, float] = Field(
+        default_factory=dict, description="per-model overrides of model_timeout_s, by name"
+    )
+    model_threads: int = Field(
+        default=3, ge=1, description="threads for the models' forward passes (one per model)"
+    )
     prefer_onnx: bool = True
     with_upsell: bool = True
     shadow_fraud_version: int | None = Field(

@@ -15,6 +15,7 @@ Reasons are assigned by what is offered, so they read the same to a customer as 
 - ``taste_match``: another pizza (description-embedding neighbours of the basket and history).
 
 Every array the model needs lives in the instance; serving never loads MiniLM or LangChain.
+:class:`UpsellScorer` is the model in the enrichment pipeline (``models.scorer``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from models.scorer import Result, Scored, Scorer, ScoringBatch
 from pizzashop.errors import ModelError
 from services.menu import load_menu
 
@@ -42,9 +44,12 @@ from ._features import (
     multi_hot,
 )
 
+if TYPE_CHECKING:
+    from models.registry import ModelVersion
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["REASONS", "Reason", "Suggestion", "UpsellConfig", "UpsellModel"]
+__all__ = ["REASONS", "Reason", "Suggestion", "UpsellConfig", "UpsellModel", "UpsellScorer"]
 
 Reason = Literal["size_upgrade", "complement", "taste_match"]
 REASONS: tuple[Reason, ...] = ("size_upgrade", "complement", "taste_match")
@@ -310,3 +315,54 @@ class UpsellModel:
             config=UpsellConfig(**meta["config"]),
             info={key: value for key, value in meta.items() if key not in known},
         )
+
+
+_Baskets = tuple[list[list[str]], Sequence[Sequence[str]] | None]
+
+
+class UpsellScorer(Scorer[_Baskets, list[list[Suggestion]]]):
+    """Upsell in the pipeline: each order's basket and its customer's history in, up to ``k``
+    suggestions out, as ``{"suggestions": (Suggestion, ...)}``; no attributions (the reason
+    of each suggestion is its explanation)."""
+
+    name = MODEL_NAME
+    needs_history = True
+
+    def __init__(self, model: UpsellModel, *, version: int = 0, k: int = 3) -> None:
+        self.model = model
+        self.k = k
+        self._version = version
+        self._schema = int(model.metadata().get("feature_schema_version", 0))
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def backend(self) -> str:
+        return "numpy"
+
+    @property
+    def feature_schema_version(self) -> int:
+        return self._schema
+
+    @classmethod
+    def load(cls, artifact: ModelVersion, *, prefer_onnx: bool = True) -> UpsellScorer:
+        return cls(UpsellModel.load(artifact.path), version=artifact.version)
+
+    def save(self, target: Path) -> dict[str, Any]:
+        self.model.save(target)
+        return self.model.metadata()
+
+    def warm_up(self) -> None:
+        self.model.warm_up()
+
+    def pre(self, batch: ScoringBatch) -> _Baskets:
+        return [[item.sku for item in order.items] for order in batch.orders], batch.histories
+
+    def core(self, inputs: _Baskets) -> list[list[Suggestion]]:
+        baskets, histories = inputs
+        return self.model.suggest(baskets, histories, self.k)
+
+    def post(self, raw: list[list[Suggestion]], batch: ScoringBatch) -> list[Result]:
+        return [Scored({"suggestions": tuple(row)}) for row in raw]
