@@ -216,17 +216,23 @@ def header(headers: Headers | tuple[tuple[str, bytes], ...] | None, name: str) -
     return None
 
 
-def decode(value: bytes | None, headers: Headers | tuple[tuple[str, bytes], ...] | None) -> Event:
+def decode(
+    value: bytes | None,
+    headers: Headers | tuple[tuple[str, bytes], ...] | None,
+    *,
+    event_types: Mapping[str, type[Event]] = EVENT_TYPES,
+) -> Event:
     """Parse a record into its event class, or raise a non-retriable error saying why.
 
     Unknown fields are dropped when the record names the served schema version; see the module
     docstring for records without a version header. A framed record is first checked against
-    the schema its id names (see the module docstring).
+    the schema its id names (see the module docstring). ``event_types`` is the reader's view
+    of the contract (another release's models, in a rollout test).
     """
     event_type = header(headers, H_EVENT_TYPE)
     if event_type is None:
         raise DecodeError(f"missing header {H_EVENT_TYPE!r}")
-    cls = EVENT_TYPES.get(event_type)
+    cls = event_types.get(event_type)
     if cls is None:
         raise DecodeError(f"unknown event type {event_type!r}")
     version = header(headers, H_SCHEMA_VERSION)

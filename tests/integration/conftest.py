@@ -50,6 +50,24 @@ async def kafka_bootstrap(
         yield kafka.bootstrap
 
 
+@pytest.fixture(scope="session")
+async def schema_registry_url(
+    kafka_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """A Confluent-API schema registry for the session: ``PIZZASHOP_SCHEMA_REGISTRY__URL``, or
+    a local Apicurio (built with Maven into ``.cache`` the first time), data in memory."""
+    from ingest.registry import LocalRegistry
+
+    external = os.environ.get("PIZZASHOP_SCHEMA_REGISTRY__URL")
+    if external:
+        yield external
+        return
+    async with LocalRegistry(
+        cache_dir=kafka_cache_dir, log_dir=tmp_path_factory.mktemp("schema-registry")
+    ) as registry:
+        yield registry.url
+
+
 @pytest.fixture
 async def smtp_sink() -> AsyncIterator[SmtpSink]:
     async with SmtpSink() as sink:
