@@ -62,9 +62,21 @@ class Event(BaseModel):
     event_type: ClassVar[str]
     schema_version: ClassVar[int] = 1
 
-    event_id: str = Field(default_factory=new_event_id, min_length=1, max_length=64)
-    order_id: str = Field(min_length=1, max_length=64)
-    occurred_at: AwareDatetime = Field(default_factory=utcnow)
+    event_id: str = Field(
+        default_factory=new_event_id,
+        min_length=1,
+        max_length=64,
+        description="unique id of this event; one caused by another derives it from its cause, "
+        "so a redelivery repeats it",
+    )
+    order_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="the order this event is about; also the record key",
+    )
+    occurred_at: AwareDatetime = Field(
+        default_factory=utcnow, description="when it happened, in UTC (ISO 8601)"
+    )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -75,20 +87,22 @@ class Event(BaseModel):
 class OrderItem(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sku: Sku
-    name: str = Field(min_length=1, max_length=120)
-    size: str = Field(min_length=1, max_length=8)
-    quantity: int = Field(ge=1, le=50)
-    unit_price: Money
+    sku: Sku = Field(description="menu item id, e.g. hawaiian_m")
+    name: str = Field(min_length=1, max_length=120, description="menu name of the pizza")
+    size: str = Field(min_length=1, max_length=8, description="size code: S, M, L, XL, XXL")
+    quantity: int = Field(ge=1, le=50, description="how many of this item")
+    unit_price: Money = Field(description="price of one, as on the menu")
 
 
 class Address(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    street: str = Field(min_length=1, max_length=200)
-    city: str = Field(min_length=1, max_length=100)
-    postcode: str = Field(min_length=1, max_length=16)
-    country: str = Field(default="US", min_length=2, max_length=2)
+    street: str = Field(min_length=1, max_length=200, description="street and number")
+    city: str = Field(min_length=1, max_length=100, description="city")
+    postcode: str = Field(min_length=1, max_length=16, description="postal code")
+    country: str = Field(
+        default="US", min_length=2, max_length=2, description="ISO 3166-1 alpha-2 country code"
+    )
 
 
 class PaymentMethod(BaseModel):
@@ -96,9 +110,18 @@ class PaymentMethod(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["card", "cash", "voucher"] = "card"
-    card_fingerprint: str | None = Field(default=None, min_length=8, max_length=64)
-    last4: str | None = Field(default=None, pattern=r"^[0-9]{4}$")
+    kind: Literal["card", "cash", "voucher"] = Field(default="card", description="how it is paid")
+    card_fingerprint: str | None = Field(
+        default=None,
+        min_length=8,
+        max_length=64,
+        description="stable fingerprint of the card (never the number); required for cards",
+    )
+    last4: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{4}$",
+        description="last four digits of the card; required for cards",
+    )
 
     @model_validator(mode="after")
     def _card_needs_fingerprint(self) -> PaymentMethod:
@@ -108,16 +131,31 @@ class PaymentMethod(BaseModel):
 
 
 class OrderPlaced(Event):
-    customer_id: str = Field(min_length=1, max_length=64)
-    customer_email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
-    items: tuple[OrderItem, ...] = Field(min_length=1, max_length=50)
-    total: Money
-    currency: str = Field(default="USD", min_length=3, max_length=3)
-    placed_at: AwareDatetime
-    channel: Literal["web", "app", "phone", "walk_in"] = "web"
-    delivery_address: Address | None = None
-    payment: PaymentMethod
-    device_id: str | None = Field(default=None, max_length=64)
+    customer_id: str = Field(min_length=1, max_length=64, description="the customer's account id")
+    customer_email: str = Field(
+        min_length=3,
+        max_length=254,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        description="where the receipt and any refund notice go",
+    )
+    items: tuple[OrderItem, ...] = Field(
+        min_length=1, max_length=50, description="what was ordered, as priced at the time"
+    )
+    total: Money = Field(description="sum of unit_price x quantity over the items")
+    currency: str = Field(
+        default="USD", min_length=3, max_length=3, description="ISO 4217 currency of all amounts"
+    )
+    placed_at: AwareDatetime = Field(description="when the customer placed the order (UTC)")
+    channel: Literal["web", "app", "phone", "walk_in"] = Field(
+        default="web", description="where the order came in"
+    )
+    delivery_address: Address | None = Field(
+        default=None, description="where to deliver; none for pick-up"
+    )
+    payment: PaymentMethod = Field(description="how the customer pays")
+    device_id: str | None = Field(
+        default=None, max_length=64, description="the ordering device, if known (fraud features)"
+    )
 
     @model_validator(mode="after")
     def _total_matches_items(self) -> OrderPlaced:
@@ -128,52 +166,70 @@ class OrderPlaced(Event):
 
 
 class PaymentCaptured(Event):
-    amount: Money
-    currency: str = Field(default="USD", min_length=3, max_length=3)
-    card_fingerprint: str | None = None
+    """The order's amount was charged."""
+
+    amount: Money = Field(description="amount charged")
+    currency: str = Field(
+        default="USD", min_length=3, max_length=3, description="ISO 4217 currency of amount"
+    )
+    card_fingerprint: str | None = Field(default=None, description="the card charged, if a card")
 
 
 class OrderAccepted(Event):
-    ready_by: AwareDatetime
+    """The kitchen took the order and is baking it."""
+
+    ready_by: AwareDatetime = Field(description="when the kitchen expects it out of the oven (UTC)")
 
 
 class OrderRejected(Event):
-    reason: str = Field(min_length=1, max_length=200)
+    """The kitchen refused the order; the payment saga refunds it."""
+
+    reason: str = Field(min_length=1, max_length=200, description="why, in words for the customer")
 
 
 class OrderReady(Event):
-    pass
+    """The order is out of the oven."""
 
 
 class ReceiptSent(Event):
-    recipient: str
-    message_id: str
+    """The order's receipt was handed to the mail server."""
+
+    recipient: str = Field(description="e-mail address it went to")
+    message_id: str = Field(description="the e-mail's Message-ID")
 
 
 class RefundIssued(Event):
-    amount: Money
-    currency: str = Field(default="USD", min_length=3, max_length=3)
-    reason: str = Field(min_length=1, max_length=200)
-    customer_email: str = Field(min_length=3, max_length=254)
+    """The captured amount was paid back (rejection, fraud hold or saga deadline)."""
+
+    amount: Money = Field(description="amount refunded")
+    currency: str = Field(
+        default="USD", min_length=3, max_length=3, description="ISO 4217 currency of amount"
+    )
+    reason: str = Field(min_length=1, max_length=200, description="why the order was refunded")
+    customer_email: str = Field(
+        min_length=3, max_length=254, description="where the refund notice goes"
+    )
 
 
 class RefundNoticeSent(Event):
-    recipient: str
-    message_id: str
+    """The refund notice was handed to the mail server."""
+
+    recipient: str = Field(description="e-mail address it went to")
+    message_id: str = Field(description="the e-mail's Message-ID")
 
 
 class OrderFlagged(Event):
     """The fraud model scored the order past the hold threshold."""
 
-    fraud_score: float = Field(ge=0, le=1)
-    threshold: float = Field(ge=0, le=1)
+    fraud_score: float = Field(ge=0, le=1, description="calibrated fraud probability")
+    threshold: float = Field(ge=0, le=1, description="the hold threshold it reached")
     model: str = Field(description="model tag, e.g. fraud-v3")
 
 
 class OrderCancelled(Event):
     """The kitchen stopped an order it had not finished (a fraud hold)."""
 
-    reason: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=200, description="why it was stopped")
 
 
 # -- enrichment -----------------------------------------------------------------------------
@@ -182,70 +238,88 @@ class _Part(BaseModel):
 
 
 class FeatureContribution(_Part):
-    name: str
-    contribution: float
+    """One feature's share in a score."""
+
+    name: str = Field(description="feature name")
+    contribution: float = Field(description="signed attribution to the score")
 
 
 class ScoreLineage(_Part):
     """Where a score came from: enough to reproduce it."""
 
-    model: str
-    version: int
-    feature_schema_version: int
-    backend: str
-    latency_ms: float = Field(ge=0)
-    top_features: tuple[FeatureContribution, ...] = ()
+    model: str = Field(description="model name: fraud, anomaly or upsell")
+    version: int = Field(description="registry version of the model")
+    feature_schema_version: int = Field(description="version of the features it was fed")
+    backend: str = Field(description="what ran it: onnx, torch or rules")
+    latency_ms: float = Field(ge=0, description="time the model took for the batch")
+    top_features: tuple[FeatureContribution, ...] = Field(
+        default=(), description="largest attributions, largest first"
+    )
 
 
 class FraudAssessment(_Part):
-    probability: float | None = Field(default=None, ge=0, le=1)
-    degraded: bool = False
-    reason: str | None = None
-    lineage: ScoreLineage | None = None
+    """The fraud model's view of an order."""
+
+    probability: float | None = Field(
+        default=None, ge=0, le=1, description="calibrated fraud probability; none when degraded"
+    )
+    degraded: bool = Field(default=False, description="the model failed or timed out")
+    reason: str | None = Field(default=None, description="why it is degraded")
+    lineage: ScoreLineage | None = Field(default=None, description="where the score came from")
 
 
 class AnomalyAssessment(_Part):
-    error: float | None = None
-    percentile: float | None = Field(default=None, ge=0, le=100)
-    degraded: bool = False
-    reason: str | None = None
-    lineage: ScoreLineage | None = None
+    """The autoencoder's view of an order."""
+
+    error: float | None = Field(default=None, description="reconstruction error")
+    percentile: float | None = Field(
+        default=None, ge=0, le=100, description="the error's percentile among training errors"
+    )
+    degraded: bool = Field(default=False, description="the model failed or timed out")
+    reason: str | None = Field(default=None, description="why it is degraded")
+    lineage: ScoreLineage | None = Field(default=None, description="where the score came from")
 
 
 class UpsellSuggestion(_Part):
-    sku: str
-    name: str
-    reason: Literal["size_upgrade", "complement", "taste_match"]
-    score: float
+    """One item to suggest, with why."""
+
+    sku: str = Field(description="menu item id")
+    name: str = Field(description="menu name")
+    reason: Literal["size_upgrade", "complement", "taste_match"] = Field(
+        description="why it is suggested"
+    )
+    score: float = Field(description="ranker score; higher first")
 
 
 class UpsellAssessment(_Part):
-    suggestions: tuple[UpsellSuggestion, ...] = ()
-    degraded: bool = False
-    reason: str | None = None
-    lineage: ScoreLineage | None = None
+    """The upsell ranker's suggestions for an order."""
+
+    suggestions: tuple[UpsellSuggestion, ...] = Field(default=(), description="best first")
+    degraded: bool = Field(default=False, description="the model failed or timed out")
+    reason: str | None = Field(default=None, description="why it is degraded")
+    lineage: ScoreLineage | None = Field(default=None, description="where the score came from")
 
 
 class OrderEnriched(Event):
     """An ``OrderPlaced`` with the models' view of it; one per order (same id on a re-run)."""
 
-    source_event_id: str
-    customer_id: str
-    fraud: FraudAssessment
-    anomaly: AnomalyAssessment
-    upsell: UpsellAssessment | None = None
-    flagged: bool = False
+    source_event_id: str = Field(description="event_id of the OrderPlaced it scores")
+    customer_id: str = Field(description="the customer's account id")
+    fraud: FraudAssessment = Field(description="fraud score")
+    anomaly: AnomalyAssessment = Field(description="anomaly score")
+    upsell: UpsellAssessment | None = Field(default=None, description="upsell suggestions")
+    flagged: bool = Field(default=False, description="fraud reached the hold threshold")
 
 
 class ScoreShadowed(Event):
     """A challenger model scored the same order as the champion; it changed no decision."""
 
-    model: str
-    champion_version: int
-    challenger_version: int
-    champion_score: float | None
-    challenger_score: float | None
-    difference: float | None
+    model: str = Field(description="model name")
+    champion_version: int = Field(description="version that decided")
+    challenger_version: int = Field(description="version run in the shadow")
+    champion_score: float | None = Field(description="champion's score; none when degraded")
+    challenger_score: float | None = Field(description="challenger's score; none when degraded")
+    difference: float | None = Field(description="challenger minus champion")
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
