@@ -9,24 +9,36 @@ the kitchen, and an outage of Kafka loses nothing.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ingest.events import Address, OrderItem, OrderPlaced, PaymentMethod, utcnow
 from ingest.outbox import add_to_outbox
 from pizzashop.database import Database
-from pizzashop.errors import ValidationFailed
+from pizzashop.errors import Problem, ValidationFailed
+from pizzashop.pii import card_numbers_in
 from services.menu import Menu
 from services.status import orders, record_placed
 
 MAX_QUANTITY_PER_LINE = 20
 MAX_ITEMS_PER_ORDER = 60
+#: What a card fingerprint looks like: ``fp-`` and 8 to 61 hex digits, or 16 to 64 hex digits
+#: (a truncated SHA-256, say). Anything else (a card number above all) is not a fingerprint.
+FINGERPRINT_PATTERN = r"^(fp-[0-9a-fA-F]{8,61}|[0-9a-fA-F]{16,64})$"
 
 
 class LineRequest(BaseModel):
@@ -37,8 +49,21 @@ class LineRequest(BaseModel):
     unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
 
 
+class PaymentRequest(PaymentMethod):
+    """How the client pays: a card by its fingerprint and last four digits, never its number."""
+
+    card_fingerprint: str | None = Field(
+        default=None,
+        pattern=FINGERPRINT_PATTERN,
+        description="the card's token from the payment provider: `fp-` and 8 to 61 hex digits, "
+        "or 16 to 64 hex digits",
+        examples=["fp-8f3a1c0e9b7d2a64"],
+    )
+
+
 class OrderRequest(BaseModel):
-    """What a client sends to ``POST /orders``. Card numbers are not accepted, only a token."""
+    """What a client sends to ``POST /orders``. Card numbers are not accepted, only a token:
+    a card number (13 to 19 digits passing the Luhn check) in any field refuses the order."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -56,8 +81,29 @@ class OrderRequest(BaseModel):
     currency: str = "USD"
     channel: Literal["web", "app", "phone", "walk_in"] = "web"
     delivery_address: Address | None = None
-    payment: PaymentMethod
+    payment: PaymentRequest
     device_id: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_card_numbers(cls, data: Any, handler: ModelWrapValidatorHandler[OrderRequest]) -> Any:
+        """A card number anywhere in the input, in a field of the contract or not, refuses the
+        request before any other check, and only the fields that hold one are named: other
+        checks could echo the number back (``quantity 4111... is too many``)."""
+        if isinstance(data, Mapping):
+            cards = [
+                InitErrorDetails(
+                    type=PydanticCustomError(
+                        "card_number", "holds a card number; send the card's fingerprint only"
+                    ),
+                    loc=path,
+                    input="[redacted]",
+                )
+                for path in card_numbers_in(data)
+            ]
+            if cards:
+                raise ValidationError.from_exception_data(cls.__name__, cards)
+        return handler(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,32 +114,51 @@ class Placed:
 
 
 def build_order(request: OrderRequest, menu: Menu, order_id: str) -> OrderPlaced:
-    """The ``OrderPlaced`` a valid request becomes; ``ValidationFailed`` says what is wrong."""
-    problems: list[str] = []
+    """The ``OrderPlaced`` a valid request becomes; ``ValidationFailed`` lists what is wrong."""
+    problems: list[Problem] = []
     if request.currency != menu.currency:
         problems.append(
-            f"currency {request.currency} is not accepted, prices are in {menu.currency}"
+            Problem(
+                ("currency",),
+                f"currency {request.currency} is not accepted, prices are in {menu.currency}",
+                "currency",
+            )
         )
     items: list[OrderItem] = []
     for index, line in enumerate(request.items):
-        where = f"items[{index}]"
         known = menu.get(line.sku)
         if known is None:
-            problems.append(f"{where}: unknown item {line.sku!r}")
+            problems.append(
+                Problem(("items", index, "sku"), f"unknown item {line.sku!r}", "unknown_item")
+            )
             continue
         if line.quantity <= 0:
-            problems.append(f"{where}: quantity must be at least 1, got {line.quantity}")
+            problems.append(
+                Problem(
+                    ("items", index, "quantity"),
+                    f"quantity must be at least 1, got {line.quantity}",
+                    "quantity_too_small",
+                )
+            )
             continue
         if line.quantity > MAX_QUANTITY_PER_LINE:
             problems.append(
-                f"{where}: quantity {line.quantity} of {line.sku} is more than the "
-                f"{MAX_QUANTITY_PER_LINE} one order may hold"
+                Problem(
+                    ("items", index, "quantity"),
+                    f"quantity {line.quantity} of {line.sku} is more than the "
+                    f"{MAX_QUANTITY_PER_LINE} one order may hold",
+                    "quantity_too_large",
+                )
             )
             continue
         if line.unit_price != known.price:
             problems.append(
-                f"{where}: unit_price {line.unit_price} for {line.sku} does not match the menu "
-                f"price {known.price}"
+                Problem(
+                    ("items", index, "unit_price"),
+                    f"unit_price {line.unit_price} for {line.sku} does not match the menu "
+                    f"price {known.price}",
+                    "price_mismatch",
+                )
             )
             continue
         items.append(
@@ -107,13 +172,25 @@ def build_order(request: OrderRequest, menu: Menu, order_id: str) -> OrderPlaced
         )
     count = sum(line.quantity for line in request.items if line.quantity > 0)
     if count > MAX_ITEMS_PER_ORDER:
-        problems.append(f"{count} items in one order is more than {MAX_ITEMS_PER_ORDER}")
+        problems.append(
+            Problem(
+                ("items",),
+                f"{count} items in one order is more than {MAX_ITEMS_PER_ORDER}",
+                "too_many_items",
+            )
+        )
     if not problems:
         expected = sum((i.unit_price * i.quantity for i in items), Decimal(0))
         if expected != request.total:
-            problems.append(f"total {request.total} does not match the items' sum {expected}")
+            problems.append(
+                Problem(
+                    ("total",),
+                    f"total {request.total} does not match the items' sum {expected}",
+                    "total_mismatch",
+                )
+            )
     if problems:
-        raise ValidationFailed("; ".join(problems))
+        raise ValidationFailed(*problems)
     now = utcnow()
     return OrderPlaced(
         order_id=order_id,
@@ -126,7 +203,7 @@ def build_order(request: OrderRequest, menu: Menu, order_id: str) -> OrderPlaced
         occurred_at=now,
         channel=request.channel,
         delivery_address=request.delivery_address,
-        payment=request.payment,
+        payment=PaymentMethod.model_validate(request.payment.model_dump()),
         device_id=request.device_id,
     )
 

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from ingest.outbox import outbox
 from pizzashop.database import Database
-from pizzashop.errors import ValidationFailed
+from pizzashop.errors import Problem, ValidationFailed
 from services.intake import OrderIntake, OrderRequest, build_order
 from services.menu import load_menu
 from services.status import StatusQueries
@@ -78,6 +79,65 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(ValidationFailed) as caught:
         build_order(request(items=items, total="1.00"), MENU, "o-1")
     assert "items[0]" in str(caught.value) and "items[1]" in str(caught.value)
+    assert caught.value.problems == (
+        Problem(("items", 0, "sku"), "unknown item 'nope'", "unknown_item"),
+        Problem(
+            ("items", 1, "quantity"),
+            "quantity 99 of pepperoni_m is more than the 20 one order may hold",
+            "quantity_too_large",
+        ),
+        Problem(("items",), "100 items in one order is more than 60", "too_many_items"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "loc"),
+    [
+        ({"customer_id": "4111 1111 1111 1111"}, ("customer_id",)),
+        ({"device_id": "dev-4111-1111-1111-1111"}, ("device_id",)),
+        (
+            {"delivery_address": {"street": "4242424242424242", "city": "X", "postcode": "1"}},
+            ("delivery_address", "street"),
+        ),
+        (
+            {
+                "items": [{"sku": "pepperoni_m", "quantity": 4111111111111111, "unit_price": "1"}],
+                "total": "1.00",
+            },
+            ("items", 0, "quantity"),
+        ),
+        ({"note": "card 4111111111111111"}, ("note",)),  # not even a field of the contract
+    ],
+)
+def test_a_card_number_anywhere_is_the_only_problem_named(
+    overrides: dict[str, Any], loc: tuple[str | int, ...]
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        request(**overrides)
+    errors = caught.value.errors()
+    assert [(e["loc"], e["type"]) for e in errors] == [(loc, "card_number")]
+    assert "4111" not in str(caught.value) and "4242" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "ok"),
+    [
+        ("fp-12345678", True),
+        ("fp-8f3a1c0e9b7d2a64", True),
+        ("8F3A1C0E9B7D2A64C0FFEE00", True),
+        ("fp-1234567", False),
+        ("fingerprint-x", False),
+        ("0123456789abcde", False),
+        ("fp-" + "a" * 62, False),
+    ],
+)
+def test_card_fingerprint_format(fingerprint: str, ok: bool) -> None:
+    payment = {"kind": "card", "card_fingerprint": fingerprint, "last4": "4242"}
+    if ok:
+        assert request(payment=payment).payment.card_fingerprint == fingerprint
+    else:
+        with pytest.raises(ValidationError, match="card_fingerprint"):
+            request(payment=payment)
 
 
 def test_other_currencies_are_refused() -> None:
