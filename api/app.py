@@ -1,7 +1,9 @@
-"""The FastAPI app: place orders, read an order's status timeline.
+"""The FastAPI app: place orders, read an order's status timeline and scores, health.
 
 ``create_app(shop)`` takes a started ``Shop`` (the composition root owns every client); the app
-itself builds nothing.
+itself builds nothing. Keys, rate limits and the body-size limit are ``api.security``'s; every
+status code a route can answer is in its ``responses``, so the OpenAPI document tells the truth
+(``tests/unit/test_openapi.py`` holds it to that with schemathesis).
 """
 
 from __future__ import annotations
@@ -15,49 +17,118 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from api.health import HealthCheck, HealthOut, Verdict
 from api.health import body as health_body
-from api.schemas import OrderConfirmed, OrderStatusOut, TimelineEntryOut
+from api.schemas import (
+    ErrorOut,
+    OrderConfirmed,
+    OrderStatusOut,
+    ProblemOut,
+    TimelineEntryOut,
+    ValidationProblemsOut,
+)
+from api.security import KEY_HEADER, BodySizeLimit, Guard
 from ingest.events import OrderEnriched
-from pizzashop.errors import ValidationFailed
+from pizzashop.errors import Problem, ValidationFailed
+from pizzashop.pii import masked
+from pizzashop.settings import ApiSettings
 from pizzashop.shop import Shop
 from services.intake import OrderRequest
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+UNAUTHORIZED = _error(f"no API key in `{KEY_HEADER}`, or one that is no key")
+FORBIDDEN = _error("the API key lacks the scope this needs")
+INVALID = {
+    "model": ValidationProblemsOut,
+    "description": "the request is not valid; `problems` lists every thing wrong",
+}
+INSPECT: dict[int | str, dict[str, Any]] = {401: UNAUTHORIZED, 403: FORBIDDEN}
+
+
 def create_app(shop: Shop) -> FastAPI:
+    # A stand-in shop (health tests) may bring settings without the `api` group: defaults then.
+    api_settings: ApiSettings = getattr(shop.settings, "api", None) or ApiSettings()
+    guard = Guard(api_settings)
     app = FastAPI(
         title="Pizzashop",
         version="0.1.0",
-        description="Order intake and status for an event-driven pizza shop on Apache Kafka.",
+        description="Order intake and status for an event-driven pizza shop on Apache Kafka. "
+        f"Inspecting orders and scores needs an API key with the `inspect` scope in "
+        f"`{KEY_HEADER}`; placing orders needs one with `place` only when such keys are "
+        "configured, and is rate limited per key and per client address.",
     )
     app.state.shop = shop
+    app.state.guard = guard
+    app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
 
     @app.exception_handler(ValidationFailed)
     async def _invalid_order(_request: Request, exc: ValidationFailed) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+        problems = [ProblemOut(loc=["body", *p.loc], msg=p.msg, type=p.type) for p in exc.problems]
+        return _invalid(problems)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_body(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
-            f"{'.'.join(str(p) for p in err['loc'] if p != 'body')}: {err['msg']}"
+            ProblemOut(
+                loc=[p if isinstance(p, int) else str(p) for p in err.get("loc", ())],
+                msg=str(err.get("msg", "invalid")),
+                type=str(err.get("type", "invalid")),
+            )
             for err in exc.errors()
         ]
-        return JSONResponse(
-            status_code=422, content={"detail": "; ".join(problems), "errors": _plain(exc.errors())}
-        )
+        return _invalid(problems)
 
-    @app.post("/orders", status_code=202, response_model=OrderConfirmed)
+    place_responses: dict[int | str, dict[str, Any]] = {
+        400: _error("the body could not be read (not UTF-8, say)"),
+        413: _error(f"the body is over {api_settings.max_body_bytes} bytes"),
+        422: INVALID,
+        429: {
+            "model": ErrorOut,
+            "description": "too many orders from this key or address; wait `Retry-After` s",
+            "headers": {
+                "Retry-After": {
+                    "description": "seconds until an order would be accepted",
+                    "schema": {"type": "integer"},
+                }
+            },
+        },
+    }
+    if not guard.place_is_open:
+        place_responses |= INSPECT
+
+    @app.post(
+        "/orders",
+        status_code=202,
+        response_model=OrderConfirmed,
+        responses=place_responses,
+        dependencies=[guard.depends("place")],
+        # While no key has the `place` scope, a key is optional (it buys the per-key limit).
+        openapi_extra={"security": [{}, {"ApiKey": []}]} if guard.place_is_open else None,
+    )
     async def place_order(
         request: OrderRequest, traceparent: str | None = Header(default=None)
     ) -> OrderConfirmed:
-        """Validate against the menu, store durably, confirm. Never waits for the kitchen."""
+        """Validate against the menu, store durably, confirm. Never waits for the kitchen.
+        A card number in any field is refused (422) before anything is stored."""
         placed = await shop.intake.place(request, traceparent)
         return OrderConfirmed(
             status="Confirmed", order_id=placed.order_id, duplicate=placed.duplicate
         )
 
-    @app.get("/orders/{order_id}", response_model=OrderStatusOut)
+    inspect = [guard.depends("inspect")]
+
+    @app.get(
+        "/orders/{order_id}",
+        response_model=OrderStatusOut,
+        responses={**INSPECT, 404: _error("no such order")},
+        dependencies=inspect,
+    )
     async def order_status(order_id: str) -> OrderStatusOut:
+        """The order's status and timeline; e-mail addresses in it are masked."""
         view = await shop.queries.order(order_id)
         if view is None:
             raise HTTPException(status_code=404, detail=f"no order {order_id!r}")
@@ -73,13 +144,18 @@ def create_app(shop: Shop) -> FastAPI:
                     event_type=e.event_type,
                     event_id=e.event_id,
                     occurred_at=e.occurred_at,
-                    detail=e.detail,
+                    detail=masked(e.detail),
                 )
                 for e in view.timeline
             ],
         )
 
-    @app.get("/orders/{order_id}/scores", response_model=OrderEnriched)
+    @app.get(
+        "/orders/{order_id}/scores",
+        response_model=OrderEnriched,
+        responses={**INSPECT, 404: _error("no scores for this order (yet)")},
+        dependencies=inspect,
+    )
     async def order_scores(order_id: str) -> OrderEnriched:
         """The models' view of one order, with each score's model version and features."""
         enriched = await shop.scores.for_order(order_id)
@@ -87,14 +163,19 @@ def create_app(shop: Shop) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"no scores for order {order_id!r} (yet)")
         return enriched
 
-    @app.get("/scores", response_model=list[OrderEnriched])
+    @app.get(
+        "/scores",
+        response_model=list[OrderEnriched],
+        responses={**INSPECT, 422: INVALID},
+        dependencies=inspect,
+    )
     async def recent_scores(
         limit: int = Query(default=50, ge=1, le=1000), flagged: bool = False
     ) -> list[OrderEnriched]:
         """The most recently enriched orders, newest first."""
         return await shop.scores.recent(limit=limit, flagged_only=flagged)
 
-    @app.get("/scores/summary")
+    @app.get("/scores/summary", responses=INSPECT, dependencies=inspect)
     async def scores_summary() -> dict[str, Any]:
         summary = await shop.scores.summary()
         return {field: getattr(summary, field) for field in summary.__slots__}
@@ -138,13 +219,10 @@ def create_app(shop: Shop) -> FastAPI:
     return app
 
 
-def _plain(errors: Any) -> list[dict[str, Any]]:
-    # pydantic puts exception objects in "ctx"; JSON wants strings.
-    return [
-        {
-            k: (str(v) if k == "ctx" else v)
-            for k, v in err.items()
-            if k in ("loc", "msg", "type", "ctx")
-        }
-        for err in errors
-    ]
+def _invalid(problems: list[ProblemOut]) -> JSONResponse:
+    body = ValidationProblemsOut(
+        # "items[0].sku: unknown item 'x'": the path without its "body"/"query" root
+        detail="; ".join(str(Problem(tuple(p.loc[1:]), p.msg)) for p in problems),
+        problems=problems,
+    )
+    return JSONResponse(status_code=422, content=body.model_dump(mode="json"))
