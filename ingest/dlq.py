@@ -1,8 +1,16 @@
 """The dead-letter topics: records a consumer could not handle, kept with all a replay needs.
 
 A dead letter is the original key, value and headers, plus ``dlq.*`` headers naming where it came
-from (topic, partition, offset, consumer group), why it failed (error class and message), how
-often it was tried and when. ``replay`` sends the original bytes back to the original topic.
+from (topic, partition, offset, consumer group), why it failed (a machine-readable reason, the
+error class and its message, e-mail addresses masked), how often it was tried and when.
+``replay`` sends the original bytes back to the original topic.
+
+``dlq.reason`` is one of ``REASONS``:
+
+* ``undecodable``: the bytes are not a known event (``DecodeError``);
+* ``contract``: a known event that breaks its schema (``ValidationFailed`` while decoding);
+* ``handler-permanent``: the handler failed in a way retrying cannot help;
+* ``retries-exhausted``: a retriable failure that outlived the retry budget.
 """
 
 from __future__ import annotations
@@ -11,11 +19,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Final, Literal, get_args
 
 from ingest.codec import H_EVENT_ID, Headers, header
 from ingest.producer import EventProducer
 from ingest.reader import read_topics
-from pizzashop.errors import ConfigError
+from pizzashop.errors import ConfigError, DecodeError, PizzashopError, ValidationFailed
+from pizzashop.pii import mask_emails
 
 H_TOPIC = "dlq.original.topic"
 H_PARTITION = "dlq.original.partition"
@@ -25,6 +35,9 @@ H_ERROR_CLASS = "dlq.error.class"
 H_ERROR_MESSAGE = "dlq.error.message"
 H_FAILED_AT = "dlq.failed.at"
 H_ATTEMPTS = "dlq.attempts"
+H_REASON = "dlq.reason"
+Reason = Literal["undecodable", "contract", "handler-permanent", "retries-exhausted"]
+REASONS: Final[tuple[Reason, ...]] = get_args(Reason)
 #: On a replayed record: the one consumer group that should handle it again. Every other group
 #: has handled the original already and passes the copy over.
 H_REPLAY_GROUP = "replay-for-group"
@@ -37,6 +50,7 @@ DLQ_HEADERS = (
     H_ERROR_MESSAGE,
     H_FAILED_AT,
     H_ATTEMPTS,
+    H_REASON,
 )
 
 
@@ -55,6 +69,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     original_headers: Headers
+    reason: str = ""  # one of REASONS; empty on letters written before the header existed
 
     def as_json(self) -> str:
         data = asdict(self)
@@ -111,6 +126,17 @@ def _text(raw: bytes | None) -> str | None:
     return raw.decode("utf-8", errors="replace") if raw is not None else None
 
 
+def reason_for(error: BaseException) -> Reason:
+    """Why a record that failed with ``error`` is dead-lettered, judged by the error alone. The
+    runtime knows better (whether decoding or the handler failed) and says so itself."""
+    if isinstance(error, DecodeError):
+        return "undecodable"
+    if isinstance(error, ValidationFailed):
+        return "contract"
+    retriable = error.retriable if isinstance(error, PizzashopError) else True
+    return "retries-exhausted" if retriable else "handler-permanent"
+
+
 def dead_letter_headers(
     original: Headers,
     *,
@@ -120,15 +146,20 @@ def dead_letter_headers(
     group: str,
     error: BaseException,
     attempts: int,
+    reason: Reason | None = None,
 ) -> Headers:
+    """The dead letter's headers: the original ones (earlier ``dlq.*`` dropped) and where, why,
+    how often and when. ``reason`` defaults to ``reason_for(error)``. E-mail addresses in the
+    error message are masked: the message is read by people, the value keeps the order."""
     kept = [(k, v) for k, v in original if not k.startswith("dlq.") and k != H_REPLAY_GROUP]
-    message = str(error) or repr(error)
+    message = mask_emails(str(error) or repr(error))
     return [
         *kept,
         (H_TOPIC, topic.encode()),
         (H_PARTITION, str(partition).encode()),
         (H_OFFSET, str(offset).encode()),
         (H_GROUP, group.encode()),
+        (H_REASON, (reason or reason_for(error)).encode()),
         (H_ERROR_CLASS, type(error).__qualname__.encode()),
         (H_ERROR_MESSAGE, message[:2000].encode()),
         (H_FAILED_AT, datetime.now(UTC).isoformat().encode()),
@@ -177,4 +208,5 @@ def _to_letter(
         key=key,
         value=value,
         original_headers=[(k, v) for k, v in headers if not k.startswith("dlq.")],
+        reason=get(H_REASON),
     )

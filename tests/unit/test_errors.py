@@ -43,3 +43,43 @@ def test_validation_failed_survives_pickling_with_its_problems() -> None:
     exc = ValidationFailed(Problem(("a", "b"), "bad", "t"))
     again = pickle.loads(pickle.dumps(exc))
     assert again.problems == exc.problems and str(again) == str(exc)
+
+
+# -- dead letters carry the reason, machine-readable --------------------------------------
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (errors.DecodeError("not JSON"), "undecodable"),
+        (ValidationFailed("total does not match"), "contract"),
+        (errors.PublishRejected("too large"), "handler-permanent"),
+        (errors.DeliveryFailed("SMTP down"), "retries-exhausted"),
+        (RuntimeError("a bug"), "retries-exhausted"),  # unknown errors are retried first
+    ],
+)
+def test_dead_letters_name_their_reason(error: BaseException, reason: str) -> None:
+    from ingest.codec import header
+    from ingest.dlq import H_REASON, REASONS, _to_letter, dead_letter_headers
+
+    headers = dead_letter_headers(
+        [("event-type", b"OrderPlaced"), ("dlq.reason", b"stale")],
+        topic="orders",
+        partition=2,
+        offset=7,
+        group="pizzashop.kitchen",
+        error=error,
+        attempts=3,
+    )
+    assert reason in REASONS
+    assert [v for k, v in headers if k == H_REASON] == [reason.encode()]
+    assert _to_letter("orders.dlq", 0, None, b"{}", headers).reason == reason
+    explicit = dead_letter_headers(
+        [],
+        topic="orders",
+        partition=0,
+        offset=0,
+        group="g",
+        error=error,
+        attempts=1,
+        reason="handler-permanent",
+    )
+    assert header(explicit, H_REASON) == "handler-permanent"

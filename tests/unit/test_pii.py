@@ -131,3 +131,22 @@ def test_the_filter_masks_message_arguments_exceptions_and_extras(
     assert "bob@example.com" not in caplog.text and "b***@example.com" in caplog.text
     assert "carol@example.com" not in caplog.text and "c***@example.com" in caplog.text
     assert caplog.records[0].to == "a***@ex.com"  # type: ignore[attr-defined]
+
+
+def test_dead_letter_error_messages_are_masked() -> None:
+    from ingest.codec import header
+    from ingest.dlq import H_ERROR_MESSAGE, dead_letter_headers
+    from pizzashop.errors import ValidationFailed
+
+    headers = dead_letter_headers(
+        [],
+        topic="orders",
+        partition=0,
+        offset=1,
+        group="pizzashop.notification",
+        error=ValidationFailed("SMTP server refused recipient bob@example.com: 550"),
+        attempts=1,
+    )
+    assert header(headers, H_ERROR_MESSAGE) == (
+        "SMTP server refused recipient b***@example.com: 550"
+    )
