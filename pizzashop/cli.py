@@ -39,11 +39,21 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO")]
 
 
 def _setup(verbose: bool = False) -> Settings:
+    from pizzashop.pii import EmailMaskingFilter
+
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # No log line carries an e-mail address: mask on every root handler (records of every
+    # logger that propagates) and on uvicorn's loggers, which get handlers of their own later
+    # (logging.config keeps a logger's filters).
+    masking = EmailMaskingFilter()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(masking)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(masking)
     if not verbose:
         # aiokafka logs the group coordinator's normal start-up retries at ERROR.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)

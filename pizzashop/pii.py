@@ -32,9 +32,7 @@ __all__ = [
 
 #: Digits with spaces or dashes between them: "4111 1111-1111 1111".
 _DIGIT_RUN: Final = re.compile(r"[0-9](?:[ -]*[0-9])*")
-_EMAIL: Final = re.compile(
-    r"(?P<local>[^\s@<>()\[\]{}\"',;:/\\]+)@(?P<domain>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)"
-)
+_EMAIL: Final = re.compile(r"(?P<local>[\w.%+-]+)@(?P<domain>[\w-]+(?:\.[\w-]+)+)")
 PAN_MIN_DIGITS: Final = 13
 PAN_MAX_DIGITS: Final = 19
 
@@ -110,19 +108,53 @@ def masked(value: Any) -> Any:
 _RECORD_FIELDS: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
-class EmailMaskingFilter(logging.Filter):
-    """Masks e-mail addresses in a log record: its message (after %-formatting), its exception
-    and stack text, and string ``extra=`` fields. Never drops a record.
+class _Masked:
+    """Stands in for a log argument whose text holds an address: prints masked with %s and %r."""
 
-    Install it on *handlers* (a filter on a logger sees only what is logged on that very logger,
-    not its children's records) and on loggers that keep handlers of their own (uvicorn's).
+    __slots__ = ("_repr", "_str")
+
+    def __init__(self, value: object) -> None:
+        self._str = mask_emails(str(value))
+        self._repr = mask_emails(repr(value))
+
+    def __str__(self) -> str:
+        return self._str
+
+    def __repr__(self) -> str:
+        return self._repr
+
+
+def _mask_arg(value: object) -> object:
+    if isinstance(value, str):
+        return mask_emails(value)
+    if value is None or isinstance(value, int | float):
+        return value
+    if "@" in str(value) or "@" in repr(value):
+        return _Masked(value)
+    return value
+
+
+class EmailMaskingFilter(logging.Filter):
+    """Masks e-mail addresses in a log record: its message and arguments, its exception and
+    stack text, and string ``extra=`` fields. Never drops a record.
+
+    Arguments are masked one by one rather than folded into the message, because formatters may
+    read them (uvicorn's access log does). Install it on *handlers* (a filter on a logger sees
+    only what is logged on that very logger, not its children's records) and on loggers that
+    keep handlers of their own (uvicorn's).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        clean = mask_emails(message)
-        if clean != message:
-            record.msg, record.args = clean, None
+        if "@" in record.getMessage():
+            if isinstance(record.msg, str):
+                record.msg = mask_emails(record.msg)
+            if isinstance(record.args, tuple):
+                record.args = tuple(_mask_arg(a) for a in record.args)
+            elif isinstance(record.args, Mapping):
+                record.args = {k: _mask_arg(v) for k, v in record.args.items()}
+            message = record.getMessage()
+            if mask_emails(message) != message:  # an address made of several pieces, say
+                record.msg, record.args = mask_emails(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:

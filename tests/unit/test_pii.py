@@ -150,3 +150,42 @@ def test_dead_letter_error_messages_are_masked() -> None:
     assert header(headers, H_ERROR_MESSAGE) == (
         "SMTP server refused recipient b***@example.com: 550"
     )
+
+
+def test_the_cli_masks_every_log_line_uvicorns_included() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import logging, uvicorn
+        from pizzashop.cli import _setup
+        _setup()
+        uvicorn.Config(app=None, log_level="info")  # uvicorn's loggers get their own handlers
+        logging.getLogger("services.mailer").warning(
+            "receipt failed: %r", ValueError("refused bob@example.com")
+        )
+        logging.getLogger("uvicorn.access").info(
+            '%s - "%s %s HTTP/%s" %d', "10.0.0.1", "GET", "/x?to=al@ex.com", "1.1", 200
+        )
+        logging.getLogger("uvicorn.error").error("carol@example.com")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    output = done.stderr + done.stdout  # uvicorn's access log goes to stdout
+    assert len(output.splitlines()) == 3, output
+    assert "@example.com" in output  # the domains stay
+    for address in ("bob@example.com", "al@ex.com", "carol@example.com"):
+        assert address not in output
+    assert '"GET /x?to=a***@ex.com HTTP/1.1" 200' in done.stdout  # formatted from its arguments
+
+
+def test_arguments_stay_arguments_for_formatters_that_read_them() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, "%s %s", ("a@b.io", 7), None
+    )
+    EmailMaskingFilter().filter(record)
+    assert record.args == ("a***@b.io", 7) and record.getMessage() == "a***@b.io 7"
