@@ -58,7 +58,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ingest.codec import EncodedRecord, encode
+from ingest.codec import PLAIN_JSON, EncodedRecord, Serializer
 from ingest.events import Event
 from ingest.producer import TransactionalProducer, translate
 from ingest.topics import TopicSpec, ensure_topics
@@ -95,10 +95,15 @@ PROGRESS_TOPIC = "outbox-progress"
 
 
 async def add_to_outbox(
-    conn: AsyncConnection, topic: str, event: Event, traceparent: str | None = None
+    conn: AsyncConnection,
+    topic: str,
+    event: Event,
+    traceparent: str | None = None,
+    *,
+    serializer: Serializer = PLAIN_JSON,
 ) -> None:
     """Stage an event inside the caller's transaction."""
-    record = encode(event, traceparent)
+    record = serializer.encode(topic, event, traceparent)
     await conn.execute(
         outbox.insert().values(
             topic=topic,

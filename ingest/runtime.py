@@ -40,7 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ingest.codec import decode, encode, header
+from ingest.codec import PLAIN_JSON, Serializer, decode, header
 from ingest.consumer import Delivery, Handler, Output
 from ingest.dedupe import ProcessedEvents
 from ingest.dlq import H_REPLAY_GROUP, dead_letter_headers
@@ -108,6 +108,7 @@ class ConsumerRuntime(Resource):
         transport: Transport,
         processed: ProcessedEvents | None,
         settings: ConsumerSettings,
+        serializer: Serializer = PLAIN_JSON,
     ) -> None:
         self.name = name
         self.group_id = group_id
@@ -117,6 +118,7 @@ class ConsumerRuntime(Resource):
         self._transport = transport
         self._processed = processed
         self._settings = settings
+        self._serializer = serializer
         self._stopping = asyncio.Event()
         self._busy: dict[Partition, asyncio.Task[None]] = {}
         self._held: dict[Partition, asyncio.TimerHandle] = {}
@@ -296,7 +298,7 @@ class ConsumerRuntime(Resource):
                 for part, deliveries in by_part.items():
                     await self._one_by_one(part, deliveries, work)
             else:
-                work.outputs += _encode(outputs)
+                work.outputs += _encode(outputs, self._serializer)
                 work.handled += group
                 for delivery in group:
                     self._failing.pop((_part(delivery), delivery.offset), None)
@@ -424,7 +426,7 @@ class ConsumerRuntime(Resource):
                 )
             else:
                 self._failing.pop(key, None)
-                work.outputs += _encode(outputs)
+                work.outputs += _encode(outputs, self._serializer)
                 work.handled.append(delivery)
 
     def _letter(self, record: Record, error: BaseException, attempts: int) -> Outgoing:
@@ -499,9 +501,9 @@ def _part(delivery: Delivery) -> Partition:
     return Partition(delivery.topic, delivery.partition)
 
 
-def _encode(outputs: Sequence[Output]) -> list[Outgoing]:
+def _encode(outputs: Sequence[Output], serializer: Serializer) -> list[Outgoing]:
     encoded = []
     for output in outputs:
-        record = encode(output.event, output.traceparent)
+        record = serializer.encode(output.topic, output.event, output.traceparent)
         encoded.append(Outgoing(output.topic, record.key, record.value, record.headers))
     return encoded

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from ingest.codec import PLAIN_JSON, Serializer, install_schema_source
 from ingest.dedupe import ProcessedEvents
 from ingest.flows import FLOWS, Flow, FlowContext
 from ingest.kafka_transport import KafkaTransport
 from ingest.outbox import KafkaOutboxTransport, OutboxRelay
 from ingest.producer import EventProducer
+from ingest.registry import RegistryClient, RegistrySerializer, shop_subjects
 from ingest.runtime import ConsumerRuntime
+from ingest.schemas.publications import published_pairs
 from ingest.topics import Topics, ensure_topics
 from pizzashop.database import Database
 from pizzashop.errors import ConfigError
@@ -97,6 +100,7 @@ class Shop:
         self.intake = OrderIntake(
             self.db, self.menu, self.topics.orders, on_committed=self.relay.wake
         )
+        self.serializer, self.registry_client = _serializer(settings)
         self.runtimes: dict[str, ConsumerRuntime] = {}
         #: What each flow's factory built beside its handler (state stores), by flow name.
         self.resources: dict[str, list[Any]] = {}
@@ -106,6 +110,8 @@ class Shop:
     async def start(self) -> None:
         stack = self._stack
         await stack.enter_async_context(self.db)
+        if isinstance(self.serializer, RegistrySerializer):
+            await self._register_schemas(self.serializer)
         if self.wiring.create_topics:
             await ensure_topics(
                 self.bootstrap,
@@ -128,6 +134,16 @@ class Shop:
             self._spawn(self.relay.run(), "outbox-relay", self.relay.stop)
         for name, runtime in self.runtimes.items():
             self._spawn(runtime.run(), f"consumer-{name}", runtime.request_stop)
+
+    async def _register_schemas(self, serializer: RegistrySerializer) -> None:
+        """Register what the shop publishes (an incompatible change refuses to start) and let
+        decoding check framed records against the registry's schemas."""
+        if self.registry_client is not None:
+            self._stack.callback(self.registry_client.close)
+        install_schema_source(serializer)
+        self._stack.callback(install_schema_source, None)
+        await serializer.prepare(published_pairs(self.topics))
+        await serializer.warm([subject for subject, _ in shop_subjects(self.topics)])
 
     def _runtime(self, spec: Flow) -> ConsumerRuntime:
         ctx = FlowContext(self.settings, self.db, self.topics, self.processed)
@@ -154,6 +170,7 @@ class Shop:
             transport=transport,
             processed=self.processed if spec.dedupe else None,
             settings=cfg,
+            serializer=self.serializer,
         )
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str, stop: Callable[[], None]) -> None:
@@ -197,6 +214,20 @@ class Shop:
         return [
             t.get_name() for t in self._tasks if t.done() and not t.cancelled() and t.exception()
         ]
+
+
+def _serializer(settings: Settings) -> tuple[Serializer, RegistryClient | None]:
+    """Registry-framed events when a schema registry is configured, plain JSON otherwise."""
+    cfg = settings.schema_registry
+    if not cfg.url:
+        return PLAIN_JSON, None
+    client = RegistryClient(
+        cfg.url,
+        username=cfg.username,
+        password=cfg.password.get_secret_value() if cfg.password else None,
+        timeout_s=cfg.timeout_s,
+    )
+    return RegistrySerializer(client, compatibility=cfg.compatibility), client
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
