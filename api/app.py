@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -46,7 +47,31 @@ INVALID = {
     "model": ValidationProblemsOut,
     "description": "the request is not valid; `problems` lists every thing wrong",
 }
-INSPECT: dict[int | str, dict[str, Any]] = {401: UNAUTHORIZED, 403: FORBIDDEN}
+INSPECT: dict[int | str, dict[str, Any]] = {401: UNAUTHORIZED, 403: FORBIDDEN, 422: INVALID}
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def _only_known_query(request: Request) -> None:
+    """A query parameter the route does not declare is refused (422), as an unknown body field
+    is: a typo (`?flaged=true`) should not be silently ignored."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown parameter"}
+                for name in unknown
+            ]
+        )
 
 
 def create_app(shop: Shop) -> FastAPI:
@@ -60,6 +85,7 @@ def create_app(shop: Shop) -> FastAPI:
         f"Inspecting orders and scores needs an API key with the `inspect` scope in "
         f"`{KEY_HEADER}`; placing orders needs one with `place` only when such keys are "
         "configured, and is rate limited per key and per client address.",
+        dependencies=[Depends(_only_known_query)],
     )
     app.state.shop = shop
     app.state.guard = guard
@@ -166,7 +192,7 @@ def create_app(shop: Shop) -> FastAPI:
     @app.get(
         "/scores",
         response_model=list[OrderEnriched],
-        responses={**INSPECT, 422: INVALID},
+        responses=INSPECT,
         dependencies=inspect,
     )
     async def recent_scores(
@@ -190,6 +216,7 @@ def create_app(shop: Shop) -> FastAPI:
     health_responses: dict[int | str, dict[str, Any]] = {
         200: {"model": HealthOut, "description": "healthy; the body has the details"},
         503: {"model": HealthOut, "description": "unhealthy; `reasons` names each failing rule"},
+        422: INVALID,
     }
 
     def _answer(verdict: Verdict) -> JSONResponse:

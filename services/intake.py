@@ -8,18 +8,21 @@ the kitchen, and an outage of Kafka loses nothing.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -39,6 +42,23 @@ MAX_ITEMS_PER_ORDER = 60
 #: What a card fingerprint looks like: ``fp-`` and 8 to 61 hex digits, or 16 to 64 hex digits
 #: (a truncated SHA-256, say). Anything else (a card number above all) is not a fingerprint.
 FINGERPRINT_PATTERN = r"^(fp-[0-9a-fA-F]{8,61}|[0-9a-fA-F]{16,64})$"
+MONEY_PATTERN = r"^[0-9]{1,10}(\.[0-9]{1,2})?$"
+
+
+def _money_text(value: Any) -> Any:
+    # Amounts travel as decimal strings: a JSON number is a binary float (0.1 + 0.2), and the
+    # document promises a string.
+    if not isinstance(value, str) or re.fullmatch(MONEY_PATTERN, value) is None:
+        raise ValueError("an amount is a string of digits with at most 2 decimals, e.g. '17.95'")
+    return value
+
+
+#: An amount in a request: a string such as ``"17.95"``, read as an exact ``Decimal``.
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_money_text),
+    WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "examples": ["17.95"]}),
+]
 
 
 class LineRequest(BaseModel):
@@ -46,7 +66,7 @@ class LineRequest(BaseModel):
 
     sku: str = Field(min_length=1, max_length=64)
     quantity: int
-    unit_price: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+    unit_price: Money
 
 
 class PaymentRequest(PaymentMethod):
@@ -77,7 +97,7 @@ class OrderRequest(BaseModel):
     customer_id: str = Field(min_length=1, max_length=64)
     customer_email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     items: list[LineRequest] = Field(min_length=1, max_length=50)
-    total: Decimal = Field(ge=0, max_digits=12, decimal_places=2)
+    total: Money
     currency: str = "USD"
     channel: Literal["web", "app", "phone", "walk_in"] = "web"
     delivery_address: Address | None = None
