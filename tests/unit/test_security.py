@@ -75,15 +75,15 @@ def test_a_bad_rate_limit_is_a_settings_error() -> None:
         ApiSettings(rate_limit_per_address="5/fortnight")
 
 
+OPERATOR = Guard(settings()).requires("operate")
+
+
 @pytest.fixture
 async def operate_app() -> AsyncIterator[httpx.AsyncClient]:
-    guard = Guard(settings())
     app = FastAPI()
 
-    operator = guard.requires("operate")
-
     @app.post("/dlq/replay")
-    async def replay(caller: Annotated[Caller, Depends(operator)]) -> dict[str, Any]:
+    async def replay(caller: Annotated[Caller, Depends(OPERATOR)]) -> dict[str, Any]:
         return {"by": caller.key}
 
     async with httpx.AsyncClient(
