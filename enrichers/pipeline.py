@@ -119,7 +119,7 @@ class ScoringPipeline:
         self.explain_k = explain_k
         self.prefer_onnx = prefer_onnx
         self.pinned = dict(pinned or {})
-        # Without a history, upsell sees only the basket (it was trained with histories).
+        # Without a history store, a scorer that needs histories sees none (upsell: basket only).
         self.history = history
         self._scorers = tuple(scorers) if scorers is not None else None
         self._fixed = scorers is not None

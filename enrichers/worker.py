@@ -156,15 +156,14 @@ class Enricher(Handler):
             to_enriched(o, s, self._menu, self._threshold)
             for o, s in zip(orders, scores, strict=True)
         ]
-        shadowed: list[Event] = []
-        if self._shadow is not None:
-            shadowed = await self._shadow_scores(orders, enriched)
         outputs = [
             d.emit(self._topics.enriched, e) for d, e in zip(deliveries, enriched, strict=True)
         ]
-        outputs += [
-            d.emit(self._topics.enriched, e) for d, e in zip(deliveries, shadowed, strict=True)
-        ]
+        if self._shadow is not None:
+            shadowed = await self._shadow_scores(orders, enriched)
+            outputs += [
+                d.emit(self._topics.enriched, e) for d, e in zip(deliveries, shadowed, strict=True)
+            ]
         flags = [
             d.emit(self._topics.order_events, self._flag(e))
             for d, e in zip(deliveries, enriched, strict=True)

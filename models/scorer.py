@@ -69,7 +69,9 @@ class Scored:
     """One order's output of one model.
 
     ``value`` holds the fields of the model's wire assessment by name (``{"probability": 0.02}``
-    for fraud). ``lineage`` is ``None`` only between ``post`` and the pipeline stamping it.
+    for fraud; upsell's suggestions are named from the menu by the worker, which maps every
+    result to the wire in one place). ``lineage`` is ``None`` only between ``post`` and the
+    pipeline stamping it.
     """
 
     value: Mapping[str, Any]

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from enrichers.pipeline import OrderScores, ScoringPipeline
-from enrichers.worker import to_enriched
+from enrichers.worker import Enricher, to_enriched
+from ingest.consumer import Delivery
+from ingest.events import OrderEnriched, OrderFlagged, ScoreShadowed
+from ingest.topics import Topics
 from models.anomaly import AnomalyModel, AnomalyScorer
 from models.feature_state import InMemoryFeatureState, features_for_stream
 from models.features import FEATURE_SCHEMA_VERSION
@@ -194,3 +197,35 @@ async def test_reload_picks_up_a_new_version(
     assert lineage is not None
     assert lineage.version == before["fraud"] + 1
     assert lineage.backend == "onnx"
+
+
+async def test_the_enricher_emits_one_enrichment_per_order_with_and_without_a_shadow(
+    stream: SimulatedStream,
+) -> None:
+    orders = stream.orders[:6]
+    deliveries = [
+        Delivery("orders", 0, i, order, [], 0) for i, order in enumerate(reversed(orders))
+    ]
+    topics = Topics()
+
+    def pipeline() -> ScoringPipeline:
+        return ScoringPipeline.from_scorers(
+            InMemoryFeatureState(), scorers(FraudModel.dummy(), AnomalyModel.dummy())
+        )
+
+    plain = Enricher(pipeline(), topics, load_menu(), fraud_threshold=0.0)
+    outputs = await plain.handle(deliveries)
+    enriched = [o.event for o in outputs if isinstance(o.event, OrderEnriched)]
+    flags = [o.event for o in outputs if isinstance(o.event, OrderFlagged)]
+    # Scored in placement order, whatever the delivery order; threshold 0 flags every order.
+    assert [e.order_id for e in enriched] == [o.order_id for o in orders]
+    assert [f.order_id for f in flags] == [o.order_id for o in orders]
+    assert all(f.model == "fraud-v0" for f in flags)
+    assert len(outputs) == 12
+    shadowed = Enricher(pipeline(), topics, load_menu(), fraud_threshold=1.0, shadow=pipeline())
+    outputs = await shadowed.handle(deliveries)
+    shadows = [o.event for o in outputs if isinstance(o.event, ScoreShadowed)]
+    assert len(outputs) == 12 and len(shadows) == 6
+    assert all(s.difference == 0.0 and s.challenger_version == 0 for s in shadows)
+    for enricher in (plain, shadowed):
+        await enricher.stop()
