@@ -16,6 +16,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from api.asyncapi import router as asyncapi_router
 from api.health import HealthCheck, HealthOut, Verdict
 from api.health import body as health_body
 from api.schemas import (
@@ -90,6 +91,7 @@ def create_app(shop: Shop) -> FastAPI:
     app.state.shop = shop
     app.state.guard = guard
     app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
+    app.include_router(asyncapi_router)
 
     @app.exception_handler(ValidationFailed)
     async def _invalid_order(_request: Request, exc: ValidationFailed) -> JSONResponse:

@@ -43,7 +43,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             kafka(Settings(home=tmp, cache_dir=REPO / ".cache"))
         )
         run = uuid.uuid4().hex[:6]
-        settings = Settings(kafka_bootstrap=bootstrap, home=tmp, topic_prefix=f"bench-{run}.")
+        settings = Settings(
+            kafka_bootstrap=bootstrap,
+            home=tmp,
+            topic_prefix=f"bench-{run}.",
+            api={"rate_limit_per_address": ""},
+        )
         shop = await stack.enter_async_context(Shop(settings, bootstrap, Wiring(workers=())))
         url = await stack.enter_async_context(serve(create_app(shop), "127.0.0.1"))
         bodies = list(itertools.islice(OrderRequests(shop.menu, seed=1), args.orders))

@@ -43,11 +43,11 @@ from dataclasses import dataclass, field
 from ingest.codec import PLAIN_JSON, Serializer, decode, header
 from ingest.consumer import Delivery, Handler, Output
 from ingest.dedupe import ProcessedEvents
-from ingest.dlq import H_REPLAY_GROUP, dead_letter_headers
+from ingest.dlq import H_REPLAY_GROUP, Reason, dead_letter_headers
 from ingest.events import utcnow
 from ingest.topics import DLQ_SUFFIX
 from ingest.transport import Outgoing, Partition, Record, Transport
-from pizzashop.errors import PizzashopError
+from pizzashop.errors import PizzashopError, ValidationFailed
 from pizzashop.lifecycle import Resource
 from pizzashop.settings import ConsumerSettings
 
@@ -322,7 +322,8 @@ class ConsumerRuntime(Resource):
                     record.offset,
                     exc,
                 )
-                work.letters.append((part, record.offset, self._letter(record, exc, 1)))
+                reason: Reason = "contract" if isinstance(exc, ValidationFailed) else "undecodable"
+                work.letters.append((part, record.offset, self._letter(record, exc, 1, reason)))
                 continue
             if not self._handler.wants(event.event_type):
                 self.stats.skipped += 1
@@ -422,14 +423,25 @@ class ConsumerRuntime(Resource):
                     delivery.timestamp_ms,
                 )
                 work.letters.append(
-                    (part, delivery.offset, self._letter(record, exc, failing.attempts))
+                    (
+                        part,
+                        delivery.offset,
+                        self._letter(
+                            record,
+                            exc,
+                            failing.attempts,
+                            "retries-exhausted" if retriable else "handler-permanent",
+                        ),
+                    )
                 )
             else:
                 self._failing.pop(key, None)
                 work.outputs += _encode(outputs, self._serializer)
                 work.handled.append(delivery)
 
-    def _letter(self, record: Record, error: BaseException, attempts: int) -> Outgoing:
+    def _letter(
+        self, record: Record, error: BaseException, attempts: int, reason: Reason
+    ) -> Outgoing:
         headers = dead_letter_headers(
             record.headers,
             topic=record.topic,
@@ -438,6 +450,7 @@ class ConsumerRuntime(Resource):
             group=self.group_id,
             error=error,
             attempts=attempts,
+            reason=reason,
         )
         return Outgoing(record.topic + DLQ_SUFFIX, record.key, record.value, headers)
 

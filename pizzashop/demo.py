@@ -124,6 +124,8 @@ async def run_demo(
                 "topic_prefix": f"{settings.topic_prefix}demo-{run_id}.",
                 "group_prefix": f"{settings.group_prefix}.demo-{run_id}",
                 "smtp": settings.smtp.model_copy(update={"host": sink.host, "port": sink.port}),
+                # The demo is one client placing many orders: no per-address limit.
+                "api": settings.api.model_copy(update={"rate_limit_per_address": ""}),
             }
         )
         async with (

@@ -61,12 +61,6 @@ class EnricherSettings(BaseModel):
     model_threads: int = Field(
         default=3, ge=1, description="threads for the models' forward passes (one per model)"
     )
-    model_timeouts: dict[str, float] = Field(
-        default_factory=dict, description="per-model overrides of model_timeout_s, by name"
-    )
-    model_threads: int = Field(
-        default=3, ge=1, description="threads for the models' forward passes (one per model)"
-    )
     prefer_onnx: bool = True
     with_upsell: bool = True
     shadow_fraud_version: int | None = Field(
@@ -192,7 +186,12 @@ class Settings(BaseSettings):
     """Everything configurable, in one place."""
 
     model_config = SettingsConfigDict(
-        env_prefix="PIZZASHOP_", env_nested_delimiter="__", extra="ignore", frozen=True
+        env_prefix="PIZZASHOP_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+        # A malformed key list or password must not be echoed in the error.
+        hide_input_in_errors=True,
     )
 
     kafka_bootstrap: str | None = Field(

@@ -97,10 +97,14 @@ class Shop:
             ),
             settings=outbox,
         )
-        self.intake = OrderIntake(
-            self.db, self.menu, self.topics.orders, on_committed=self.relay.wake
-        )
         self.serializer, self.registry_client = _serializer(settings)
+        self.intake = OrderIntake(
+            self.db,
+            self.menu,
+            self.topics.orders,
+            on_committed=self.relay.wake,
+            serializer=self.serializer,
+        )
         self.runtimes: dict[str, ConsumerRuntime] = {}
         #: What each flow's factory built beside its handler (state stores), by flow name.
         self.resources: dict[str, list[Any]] = {}

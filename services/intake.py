@@ -29,6 +29,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from ingest.codec import PLAIN_JSON, Serializer
 from ingest.events import Address, OrderItem, OrderPlaced, PaymentMethod, utcnow
 from ingest.outbox import add_to_outbox
 from pizzashop.database import Database
@@ -236,11 +237,13 @@ class OrderIntake:
         orders_topic: str,
         *,
         on_committed: Callable[[], None] = lambda: None,
+        serializer: Serializer = PLAIN_JSON,
     ) -> None:
         self._db = db
         self._menu = menu
         self._topic = orders_topic
         self._on_committed = on_committed
+        self._serializer = serializer
 
     async def place(self, request: OrderRequest, traceparent: str | None = None) -> Placed:
         order_id = request.order_id or f"ord-{uuid.uuid4().hex[:16]}"
@@ -252,7 +255,9 @@ class OrderIntake:
         try:
             async with self._db.engine.begin() as conn:
                 await record_placed(conn, self._db, event)
-                await add_to_outbox(conn, self._topic, event, traceparent)
+                await add_to_outbox(
+                    conn, self._topic, event, traceparent, serializer=self._serializer
+                )
         except IntegrityError:
             # The same client order id raced in twice: the other request won, report it.
             existing = await self._existing(order_id)

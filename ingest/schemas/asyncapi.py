@@ -37,6 +37,8 @@ _DLQ_HEADERS = {
     "dlq.original.partition": "its partition",
     "dlq.original.offset": "its offset",
     "dlq.consumer.group": "the consumer group that gave up on it",
+    "dlq.reason": "why, for machines: undecodable, contract, handler-permanent, retries-exhausted",
+    "replay-for-group": "on a replayed copy: the one consumer group that handles it again",
     "dlq.error.class": "the error's class (pizzashop.errors)",
     "dlq.error.message": "what was wrong (for a framed record: the schema id and the reason)",
     "dlq.failed.at": "when it was dead-lettered (ISO 8601, UTC)",

@@ -21,6 +21,9 @@ from pizzashop.settings import Settings
 from services.mailer import SmtpSink
 
 HERE = Path(__file__).parent
+#: The key tests send to read orders and scores (inspect) and to operate.
+TEST_API_KEY = "integration-tests-key-0123"
+API_HEADERS = {"X-API-Key": TEST_API_KEY}
 REPO = HERE.parents[1]
 
 
@@ -85,6 +88,7 @@ def shop_settings(tmp_path: Path, smtp_sink: SmtpSink, kafka_bootstrap: str) -> 
         home=tmp_path,
         cook_seconds=0.2,
         smtp={"host": smtp_sink.host, "port": smtp_sink.port},
+        api={"keys": [{"name": "tests", "secret": TEST_API_KEY, "scopes": ["inspect", "operate"]}]},
         consumer={
             "batch_wait_ms": 50,
             "retry_base_delay_s": 0.05,

@@ -62,10 +62,11 @@ async def test_a_replayed_letter_is_handled_once_its_cause_is_gone(shop_settings
         assert all(letter.value == record.value for letter in letters)
         assert all(letter.key == record.key for letter in letters)
         assert all(letter.original_headers == stripped for letter in letters)
-        # "The fix": the letter is replayed with its header restored.
-        await replay(
-            shop.producer, dataclasses.replace(letters[0], original_headers=record.headers)
-        )
+        # "The fix": the letters are replayed with the header restored, each for its group.
+        for letter in letters:
+            await replay(
+                shop.producer, dataclasses.replace(letter, original_headers=record.headers)
+            )
 
         async def accepted() -> bool:
             view = await shop.queries.order(order.order_id)

@@ -24,7 +24,7 @@ from pizzashop.errors import DependencyPending
 from pizzashop.settings import Settings
 from pizzashop.shop import Shop, Wiring
 from services.mailer import SmtpSink
-from tests.integration.conftest import eventually, spawn_workers
+from tests.integration.conftest import API_HEADERS, eventually, spawn_workers
 from tests.integration.test_order_flow import order_body
 
 ENRICH = Wiring(api=False, workers=("enricher", "scores"))
@@ -89,7 +89,9 @@ async def test_a_flagged_order_is_cancelled_refunded_and_the_customer_told(
     )
     async with Shop(held, held.kafka_bootstrap or "") as shop:
         transport = httpx.ASGITransport(app=create_app(shop))
-        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://shop", headers=API_HEADERS
+        ) as http:
             order_id = (await http.post("/orders", json=order_body("pepperoni_m"))).json()[
                 "order_id"
             ]

@@ -9,7 +9,7 @@ from ingest.codec import encode
 from pizzashop.settings import Settings
 from pizzashop.shop import Shop, Wiring
 from services.mailer import SmtpSink
-from tests.integration.conftest import eventually
+from tests.integration.conftest import API_HEADERS, eventually
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_order_flow import order_body
 from tests.unit.conftest import make_order
@@ -33,7 +33,9 @@ async def test_orders_taken_while_kafka_is_down_are_relayed_when_it_is_back(
         )
         async with api:
             transport = httpx.ASGITransport(app=create_app(api))
-            async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://shop", headers=API_HEADERS
+            ) as http:
                 ids = []
                 for i in range(5):
                     response = await http.post(

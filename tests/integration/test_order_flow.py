@@ -13,7 +13,7 @@ from pizzashop.settings import Settings
 from pizzashop.shop import Shop
 from services.mailer import SmtpSink
 from services.menu import load_menu
-from tests.integration.conftest import eventually
+from tests.integration.conftest import API_HEADERS, eventually
 
 MENU = load_menu()
 
@@ -27,7 +27,9 @@ async def shop(shop_settings: Settings) -> AsyncIterator[Shop]:
 @pytest.fixture
 async def http(shop: Shop) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(shop))
-    async with httpx.AsyncClient(transport=transport, base_url="http://shop") as client:
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://shop", headers=API_HEADERS
+    ) as client:
         yield client
 
 
