@@ -100,6 +100,12 @@ async def test_a_flagged_order_is_cancelled_refunded_and_the_customer_told(
                 return any(f"Refund for order {order_id}" == m.subject for m in smtp_sink.messages)
 
             await eventually(refund_notice_sent, timeout_s=60)
+
+            # The status projection is its own consumer group: it may see the refund later.
+            async def refunded() -> bool:
+                return (await http.get(f"/orders/{order_id}")).json().get("status") == "refunded"
+
+            await eventually(refunded, timeout_s=30)
             state = (await http.get(f"/orders/{order_id}")).json()
             scores = (await http.get(f"/orders/{order_id}/scores")).json()
     types = [e["event_type"] for e in state["timeline"]]
