@@ -63,6 +63,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     if settings.database_url:
         env["PIZZASHOP_DATABASE_URL"] = settings.database_url
+    api = getattr(settings, "api", None)  # API settings (rate limits) came later than the rest
+    if api is not None:
+        env["PIZZASHOP_API__RATE_LIMIT_PER_ADDRESS"] = api.rate_limit_per_address
     for name, value in settings.consumer.model_dump().items():
         if value is not None and name != "instance_id":  # instance ids are per process
             env[f"PIZZASHOP_CONSUMER__{name.upper()}"] = str(value)

@@ -175,6 +175,12 @@ async def run_chaos(settings: Settings, options: ChaosOptions) -> dict[str, Any]
                 "database_url": db_url_for_shop if gate is not None else None,
                 "smtp": settings.smtp.model_copy(update={"host": sink.host, "port": sink.port}),
                 "topic_replication_factor": broker.node_count if broker else 1,
+                # One client stands for many customers: no per-address limit (as in the demo).
+                **(
+                    {"api": settings.api.model_copy(update={"rate_limit_per_address": ""})}
+                    if hasattr(settings, "api")
+                    else {}
+                ),
             }
         )
         run_settings.home.mkdir(parents=True, exist_ok=True)
