@@ -19,6 +19,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import sqlalchemy as sa
+
+from pizzashop.core.database import metadata
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ingest.events import OrderPlaced
@@ -104,7 +106,6 @@ class InMemoryFeatureState:
 
 # -- SQL ---------------------------------------------------------------------------------------
 
-metadata = sa.MetaData()
 orders_table = sa.Table(
     "feature_orders",
     metadata,
@@ -161,7 +162,10 @@ class SqlFeatureState:
         if self._engine is None:
             self._engine = create_async_engine(self._url)
         async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(
+                metadata.create_all,
+                tables=[orders_table, events_table, customers_table, links_table],
+            )
 
     async def stop(self) -> None:
         if self._engine is not None and self._owns_engine and not self._closed:

@@ -4,7 +4,7 @@ import io
 import json
 from pathlib import Path
 
-from models.commands import score_lines
+from pizzashop.app.model_commands import score_lines
 from models.evaluation import evaluate, rules_score
 from models.registry import Registry
 from models.simulator import SimulatedStream
