@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from pizzashop.core.menu import load_menu
 from pizzashop.app.traffic import OrderRequests
+from pizzashop.core.menu import load_menu
 
 logger = logging.getLogger(__name__)
 

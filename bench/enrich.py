@@ -31,8 +31,8 @@ from ingest.events import OrderEnriched, OrderPlaced
 from models.registry import Registry
 from models.simulator import simulate
 from pizzashop.app.kafka import kafka
-from pizzashop.core.settings import Settings
 from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 

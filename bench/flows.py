@@ -36,8 +36,8 @@ from ingest.producer import EventProducer
 from ingest.topics import Topics, ensure_topics
 from models.simulator import simulate
 from pizzashop.app.kafka import kafka
-from pizzashop.core.settings import Settings
 from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWS = ("kitchen", "payment", "notification", "status")

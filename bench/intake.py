@@ -28,9 +28,9 @@ import httpx
 from api.app import create_app
 from pizzashop.app.demo import serve
 from pizzashop.app.kafka import kafka
-from pizzashop.core.settings import Settings
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.app.traffic import OrderRequests
+from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import sqlalchemy as sa
-
-from pizzashop.core.database import metadata
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ingest.events import OrderPlaced
@@ -37,6 +35,7 @@ from models.features import (
     state_query,
     stateful_features,
 )
+from pizzashop.core.database import metadata
 
 
 @runtime_checkable

@@ -34,8 +34,8 @@ from ingest.events import Address, OrderItem, OrderPlaced, PaymentMethod, utcnow
 from ingest.outbox import add_to_outbox
 from pizzashop.core.database import Database
 from pizzashop.core.errors import Problem, ValidationFailed
-from pizzashop.core.pii import card_numbers_in
 from pizzashop.core.menu import Menu
+from pizzashop.core.pii import card_numbers_in
 from services.status import orders, record_placed
 
 MAX_QUANTITY_PER_LINE = 20

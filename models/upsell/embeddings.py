@@ -189,7 +189,7 @@ class MenuEmbeddings:
 
 def menu_fingerprint(items: Mapping[str, MenuItem], embedder_name: str) -> str:
     """A hash of the embedder's name and every (SKU, description), in menu order."""
-    # Iterate keys: ``pizzashop.core.menu.Menu`` has a field named ``items`` that hides Mapping.items().
+    # Iterate keys: ``pizzashop.core.menu.Menu`` has a field ``items`` hiding Mapping.items().
     payload = json.dumps(
         [embedder_name, [(sku, items[sku].description) for sku in items]],
         separators=(",", ":"),

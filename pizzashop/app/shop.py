@@ -32,9 +32,9 @@ from ingest.schemas.publications import published_pairs
 from ingest.topics import Topics, ensure_topics
 from pizzashop.core.database import Database
 from pizzashop.core.errors import ConfigError
+from pizzashop.core.menu import Menu, load_menu
 from pizzashop.core.settings import Settings
 from services.intake import OrderIntake
-from pizzashop.core.menu import Menu, load_menu
 from services.scores import ScoreQueries
 from services.status import StatusQueries
 

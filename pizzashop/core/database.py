@@ -1,8 +1,8 @@
 """The database: SQLite by default (embedded), PostgreSQL through a URL.
 
 Every package defines its tables with SQLAlchemy Core on the shared ``metadata`` below; the
-Alembic revisions in ``pizzashop.core.migrations`` build them. ``Database.start()`` brings the schema
-to the code's revision or refuses to start:
+Alembic revisions in ``pizzashop.core.migrations`` build them. ``Database.start()`` brings the
+schema to the code's revision or refuses to start:
 
 * an empty database is migrated to head (so the embedded default starts with zero steps);
 * a database at the code's head starts as it is;

@@ -9,8 +9,8 @@ from ingest.dlq import (
     replay,
 )
 from pizzashop.app.demo import malformed_records
-from pizzashop.core.settings import Settings
 from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import Settings
 from tests.integration.conftest import eventually
 
 

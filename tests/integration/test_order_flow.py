@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from api.app import create_app
-from pizzashop.core.settings import Settings
 from pizzashop.app.shop import Shop
-from services.mailer import SmtpSink
 from pizzashop.core.menu import load_menu
+from pizzashop.core.settings import Settings
+from services.mailer import SmtpSink
 from tests.integration.conftest import API_HEADERS, eventually
 
 MENU = load_menu()

@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from ingest.outbox import outbox
-from pizzashop.core.settings import ApiSettings, Settings
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.menu import load_menu
+from pizzashop.core.settings import ApiSettings, Settings
 from services.status import orders, timeline
 
 MENU = load_menu()

@@ -260,8 +260,8 @@ async def test_api_bodies_with_unknown_fields_are_still_422(
 ) -> None:
     # Imported here so a broken shop fails this test, not the whole event-contract module.
     from api.app import create_app
-    from pizzashop.core.settings import Settings
     from pizzashop.app.shop import Shop, Wiring
+    from pizzashop.core.settings import Settings
     from tests.unit.test_api import _dead_port, body
 
     settings = Settings(kafka_bootstrap=f"127.0.0.1:{_dead_port()}", home=tmp_path)

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from ingest.outbox import outbox
 from pizzashop.core.database import Database
 from pizzashop.core.errors import Problem, ValidationFailed
-from services.intake import OrderIntake, OrderRequest, build_order
 from pizzashop.core.menu import load_menu
+from services.intake import OrderIntake, OrderRequest, build_order
 from services.status import StatusQueries
 
 MENU = load_menu()

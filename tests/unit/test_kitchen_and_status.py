@@ -14,8 +14,8 @@ from ingest.events import (
     utcnow,
 )
 from pizzashop.core.database import Database
-from services.kitchen import REJECTION_REASON, Kitchen, Oven, has_pineapple
 from pizzashop.core.menu import load_menu
+from services.kitchen import REJECTION_REASON, Kitchen, Oven, has_pineapple
 from services.status import derive_status
 from tests.unit.conftest import make_order
 

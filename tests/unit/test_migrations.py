@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FIX = (
     "Generate a revision for it:  .venv/bin/pizzashop db revision -m '<what changed>'  "
     "(alembic revision --autogenerate against a scratch database at head; see "
-    "pizzashop/core/migrations/__init__.py), review the file in pizzashop/core/migrations/versions/ "
-    "and commit it with the model change."
+    "pizzashop/core/migrations/__init__.py), review the file in "
+    "pizzashop/core/migrations/versions/ and commit it with the model change."
 )
 
 
