@@ -3,7 +3,8 @@
 Every table the shop keeps is listed by :func:`target_metadata`; the revisions in ``versions/``
 build them. ``Database.start()`` runs them on an empty database and, where allowed, on one at
 an older revision (see ``pizzashop.core.database``); ``pizzashop db upgrade`` and
-``pizzashop db status`` do it by hand. No ``alembic.ini`` is needed: :func:`alembic_config` builds the configuration.
+``pizzashop db status`` do it by hand. No ``alembic.ini`` is needed: :func:`alembic_config`
+builds the configuration.
 
 Adding or changing a table or column
 ------------------------------------
