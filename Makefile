@@ -38,7 +38,7 @@ chaos: setup
 	$(PY) bench/chaos.py --json $(CHAOS_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy && $(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pizzashop .pytest_cache .mypy_cache .ruff_cache

@@ -8,8 +8,9 @@ status code a route can answer is in its ``responses``, so the OpenAPI document 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.dependencies.models import Dependant
@@ -29,11 +30,14 @@ from api.schemas import (
 )
 from api.security import KEY_HEADER, BodySizeLimit, Guard
 from ingest.events import OrderEnriched
-from pizzashop.errors import Problem, ValidationFailed
-from pizzashop.pii import masked
-from pizzashop.settings import ApiSettings
-from pizzashop.shop import Shop
-from services.intake import OrderRequest
+from ingest.outbox import OutboxRelay
+from pizzashop.core.database import Database
+from pizzashop.core.errors import Problem, ValidationFailed
+from pizzashop.core.pii import masked
+from pizzashop.core.settings import ApiSettings, Settings
+from services.intake import OrderIntake, OrderRequest
+from services.scores import ScoreQueries
+from services.status import StatusQueries
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 
@@ -75,7 +79,21 @@ async def _only_known_query(request: Request) -> None:
         )
 
 
-def create_app(shop: Shop) -> FastAPI:
+class ShopServices(Protocol):
+    """What the API needs of the shop; the composition root (``pizzashop.app.shop.Shop``)
+    provides it, and the API never imports the layer above it."""
+
+    settings: Settings
+    db: Database
+    intake: OrderIntake
+    queries: StatusQueries
+    scores: ScoreQueries
+    relay: OutboxRelay
+
+    def crashed(self) -> Iterable[str]: ...
+
+
+def create_app(shop: ShopServices) -> FastAPI:
     # A stand-in shop (health tests) may bring settings without the `api` group: defaults then.
     api_settings: ApiSettings = getattr(shop.settings, "api", None) or ApiSettings()
     guard = Guard(api_settings)

@@ -1,7 +1,7 @@
 """``GET /asyncapi.json``: the shop's event contract for other teams (AsyncAPI 3).
 
 Serves the committed document (``ingest/schemas/asyncapi.json``, written by
-``python -m ingest.schemas`` and kept in step by a unit test), read once, so the API neither
+``pizzashop schemas export`` and kept in step by a unit test), read once, so the API neither
 imports the flows nor rebuilds it per request.
 """
 

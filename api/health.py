@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 
 from ingest.outbox import Backlog, RelayState
-from pizzashop.database import Database
-from pizzashop.settings import HealthSettings
+from pizzashop.core.database import Database
+from pizzashop.core.settings import HealthSettings
 
 
 class RelayProbe(Protocol):

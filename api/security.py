@@ -34,8 +34,8 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette import types as asgi
 
-from pizzashop.errors import ConfigError
-from pizzashop.settings import ApiSettings
+from pizzashop.core.errors import ConfigError
+from pizzashop.core.settings import ApiSettings
 
 __all__ = [
     "KEY_HEADER",

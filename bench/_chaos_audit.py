@@ -28,7 +28,7 @@ from ingest.codec import H_EVENT_TYPE, H_ORDER_ID, header
 from ingest.outbox import outbox
 from ingest.reader import read_topics
 from ingest.topics import DLQ_SUFFIX
-from pizzashop.database import Database, chunked
+from pizzashop.core.database import Database, chunked
 from services.mailer import ReceivedMail
 from services.status import StatusQueries
 from services.status import orders as order_rows

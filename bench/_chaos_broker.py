@@ -19,8 +19,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from ingest.broker import LocalKafka
-from pizzashop.errors import ConfigError
-from pizzashop.settings import Settings
+from pizzashop.core.errors import ConfigError
+from pizzashop.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

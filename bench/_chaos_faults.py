@@ -32,7 +32,7 @@ from bench._chaos_audit import MALFORMED_KEY
 from bench._chaos_broker import ChaosBroker
 from bench._chaos_procs import ShopProcesses
 from ingest.producer import EventProducer
-from pizzashop.demo import malformed_records
+from pizzashop.app.demo import malformed_records
 from services.mailer import SmtpSink
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from services.menu import load_menu
-from services.traffic import OrderRequests
+from pizzashop.app.traffic import OrderRequests
+from pizzashop.core.menu import load_menu
 
 logger = logging.getLogger(__name__)
 

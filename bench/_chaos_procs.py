@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from pizzashop.errors import PizzashopError
-from pizzashop.settings import Settings
+from pizzashop.core.errors import PizzashopError
+from pizzashop.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +32,11 @@ def roles(*, enricher: bool) -> dict[str, str]:
     """Role name -> the flows its processes run: every registered flow but the enrichment ones
     in "core" (timers such as the oven included), those in "enrich"."""
     try:
-        from pizzashop.shop import registered_flows
+        from pizzashop.app.shop import registered_flows
 
         names = list(registered_flows())
     except ImportError:  # before flows were declared: a fixed list of workers
-        from pizzashop.shop import WORKERS  # type: ignore[attr-defined, unused-ignore]
+        from pizzashop.app.shop import WORKERS  # type: ignore[attr-defined, unused-ignore]
 
         names = list(WORKERS)
     core = ",".join(n for n in names if n not in ENRICH_FLOWS)
@@ -121,7 +121,7 @@ class ShopProcesses:
         env = {**self._env, "PIZZASHOP_CONSUMER__INSTANCE_ID": f"{role}-{slot}"}
         with log.open("ab") as sink:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "pizzashop.cli", *argv,
+                sys.executable, "-m", "pizzashop.app.cli", *argv,
                 env=env, stdout=sink, stderr=sink, stdin=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
         self.starts += 1

@@ -24,7 +24,7 @@ from ingest.dlq import DeadLetter, read_dead_letters, replay
 from ingest.outbox import outbox
 from ingest.producer import EventProducer
 from ingest.reader import partitions_of
-from pizzashop.database import Database
+from pizzashop.core.database import Database
 from services.mailer import SmtpSink
 from services.status import StatusQueries
 

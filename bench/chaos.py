@@ -73,8 +73,8 @@ from bench._chaos_load import LoadResult, place_orders
 from bench._chaos_procs import ShopProcesses, roles
 from bench._chaos_settle import Replayed, Settled, replay_dead_letters, settle
 from ingest.topics import Topics, ensure_topics
-from pizzashop.database import Database
-from pizzashop.settings import Settings
+from pizzashop.core.database import Database
+from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
 
 logger = logging.getLogger("bench.chaos")

@@ -30,9 +30,9 @@ from ingest.codec import decode
 from ingest.events import OrderEnriched, OrderPlaced
 from models.registry import Registry
 from models.simulator import simulate
-from pizzashop.kafka import kafka
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop, Wiring
+from pizzashop.app.kafka import kafka
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,9 +35,9 @@ from ingest.codec import decode, encode
 from ingest.producer import EventProducer
 from ingest.topics import Topics, ensure_topics
 from models.simulator import simulate
-from pizzashop.kafka import kafka
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop, Wiring
+from pizzashop.app.kafka import kafka
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWS = ("kitchen", "payment", "notification", "status")

@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 
 from api.app import create_app
-from pizzashop.demo import serve
-from pizzashop.kafka import kafka
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop, Wiring
-from services.traffic import OrderRequests
+from pizzashop.app.demo import serve
+from pizzashop.app.kafka import kafka
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.app.traffic import OrderRequests
+from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pizzashop.lazy import lazy_exports
+from pizzashop.core.lazy import lazy_exports
 
 _EXPORTS = {
     "Enricher": "enrichers.worker",

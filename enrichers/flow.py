@@ -17,7 +17,7 @@ def enricher_flow(ctx: FlowContext) -> Handler:
     from models.feature_state import SqlFeatureState
     from models.registry import SCORERS, Registry
     from models.upsell.history import SqlBasketHistory
-    from services.menu import load_menu
+    from pizzashop.core.menu import load_menu
 
     cfg = ctx.settings.enricher
     store = SqlFeatureState(ctx.db.url, engine=ctx.db.engine)

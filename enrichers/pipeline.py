@@ -36,7 +36,7 @@ from models.feature_state import FeatureBuilder, FeatureStateStore
 from models.registry import SCORERS, Registry, scorer_class
 from models.scorer import Degraded, Result, Scored, Scorer, ScoringBatch, TopFeatures
 from models.upsell.history import BasketHistory
-from pizzashop.errors import ConfigError, TransientError
+from pizzashop.core.errors import ConfigError, TransientError
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from ingest.events import (
 from ingest.topics import Topics
 from models.scorer import Degraded, Scored
 from models.upsell.model import Suggestion
-from services.menu import Menu
+from pizzashop.core.menu import Menu
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Public names load lazily, so ``import ingest.events`` alone does not pull in aio
 
 from __future__ import annotations
 
-from pizzashop.lazy import lazy_exports
+from pizzashop.core.lazy import lazy_exports
 
 _EXPORTS = {
     "ConsumerRuntime": "ingest.consumer",

@@ -50,7 +50,7 @@ import jsonschema
 from pydantic import ValidationError
 
 from ingest.events import EVENT_TYPES, Event
-from pizzashop.errors import DecodeError, ValidationFailed
+from pizzashop.core.errors import DecodeError, ValidationFailed
 
 Headers = list[tuple[str, bytes]]
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Column, DateTime, String, Table, func, select
 
-from pizzashop.database import Database, chunked, metadata
+from pizzashop.core.database import Database, chunked, metadata
 
 processed_events = Table(
     "processed_events",

@@ -24,8 +24,8 @@ from typing import Final, Literal, get_args
 from ingest.codec import H_EVENT_ID, Headers, header
 from ingest.producer import EventProducer
 from ingest.reader import read_topics
-from pizzashop.errors import ConfigError, DecodeError, PizzashopError, ValidationFailed
-from pizzashop.pii import mask_emails
+from pizzashop.core.errors import ConfigError, DecodeError, PizzashopError, ValidationFailed
+from pizzashop.core.pii import mask_emails
 
 H_TOPIC = "dlq.original.topic"
 H_PARTITION = "dlq.original.partition"

@@ -9,7 +9,7 @@ def kitchen(ctx: FlowContext) -> Handler:
 The name is the worker's name (``pizzashop run --workers kitchen``) and its consumer group's
 suffix; ``topics`` are base names, prefixed when the shop wires them. The event types come from
 the handler's ``event_types`` (classes), batching and timers from the handler too. The shop
-imports the modules that declare flows (``pizzashop.shop.FLOW_MODULES``) and runs the chosen
+imports the modules that declare flows (``pizzashop.app.shop.FLOW_MODULES``) and runs the chosen
 ones, each in its own runtime.
 """
 
@@ -22,9 +22,9 @@ from typing import Any
 from ingest.consumer import Handler
 from ingest.dedupe import ProcessedEvents
 from ingest.topics import Topics
-from pizzashop.database import Database
-from pizzashop.errors import ConfigError
-from pizzashop.settings import Settings
+from pizzashop.core.database import Database
+from pizzashop.core.errors import ConfigError
+from pizzashop.core.settings import Settings
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from ingest.transport import Outgoing, Partition, RebalanceListener, Record
-from pizzashop.errors import BrokerUnavailable
+from pizzashop.core.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

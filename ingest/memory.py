@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ingest.transport import Headers, Outgoing, Partition, RebalanceListener, Record
-from pizzashop.errors import BrokerUnavailable
+from pizzashop.core.errors import BrokerUnavailable
 
 
 @dataclass(slots=True)

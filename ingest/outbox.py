@@ -62,8 +62,8 @@ from ingest.codec import PLAIN_JSON, EncodedRecord, Serializer
 from ingest.events import Event
 from ingest.producer import TransactionalProducer, translate
 from ingest.topics import TopicSpec, ensure_topics
-from pizzashop.database import Database, chunked, metadata
-from pizzashop.settings import OutboxSettings
+from pizzashop.core.database import Database, chunked, metadata
+from pizzashop.core.settings import OutboxSettings
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from aiokafka.errors import (
 
 from ingest.codec import EncodedRecord, encode
 from ingest.events import Event
-from pizzashop.errors import (
+from pizzashop.core.errors import (
     BrokerUnavailable,
     PizzashopError,
     ProducerReset,

@@ -47,9 +47,9 @@ from ingest.dlq import H_REPLAY_GROUP, Reason, dead_letter_headers
 from ingest.events import utcnow
 from ingest.topics import DLQ_SUFFIX
 from ingest.transport import Outgoing, Partition, Record, Transport
-from pizzashop.errors import PizzashopError, ValidationFailed
-from pizzashop.lifecycle import Resource
-from pizzashop.settings import ConsumerSettings
+from pizzashop.core.errors import PizzashopError, ValidationFailed
+from pizzashop.core.lifecycle import Resource
+from pizzashop.core.settings import ConsumerSettings
 
 logger = logging.getLogger(__name__)
 

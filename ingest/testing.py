@@ -33,7 +33,7 @@ from ingest.memory import MemoryBroker, MemoryTransport
 from ingest.runtime import ConsumerRuntime, ConsumerStats
 from ingest.topics import DLQ_SUFFIX
 from ingest.transport import Headers, Partition, Record
-from pizzashop.settings import ConsumerSettings
+from pizzashop.core.settings import ConsumerSettings
 
 __all__ = ["FAST_SETTINGS", "FlowHarness"]
 

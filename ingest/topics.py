@@ -21,7 +21,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import InvalidReplicationFactorError, TopicAlreadyExistsError
 
 from ingest.broker import min_insync_replicas
-from pizzashop.errors import BrokerUnavailable, ConfigError
+from pizzashop.core.errors import BrokerUnavailable, ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ not pay for torch until a torch model is actually used.
 
 from __future__ import annotations
 
-from pizzashop.lazy import lazy_exports
+from pizzashop.core.lazy import lazy_exports
 
 _EXPORTS = {
     "AnomalyModel": "models.anomaly",

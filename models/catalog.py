@@ -1,6 +1,6 @@
 """The menu and the pizzaplace sales history as NumPy arrays, for the simulator and the features.
 
-Built once per process (``load_catalog`` is cached) from ``services/menu.json`` and
+Built once per process (``load_catalog`` is cached) from ``pizzashop/core/menu.json`` and
 ``models/data/pizzaplace.csv.gz``. Everything here is read-only.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from services.menu import Menu, load_menu
+from pizzashop.core.menu import Menu, load_menu
 
 PIZZAPLACE_PATH = Path(__file__).parent / "data" / "pizzaplace.csv.gz"
 CATEGORIES: tuple[str, ...] = ("pizza", "side", "drink", "dessert")

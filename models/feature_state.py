@@ -35,6 +35,7 @@ from models.features import (
     state_query,
     stateful_features,
 )
+from pizzashop.core.database import metadata
 
 
 @runtime_checkable
@@ -104,7 +105,6 @@ class InMemoryFeatureState:
 
 # -- SQL ---------------------------------------------------------------------------------------
 
-metadata = sa.MetaData()
 orders_table = sa.Table(
     "feature_orders",
     metadata,
@@ -161,7 +161,10 @@ class SqlFeatureState:
         if self._engine is None:
             self._engine = create_async_engine(self._url)
         async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+            await conn.run_sync(
+                metadata.create_all,
+                tables=[orders_table, events_table, customers_table, links_table],
+            )
 
     async def stop(self) -> None:
         if self._engine is not None and self._owns_engine and not self._closed:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from models.features import FEATURE_SCHEMA_VERSION
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from models.scorer import Scorer

@@ -424,8 +424,8 @@ class _Generator:
             basket = pop.basket(sess.customer, rng.randint(1, 2))
             channel = "app"
             logit = -1.9 + 0.55 * k + rng.gauss(0, 0.4)
+        assert sess.customer is not None
         customer = sess.customer
-        assert customer is not None
         if sess.voucher:
             payment = PaymentMethod(kind="voucher")
         else:

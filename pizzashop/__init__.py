@@ -1,25 +1,7 @@
-"""Pizzashop: the composition root, settings, errors and the command line.
+"""Pizzashop's own two layers around the architecture's packages.
 
-The architecture lives in the top-level packages (``ingest``, ``services``, ``models``,
-``enrichers``, ``api``); this package only wires them together.
+``pizzashop.core`` is the floor every package stands on: errors, settings, the database and its
+migrations, the resource lifecycle, the menu. ``pizzashop.app`` is the roof: the composition
+root, the command line, the demo. The layers between (``ingest``, ``services``, ``models``,
+``enrichers``, ``api``) are written down in ``pyproject.toml`` and checked by ``lint-imports``.
 """
-
-from pizzashop.errors import (
-    ConfigError,
-    DecodeError,
-    PermanentError,
-    PizzashopError,
-    TransientError,
-    ValidationFailed,
-)
-from pizzashop.settings import Settings
-
-__all__ = [
-    "ConfigError",
-    "DecodeError",
-    "PermanentError",
-    "PizzashopError",
-    "Settings",
-    "TransientError",
-    "ValidationFailed",
-]

@@ -1,17 +1,17 @@
 """The core flows: intake, kitchen, payment and saga, notification, status and score projections.
 
-Public names load lazily, so ``import services.menu`` alone stays light.
+Public names load lazily, so ``import pizzashop.core.menu`` alone stays light.
 """
 
 from __future__ import annotations
 
-from pizzashop.lazy import lazy_exports
+from pizzashop.core.lazy import lazy_exports
 
 _EXPORTS = {
     "Kitchen": "services.kitchen",
     "Mailer": "services.mailer",
-    "Menu": "services.menu",
-    "MenuItem": "services.menu",
+    "Menu": "pizzashop.core.menu",
+    "MenuItem": "pizzashop.core.menu",
     "Notifier": "services.notification",
     "OrderIntake": "services.intake",
     "OrderRequest": "services.intake",
@@ -21,7 +21,7 @@ _EXPORTS = {
     "SmtpSink": "services.mailer",
     "StatusProjection": "services.status",
     "StatusQueries": "services.status",
-    "load_menu": "services.menu",
+    "load_menu": "pizzashop.core.menu",
 }
 
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

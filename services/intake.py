@@ -32,10 +32,10 @@ from sqlalchemy.exc import IntegrityError
 from ingest.codec import PLAIN_JSON, Serializer
 from ingest.events import Address, OrderItem, OrderPlaced, PaymentMethod, utcnow
 from ingest.outbox import add_to_outbox
-from pizzashop.database import Database
-from pizzashop.errors import Problem, ValidationFailed
-from pizzashop.pii import card_numbers_in
-from services.menu import Menu
+from pizzashop.core.database import Database
+from pizzashop.core.errors import Problem, ValidationFailed
+from pizzashop.core.menu import Menu
+from pizzashop.core.pii import card_numbers_in
 from services.status import orders, record_placed
 
 MAX_QUANTITY_PER_LINE = 20

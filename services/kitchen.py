@@ -39,8 +39,8 @@ from ingest.events import (
 )
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
-from pizzashop.database import Database, chunked, metadata
-from services.menu import Menu, load_menu
+from pizzashop.core.database import Database, chunked, metadata
+from pizzashop.core.menu import Menu, load_menu
 
 logger = logging.getLogger(__name__)
 

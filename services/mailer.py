@@ -21,9 +21,9 @@ from typing import Any, Self
 import aiosmtplib
 from aiosmtpd.controller import Controller
 
-from pizzashop.errors import DeliveryFailed, ValidationFailed
-from pizzashop.lifecycle import Resource
-from pizzashop.settings import SmtpSettings
+from pizzashop.core.errors import DeliveryFailed, ValidationFailed
+from pizzashop.core.lifecycle import Resource
+from pizzashop.core.settings import SmtpSettings
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from ingest.consumer import Delivery, Handler, Output
 from ingest.events import OrderEnriched, ScoreShadowed
 from ingest.flows import FlowContext, flow
 from ingest.topics import ENRICHED
-from pizzashop.database import Database, chunked, metadata
+from pizzashop.core.database import Database, chunked, metadata
 
 order_scores = Table(
     "order_scores",

@@ -32,7 +32,7 @@ from ingest.events import (
 )
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
-from pizzashop.database import Database, chunked, metadata
+from pizzashop.core.database import Database, chunked, metadata
 
 orders = Table(
     "orders",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 NODE_ID = 1  # the id of a single node, and of the first node of a cluster
 NODE_COUNTS = (1, 3, 5)

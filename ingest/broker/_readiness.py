@@ -19,7 +19,7 @@ from aiokafka.conn import create_conn
 from aiokafka.protocol.metadata import MetadataRequest
 
 from ingest.broker._config import NODE_ID
-from pizzashop.errors import BrokerUnavailable
+from pizzashop.core.errors import BrokerUnavailable
 
 logger = logging.getLogger(__name__)
 

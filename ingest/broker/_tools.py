@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from ingest.broker._tools import (
     jars_resolved,
     resolve_jars,
 )
-from pizzashop.errors import BrokerUnavailable, ConfigError
+from pizzashop.core.errors import BrokerUnavailable, ConfigError
 
 logger = logging.getLogger(__name__)
 

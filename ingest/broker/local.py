@@ -44,7 +44,7 @@ from ingest.broker._config import (
 )
 from ingest.broker._readiness import wait_all, wait_ready
 from ingest.broker._tools import check_version, ensure_tools, jars_resolved, resolve_jars
-from pizzashop.errors import BrokerUnavailable, ConfigError
+from pizzashop.core.errors import BrokerUnavailable, ConfigError
 
 logger = logging.getLogger(__name__)
 

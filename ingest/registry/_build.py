@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from ingest.broker._tools import INSTALL_HINT, file_lock, java_executable
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from pizzashop.errors import BrokerUnavailable, ConfigError
+from pizzashop.core.errors import BrokerUnavailable, ConfigError
 
 CCOMPAT_PATH = "/apis/ccompat/v7"
 _HEAP = re.compile(r"^\d+[mMgG]$")

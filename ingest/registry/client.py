@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import httpx
 
-from pizzashop.errors import PermanentError, TransientError, ValidationFailed
+from pizzashop.core.errors import PermanentError, TransientError, ValidationFailed
 
 logger = logging.getLogger(__name__)
 

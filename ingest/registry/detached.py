@@ -30,7 +30,7 @@ from ingest.registry._process import (
     url_of,
     wait_ready,
 )
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from types import TracebackType
 from ingest.broker._config import free_port, port_is_free, port_taken_message
 from ingest.registry._build import build, ensure_java, is_built
 from ingest.registry._process import check_heap, log_tail, registry_command, url_of, wait_ready
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

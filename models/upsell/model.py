@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from models.scorer import Result, Scored, Scorer, ScoringBatch
-from pizzashop.errors import ModelError
-from services.menu import load_menu
+from pizzashop.core.errors import ModelError
+from pizzashop.core.menu import load_menu
 
 from ._features import (
     CATEGORIES,

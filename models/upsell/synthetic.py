@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.menu import MenuItem
+from pizzashop.core.menu import MenuItem
 
 __all__ = [
     "CustomerProfile",

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-from services.menu import MenuItem
+from pizzashop.core.menu import MenuItem
 
 from ._features import FEATURES, Catalogue, Statistics, candidate_features, multi_hot
 from .embeddings import Embedder, MiniLMEmbedder, embed_menu

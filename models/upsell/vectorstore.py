@@ -17,7 +17,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import InMemoryVectorStore
 
-from services.menu import MenuItem
+from pizzashop.core.menu import MenuItem
 
 from .embeddings import Embedder, MenuEmbeddings
 

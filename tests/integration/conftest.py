@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ingest.broker import LocalKafka
-from pizzashop.settings import Settings
+from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
 
 HERE = Path(__file__).parent
@@ -139,6 +139,6 @@ async def spawn_workers(
     }
     with log.open("ab") as sink:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pizzashop.cli", "run", "--no-api", "--verbose",
+            sys.executable, "-m", "pizzashop.app.cli", "run", "--no-api", "--verbose",
             "--workers", workers, env=environment, stdout=sink, stderr=sink,
         )  # fmt: skip

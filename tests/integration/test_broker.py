@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ingest.broker import LocalKafka, nodes_up, start_detached, status, stop_detached
 from ingest.broker._readiness import run_sync
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 needs_java = pytest.mark.skipif(
     shutil.which("java") is None, reason="starts its own broker: needs Java and Maven"

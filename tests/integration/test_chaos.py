@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import ChaosOptions, run_chaos
-from pizzashop.settings import Settings
+from pizzashop.core.settings import Settings
 
 
 @pytest.mark.timeout(600)

@@ -13,8 +13,8 @@ from api.app import create_app
 from ingest.codec import H_EVENT_TYPE, H_ORDER_ID, header
 from ingest.reader import read_topics
 from ingest.topics import Topics
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop, Wiring
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
 from tests.integration.conftest import API_HEADERS, eventually, spawn_workers
 from tests.integration.test_order_flow import order_body

@@ -8,9 +8,9 @@ from ingest.dlq import (
     read_dead_letters,
     replay,
 )
-from pizzashop.demo import malformed_records
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop, Wiring
+from pizzashop.app.demo import malformed_records
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import Settings
 from tests.integration.conftest import eventually
 
 

@@ -19,9 +19,9 @@ from ingest.producer import EventProducer
 from ingest.reader import read_topics
 from ingest.runtime import ConsumerRuntime
 from ingest.topics import TopicSpec, ensure_topics
-from pizzashop.errors import TransientError
-from pizzashop.settings import ConsumerSettings, Settings
-from pizzashop.shop import Shop, Wiring
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.errors import TransientError
+from pizzashop.core.settings import ConsumerSettings, Settings
 from services.mailer import SmtpSink
 from tests.integration.conftest import eventually
 from tests.unit.conftest import make_order

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pizzashop.demo import run_demo
-from pizzashop.settings import Settings
+from pizzashop.app.demo import run_demo
+from pizzashop.core.settings import Settings
 
 
 async def test_demo_accounts_for_every_order(

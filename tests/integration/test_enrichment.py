@@ -20,9 +20,9 @@ from ingest.events import OrderEnriched, OrderPlaced, ScoreShadowed
 from ingest.reader import read_topics
 from models.registry import Registry
 from models.simulator import simulate
-from pizzashop.errors import DependencyPending
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop, Wiring
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.errors import DependencyPending
+from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
 from tests.integration.conftest import API_HEADERS, eventually, spawn_workers
 from tests.integration.test_order_flow import order_body

@@ -6,8 +6,8 @@ import httpx
 
 from api.app import create_app
 from ingest.codec import encode
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop, Wiring
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
 from tests.integration.conftest import API_HEADERS, eventually
 from tests.integration.tcp_proxy import TcpProxy

@@ -9,10 +9,10 @@ import httpx
 import pytest
 
 from api.app import create_app
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop
+from pizzashop.app.shop import Shop
+from pizzashop.core.menu import load_menu
+from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
-from services.menu import load_menu
 from tests.integration.conftest import API_HEADERS, eventually
 
 MENU = load_menu()

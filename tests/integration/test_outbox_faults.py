@@ -27,9 +27,9 @@ from ingest.outbox import KafkaOutboxTransport, OutboxRelay, add_to_outbox
 from ingest.producer import EventProducer
 from ingest.reader import read_topics
 from ingest.topics import TopicSpec, ensure_topics
-from pizzashop.database import Database
-from pizzashop.errors import BrokerUnavailable
-from pizzashop.settings import HealthSettings, OutboxSettings
+from pizzashop.core.database import Database
+from pizzashop.core.errors import BrokerUnavailable
+from pizzashop.core.settings import HealthSettings, OutboxSettings
 from tests.integration.conftest import eventually
 from tests.integration.tcp_proxy import TcpProxy
 from tests.unit.conftest import make_order
@@ -167,7 +167,7 @@ async def test_a_database_error_keeps_the_relay_alive_and_health_says_so(
         crashed=lambda: [*crashed, *(["outbox-relay"] if task.done() else [])],
         settings=SimpleNamespace(health=HealthSettings(relay_failing_max_s=1.0)),
     )
-    app = create_app(shop)  # type: ignore[arg-type]
+    app = create_app(shop)
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://shop"

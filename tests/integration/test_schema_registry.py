@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import pytest
@@ -37,8 +37,8 @@ from ingest.registry import (
 )
 from ingest.schemas import current_schema
 from ingest.topics import Topics, TopicSpec, ensure_topics
-from pizzashop.cli import app
-from pizzashop.errors import DecodeError, ValidationFailed
+from pizzashop.app.cli import app
+from pizzashop.core.errors import DecodeError, ValidationFailed
 
 
 class OrderRejectedNext(OrderRejected):
@@ -65,7 +65,7 @@ class OrderRejectedRenamed(Event):
     why: str = Field(min_length=1, max_length=200)
 
 
-NEW_TYPES = {**EVENT_TYPES, "OrderRejected": OrderRejectedNext}
+NEW_TYPES: dict[str, type[Event]] = {**EVENT_TYPES, "OrderRejected": OrderRejectedNext}
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def client(schema_registry_url: str) -> Iterator[RegistryClient]:
 
 
 @pytest.fixture
-async def topic(kafka_bootstrap: str) -> AsyncIterator[str]:
+async def topic(kafka_bootstrap: str) -> str:
     name = f"t-{uuid.uuid4().hex[:8]}.order-events"
     await ensure_topics(kafka_bootstrap, [TopicSpec(name, 3)])
     return name
@@ -172,7 +172,7 @@ async def test_a_breaking_change_is_refused_and_never_reaches_the_topic(
 ) -> None:
     await _produce(kafka_bootstrap, topic, RegistrySerializer(client), _rejected(1, OrderRejected))
     event = (
-        breaking(order_id="o-1", reason=7)  # type: ignore[call-arg]
+        breaking(order_id="o-1", reason=7)
         if breaking is OrderRejectedRetyped
         else breaking(order_id="o-1", why="burnt")  # type: ignore[call-arg]
     )
@@ -247,4 +247,5 @@ def test_schemas_check_and_register_commands(
     assert failed.exit_code == 1
     assert f"FAIL {subject}" in failed.output and "SUBSCHEMA_TYPE_CHANGED" in failed.output
     refused = register(client, other)
-    assert isinstance(refused[subject], str) and "refused" in refused[subject]
+    outcome = refused[subject]
+    assert isinstance(outcome, str) and "refused" in outcome

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ingest.events import Event, OrderItem, OrderPlaced, PaymentMethod, utcnow
-from pizzashop.database import Database, metadata
+from pizzashop.core.database import Database, metadata
 
 POSTGRES_URL = os.environ.get("PIZZASHOP_TEST_POSTGRES_URL")
 

@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from ingest.outbox import outbox
-from pizzashop.settings import ApiSettings, Settings
-from pizzashop.shop import Shop, Wiring
-from services.menu import load_menu
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.menu import load_menu
+from pizzashop.core.settings import ApiSettings, Settings
 from services.status import orders, timeline
 
 MENU = load_menu()
@@ -211,7 +211,7 @@ async def test_card_fingerprint_must_look_like_one(client: Client, fingerprint: 
 
 
 async def test_demo_traffic_is_valid(client: Client) -> None:
-    from services.traffic import OrderRequests
+    from pizzashop.app.traffic import OrderRequests
 
     http, _ = client
     for _, request in zip(range(30), OrderRequests(MENU, seed=3), strict=False):

@@ -14,12 +14,12 @@ from ingest.events import EVENT_TYPES
 from ingest.schemas.asyncapi import ASYNCAPI_PATH, document, handler_class, render
 from ingest.schemas.publications import PUBLICATIONS, topic_events
 from ingest.topics import Topics
-from pizzashop.shop import registered_flows
+from pizzashop.app.shop import registered_flows
 
 
 def test_committed_document_is_up_to_date() -> None:
     assert ASYNCAPI_PATH.read_text() == render(registered_flows()), (
-        "run `python -m ingest.schemas` and commit ingest/schemas/asyncapi.json"
+        "run `pizzashop schemas export` and commit ingest/schemas/asyncapi.json"
     )
 
 

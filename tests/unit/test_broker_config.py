@@ -27,7 +27,7 @@ from ingest.broker import (
 )
 from ingest.broker._config import ClusterLayout, Layout, port_holder, port_is_free
 from ingest.topics import Topics
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 ONE = NodeAddress(1, 19092, 19093)
 THREE = (NodeAddress(1, 19092, 19093), NodeAddress(2, 19094, 19095), NodeAddress(3, 19096, 19097))

@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-import pizzashop.errors as errors
-from pizzashop.errors import PizzashopError, Problem, ValidationFailed
+import pizzashop.core.errors as errors
+from pizzashop.core.errors import PizzashopError, Problem, ValidationFailed
 
 
 def test_all_lists_every_error_class_of_the_module() -> None:

@@ -28,7 +28,7 @@ from ingest.events import (
     UpsellSuggestion,
     derived_event_id,
 )
-from pizzashop.errors import DecodeError, ValidationFailed
+from pizzashop.core.errors import DecodeError, ValidationFailed
 from tests.unit.conftest import make_order
 
 
@@ -113,7 +113,7 @@ def test_decode_says_why_a_record_is_refused(
 
 
 def test_errors_say_whether_retrying_helps() -> None:
-    from pizzashop.errors import BrokerUnavailable, ConfigError, DependencyPending
+    from pizzashop.core.errors import BrokerUnavailable, ConfigError, DependencyPending
 
     assert BrokerUnavailable.retriable and DependencyPending.retriable
     assert not DecodeError.retriable and not ValidationFailed.retriable
@@ -260,8 +260,8 @@ async def test_api_bodies_with_unknown_fields_are_still_422(
 ) -> None:
     # Imported here so a broken shop fails this test, not the whole event-contract module.
     from api.app import create_app
-    from pizzashop.settings import Settings
-    from pizzashop.shop import Shop, Wiring
+    from pizzashop.app.shop import Shop, Wiring
+    from pizzashop.core.settings import Settings
     from tests.unit.test_api import _dead_port, body
 
     settings = Settings(kafka_bootstrap=f"127.0.0.1:{_dead_port()}", home=tmp_path)

@@ -13,8 +13,8 @@ import pytest
 from api.app import create_app
 from api.health import HealthCheck
 from ingest.outbox import Backlog, RelayState
-from pizzashop.database import Database
-from pizzashop.settings import HealthSettings
+from pizzashop.core.database import Database
+from pizzashop.core.settings import HealthSettings
 
 LIMITS = HealthSettings(relay_failing_max_s=30, outbox_max_age_s=120, db_timeout_s=1)
 NOW = 10_000.0
@@ -129,7 +129,7 @@ async def http(
         crashed=tasks,
         settings=SimpleNamespace(health=LIMITS),
     )
-    app = create_app(shop)  # type: ignore[arg-type]
+    app = create_app(shop)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://shop"
     ) as client:

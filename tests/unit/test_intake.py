@@ -11,10 +11,10 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from ingest.outbox import outbox
-from pizzashop.database import Database
-from pizzashop.errors import Problem, ValidationFailed
+from pizzashop.core.database import Database
+from pizzashop.core.errors import Problem, ValidationFailed
+from pizzashop.core.menu import load_menu
 from services.intake import OrderIntake, OrderRequest, build_order
-from services.menu import load_menu
 from services.status import StatusQueries
 
 MENU = load_menu()
@@ -183,7 +183,7 @@ async def test_a_database_from_an_older_schema_is_refused_with_a_clear_error(
     import sqlite3
 
     import services.kitchen  # noqa: F401  (its table is what the old file lacks)
-    from pizzashop.errors import ConfigError
+    from pizzashop.core.errors import ConfigError
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as conn:

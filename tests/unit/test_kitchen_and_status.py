@@ -13,9 +13,9 @@ from ingest.events import (
     OrderRejected,
     utcnow,
 )
-from pizzashop.database import Database
+from pizzashop.core.database import Database
+from pizzashop.core.menu import load_menu
 from services.kitchen import REJECTION_REASON, Kitchen, Oven, has_pineapple
-from services.menu import load_menu
 from services.status import derive_status
 from tests.unit.conftest import make_order
 

@@ -19,17 +19,17 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from pizzashop import migrations
-from pizzashop.database import Database
-from pizzashop.errors import ConfigError
+from pizzashop.core import migrations
+from pizzashop.core.database import Database
+from pizzashop.core.errors import ConfigError
 from tests.unit.conftest import POSTGRES_URL, _db_params
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = (
     "Generate a revision for it:  .venv/bin/pizzashop db revision -m '<what changed>'  "
     "(alembic revision --autogenerate against a scratch database at head; see "
-    "pizzashop/migrations/__init__.py), review the file in pizzashop/migrations/versions/ "
-    "and commit it with the model change."
+    "pizzashop/core/migrations/__init__.py), review the file in "
+    "pizzashop/core/migrations/versions/ and commit it with the model change."
 )
 
 
@@ -62,7 +62,7 @@ async def _table_names(url: str) -> set[str]:
 
 
 def _model_tables() -> set[str]:
-    return {name for md in migrations.target_metadata() for name in md.tables}
+    return set(migrations.target_metadata().tables)
 
 
 # -- the shipped chain ------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def test_the_chain_has_one_head_and_ships_with_the_package() -> None:
     assert (migrations.MIGRATIONS_DIR / "versions" / "__init__.py").exists()
     assert (migrations.MIGRATIONS_DIR / "script.py.mako").exists()
     package_data = (ROOT / "pyproject.toml").read_text()
-    assert '"pizzashop.migrations" = ["script.py.mako"]' in package_data
+    assert '"pizzashop.core.migrations" = ["script.py.mako"]' in package_data
 
 
 def test_every_module_with_a_table_is_listed() -> None:
@@ -89,7 +89,7 @@ def test_every_module_with_a_table_is_listed() -> None:
                 continue
             defining.add(".".join(path.relative_to(ROOT).with_suffix("").parts))
     missing = defining - set(migrations.TABLE_MODULES)
-    assert not missing, f"add {sorted(missing)} to TABLE_MODULES in pizzashop/migrations"
+    assert not missing, f"add {sorted(missing)} to TABLE_MODULES in pizzashop/core/migrations"
 
 
 async def test_upgrade_from_empty_builds_every_table(empty_url: str) -> None:
@@ -305,5 +305,5 @@ async def test_start_refuses_a_revision_it_does_not_know(empty_url: str) -> None
 
 def test_revisions_run_only_through_the_package(tmp_path: Path) -> None:
     config = migrations.alembic_config(f"sqlite:///{tmp_path / 'x.db'}")
-    with pytest.raises(RuntimeError, match=r"through pizzashop\.migrations"):
+    with pytest.raises(RuntimeError, match=r"through pizzashop\.core\.migrations"):
         command.upgrade(config, "head")

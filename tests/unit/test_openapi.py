@@ -23,8 +23,8 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
-from pizzashop.settings import ApiSettings, OutboxSettings, Settings
-from pizzashop.shop import Shop, Wiring
+from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.settings import ApiSettings, OutboxSettings, Settings
 
 KEY = "schemathesis-key-0123456789"
 

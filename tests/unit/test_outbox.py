@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import select, text
 
 from ingest.outbox import OutboxRelay, OutboxRow, add_to_outbox, outbox
-from pizzashop.database import Database
-from pizzashop.errors import BrokerUnavailable
-from pizzashop.settings import OutboxSettings
+from pizzashop.core.database import Database
+from pizzashop.core.errors import BrokerUnavailable
+from pizzashop.core.settings import OutboxSettings
 from tests.unit.conftest import make_order
 
 FAST = OutboxSettings(
@@ -190,7 +190,7 @@ async def test_one_relay_per_database_publishes(db: Database) -> None:
     assert await second.relay_once() == 1 and second.state.has_lease
     # The first one notices on its next loop and drops its Kafka client.
     assert await first.relay_once() == 0 and not first.state.has_lease
-    assert first._transport.resets == 1  # type: ignore[attr-defined]
+    assert first._transport.resets == 1
 
 
 async def test_a_stopped_relay_hands_its_lease_over(db: Database) -> None:

@@ -18,7 +18,7 @@ from aiokafka.errors import (
 )
 
 from ingest.producer import translate
-from pizzashop.errors import BrokerUnavailable, ProducerReset, PublishRejected
+from pizzashop.core.errors import BrokerUnavailable, ProducerReset, PublishRejected
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from ingest.consumer import Delivery, Output
 from ingest.events import Event, OrderReady, OrderRejected, PaymentCaptured, RefundIssued
-from pizzashop.database import Database
+from pizzashop.core.database import Database
 from services.payment import DEADLINE_REASON, PaymentSaga, SagaDeadline
 from tests.unit.conftest import make_order
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from pizzashop.pii import (
+from pizzashop.core.pii import (
     EmailMaskingFilter,
     card_numbers_in,
     has_card_number,
@@ -136,7 +136,7 @@ def test_the_filter_masks_message_arguments_exceptions_and_extras(
 def test_dead_letter_error_messages_are_masked() -> None:
     from ingest.codec import header
     from ingest.dlq import H_ERROR_MESSAGE, dead_letter_headers
-    from pizzashop.errors import ValidationFailed
+    from pizzashop.core.errors import ValidationFailed
 
     headers = dead_letter_headers(
         [],
@@ -160,7 +160,7 @@ def test_the_cli_masks_every_log_line_uvicorns_included() -> None:
     script = textwrap.dedent(
         """
         import logging, uvicorn
-        from pizzashop.cli import _setup
+        from pizzashop.app.cli import _setup
         _setup()
         uvicorn.Config(app=None, log_level="info")  # uvicorn's loggers get their own handlers
         logging.getLogger("services.mailer").warning(

@@ -22,7 +22,7 @@ from ingest.events import OrderRejected
 from ingest.registry import RegistrySerializer, subject_name
 from ingest.registry.client import RegistryClient
 from ingest.schemas import current_schema
-from pizzashop.errors import DecodeError, ValidationFailed
+from pizzashop.core.errors import DecodeError, ValidationFailed
 
 
 class FakeRegistry(RegistryClient):

@@ -23,8 +23,8 @@ from ingest.dlq import DLQ_HEADERS, replay
 from ingest.events import Event, OrderPlaced, OrderReady, derived_event_id
 from ingest.testing import FAST_SETTINGS, FlowHarness
 from ingest.transport import Partition
-from pizzashop.database import Database
-from pizzashop.errors import PublishRejected, ValidationFailed
+from pizzashop.core.database import Database
+from pizzashop.core.errors import PublishRejected, ValidationFailed
 from tests.unit.conftest import make_order
 
 IN = "orders"

@@ -16,7 +16,7 @@ from ingest.events import Event, OrderAccepted, utcnow
 from ingest.memory import MemoryBroker
 from ingest.testing import FAST_SETTINGS, FlowHarness
 from ingest.transport import Partition
-from pizzashop.errors import DeliveryFailed
+from pizzashop.core.errors import DeliveryFailed
 from tests.unit.test_runtime import IN, OUT, P0, Recorder, order_on, outputs, ready
 
 

@@ -26,7 +26,7 @@ from tests.unit.conftest import make_order
 @pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
 def test_current_model_reads_what_the_committed_schema_allowed(cls: type[Event]) -> None:
     path = schema_path(cls)
-    assert path.exists(), f"{path.name} is not committed: run `python -m ingest.schemas`"
+    assert path.exists(), f"{path.name} is not committed: run `pizzashop schemas export`"
     committed = json.loads(path.read_text())
     assert breaking_changes(committed, current_schema(cls)) == []
 

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from api.security import BodySizeLimit, Caller, Guard, KeyRing
-from pizzashop.errors import ConfigError
-from pizzashop.settings import ApiKey, ApiSettings
+from pizzashop.core.errors import ConfigError
+from pizzashop.core.settings import ApiKey, ApiSettings
 
 OPS = "operator-secret-0123456789"
 VIEWER = "viewer-secret-0123456789"

@@ -7,7 +7,7 @@ import pytest
 
 from models.features import FEATURE_SCHEMA_VERSION
 from models.registry import Registry
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 
 def _writer(payload: str):  # type: ignore[no-untyped-def]

@@ -4,11 +4,11 @@ import io
 import json
 from pathlib import Path
 
-from models.commands import score_lines
 from models.evaluation import evaluate, rules_score
 from models.registry import Registry
 from models.simulator import SimulatedStream
 from models.training import TrainReport
+from pizzashop.app.model_commands import score_lines
 
 
 def test_train_publishes_with_lineage(trained: tuple[Path, TrainReport]) -> None:

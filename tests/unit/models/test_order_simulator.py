@@ -55,7 +55,7 @@ def test_card_testing_is_a_burst_of_small_orders_on_one_card(stream: SimulatedSt
 
 
 def test_anomalies_break_the_menu_or_the_clock(stream: SimulatedStream) -> None:
-    from services.menu import load_menu
+    from pizzashop.core.menu import load_menu
 
     menu = load_menu()
     kinds = stream.truth.anomaly_kind

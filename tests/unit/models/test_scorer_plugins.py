@@ -23,8 +23,8 @@ from models.fraud import FraudModel, FraudScorer
 from models.registry import SCORERS, ModelVersion, Registry, scorer_class
 from models.scorer import Degraded, Result, Scored, Scorer, ScoringBatch, TopFeatures
 from models.simulator import SimulatedStream
-from pizzashop.errors import ConfigError
-from services.menu import load_menu
+from pizzashop.core.errors import ConfigError
+from pizzashop.core.menu import load_menu
 
 
 def value(result: Result | None) -> Mapping[str, Any]:

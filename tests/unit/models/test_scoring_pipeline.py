@@ -24,7 +24,7 @@ from models.registry import ModelVersion, Registry
 from models.scorer import Degraded, Result, Scored, Scorer, ScoringBatch
 from models.simulator import SimulatedStream
 from models.training import TrainReport
-from services.menu import load_menu
+from pizzashop.core.menu import load_menu
 
 
 def value(result: Result | None) -> Mapping[str, Any]:

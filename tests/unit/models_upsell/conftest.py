@@ -8,7 +8,7 @@ import pytest
 
 from models.upsell import HashEmbedder, UpsellModel, train_upsell
 from models.upsell.synthetic import SyntheticData, generate_orders, split_by_day
-from services.menu import Menu, MenuItem, load_menu
+from pizzashop.core.menu import Menu, MenuItem, load_menu
 
 
 class CountingEmbedder:

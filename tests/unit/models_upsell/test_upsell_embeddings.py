@@ -12,7 +12,7 @@ from models.upsell import (
     menu_fingerprint,
     neighbour_matrix,
 )
-from services.menu import Menu
+from pizzashop.core.menu import Menu
 
 from .conftest import CountingEmbedder
 

@@ -13,7 +13,7 @@ import pytest
 from models.simulator import simulate
 from models.upsell.history import InMemoryBasketHistory, SqlBasketHistory, basket_history
 from models.upsell.training import prior_histories
-from pizzashop.database import Database
+from pizzashop.core.database import Database
 
 POSTGRES_URL = os.environ.get("PIZZASHOP_TEST_POSTGRES_URL")
 NO_POSTGRES = pytest.mark.skipif(POSTGRES_URL is None, reason="set PIZZASHOP_TEST_POSTGRES_URL")

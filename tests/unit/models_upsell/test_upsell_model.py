@@ -21,8 +21,8 @@ from models.upsell.synthetic import (
     histories_before,
     split_by_day,
 )
-from pizzashop.errors import ModelError
-from services.menu import Menu
+from pizzashop.core.errors import ModelError
+from pizzashop.core.menu import Menu
 
 from .conftest import pizza
 

@@ -1,9 +1,10 @@
 """Schema migrations (Alembic), shipped inside the package and configured in code.
 
 Every table the shop keeps is listed by :func:`target_metadata`; the revisions in ``versions/``
-build them. ``Database.start()`` runs them on an empty database and, where allowed, on one at an
-older revision (see ``pizzashop.database``); ``pizzashop db upgrade`` and ``pizzashop db status``
-do it by hand. No ``alembic.ini`` is needed: :func:`alembic_config` builds the configuration.
+build them. ``Database.start()`` runs them on an empty database and, where allowed, on one at
+an older revision (see ``pizzashop.core.database``); ``pizzashop db upgrade`` and
+``pizzashop db status`` do it by hand. No ``alembic.ini`` is needed: :func:`alembic_config`
+builds the configuration.
 
 Adding or changing a table or column
 ------------------------------------
@@ -13,7 +14,7 @@ Adding or changing a table or column
 
        .venv/bin/pizzashop db revision -m "payments: add refund_reason"
 
-3. Read the new file in ``pizzashop/migrations/versions/`` and fix what autogenerate cannot
+3. Read the new file in ``pizzashop/core/migrations/versions/`` and fix what autogenerate cannot
    know (renames come out as drop + add; a new NOT NULL column on a table with rows needs a
    ``server_default``). ALTERs are rendered in batch mode, which SQLite needs and PostgreSQL
    runs as plain ALTERs.
@@ -41,6 +42,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from pizzashop.core.database import metadata
 
 __all__ = [
     "TABLE_MODULES",
@@ -70,15 +73,12 @@ TABLE_MODULES = (
 """Every module that defines a table; importing them completes :func:`target_metadata`."""
 
 
-def target_metadata() -> list[MetaData]:
-    """The models' tables: the shared ``metadata`` plus the two stores that keep their own."""
+def target_metadata() -> MetaData:
+    """The one ``metadata`` every table hangs on, complete once the table modules are imported
+    (by name: the kernel knows where tables live but depends on none of those packages)."""
     for name in TABLE_MODULES:
         importlib.import_module(name)
-    from models.feature_state import metadata as feature_metadata
-    from models.upsell.history import basket_history
-    from pizzashop.database import metadata
-
-    return [metadata, feature_metadata, basket_history.metadata]
+    return metadata
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -131,7 +131,7 @@ class SchemaState:
 
 def _state_sync(conn: Connection) -> SchemaState:
     current = MigrationContext.configure(conn).get_current_revision()
-    ours = {t for md in target_metadata() for t in md.tables}
+    ours = set(target_metadata().tables)
     present = set(inspect(conn).get_table_names())
     return SchemaState(current=current, head=head_revision(), has_tables=bool(ours & present))
 

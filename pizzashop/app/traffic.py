@@ -19,9 +19,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from services.menu import Menu
+from models.catalog import PIZZAPLACE_PATH
+from pizzashop.core.menu import Menu
 
-PIZZAPLACE = Path(__file__).parent.parent / "models" / "data" / "pizzaplace.csv.gz"
+PIZZAPLACE = PIZZAPLACE_PATH
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from models import commands as model_commands
-from pizzashop.errors import PizzashopError
-from pizzashop.settings import Settings
+from pizzashop.app import model_commands
+from pizzashop.core.errors import PizzashopError
+from pizzashop.core.settings import Settings
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -39,7 +39,7 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO")]
 
 
 def _setup(verbose: bool = False) -> Settings:
-    from pizzashop.pii import EmailMaskingFilter
+    from pizzashop.core.pii import EmailMaskingFilter
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -77,7 +77,7 @@ def broker_start(
     """Start the local Kafka (KRaft) in the background, on the ports it had before; print its
     bootstrap. Nodes already running are kept; stopped ones come back."""
     from ingest.broker import start_detached
-    from pizzashop.kafka import broker_data_dir
+    from pizzashop.app.kafka import broker_data_dir
 
     settings = _setup(verbose)
     try:
@@ -98,7 +98,7 @@ def broker_start(
 def broker_stop(verbose: Verbose = False) -> None:
     """Stop every node of the local Kafka (clean shutdown); the next start reuses its ports."""
     from ingest.broker import stop_detached
-    from pizzashop.kafka import broker_data_dir
+    from pizzashop.app.kafka import broker_data_dir
 
     settings = _setup(verbose)
     typer.echo("stopped" if stop_detached(broker_data_dir(settings)) else "not running")
@@ -110,7 +110,7 @@ def broker_status(verbose: Verbose = False) -> None:
 
     Exit code 0 when all do, 4 when only some do (clients still work), 3 when none does."""
     from ingest.broker import nodes_up, status
-    from pizzashop.kafka import broker_data_dir
+    from pizzashop.app.kafka import broker_data_dir
 
     settings = _setup(verbose)
     data_dir = broker_data_dir(settings)
@@ -136,7 +136,7 @@ def broker_status(verbose: Verbose = False) -> None:
 def topics(verbose: Verbose = False) -> None:
     """Create the shop's topics (harmless when they exist)."""
     from ingest.topics import Topics, ensure_topics
-    from pizzashop.kafka import running_bootstrap
+    from pizzashop.app.kafka import running_bootstrap
 
     settings = _setup(verbose)
     try:
@@ -155,7 +155,7 @@ def topics(verbose: Verbose = False) -> None:
 @app.command()
 def flows() -> None:
     """List the flows a worker process can run, with the topics each consumes."""
-    from pizzashop.shop import registered_flows
+    from pizzashop.app.shop import registered_flows
 
     for name, spec in registered_flows().items():
         typer.echo(f"{name:<16} {', '.join(spec.topics)}")
@@ -183,8 +183,8 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
     import uvicorn
 
     from api.app import create_app
-    from pizzashop.kafka import running_bootstrap
-    from pizzashop.shop import Shop, Wiring
+    from pizzashop.app.kafka import running_bootstrap
+    from pizzashop.app.shop import Shop, Wiring
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -225,7 +225,7 @@ def demo(
     verbose: Verbose = False,
 ) -> None:
     """Start everything on real parts, place N orders, report what happened to each."""
-    from pizzashop.demo import run_demo
+    from pizzashop.app.demo import run_demo
 
     settings = _setup(verbose)
     try:
@@ -251,7 +251,7 @@ def dlq_list(
     """Show every dead letter: where it came from, why it failed, its original bytes."""
     from ingest.dlq import read_dead_letters
     from ingest.topics import Topics
-    from pizzashop.kafka import running_bootstrap
+    from pizzashop.app.kafka import running_bootstrap
 
     settings = _setup(verbose)
     try:
@@ -315,7 +315,7 @@ async def _replay(settings: Settings, chosen: LetterFilter, dry_run: bool) -> in
     from ingest.dlq import read_dead_letters, replay
     from ingest.producer import EventProducer
     from ingest.topics import Topics
-    from pizzashop.kafka import running_bootstrap
+    from pizzashop.app.kafka import running_bootstrap
 
     bootstrap = running_bootstrap(settings)
     letters = [
@@ -406,6 +406,18 @@ def _registry_client(settings: Settings) -> RegistryClient:
         url = state.url
     password = cfg.password.get_secret_value() if cfg.password is not None else None
     return RegistryClient(url, username=cfg.username, password=password, timeout_s=cfg.timeout_s)
+
+
+@schemas_app.command("export")
+def schemas_export() -> None:
+    """Rewrite the committed JSON Schemas (ingest/schemas/) and the AsyncAPI document."""
+    from ingest.schemas import export
+    from ingest.schemas.asyncapi import write
+    from pizzashop.app.shop import registered_flows
+
+    for written in export():
+        typer.echo(written)
+    typer.echo(write(registered_flows()))
 
 
 @schemas_app.command("check")

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ingest.broker import LocalKafka, status
-from pizzashop.errors import ConfigError
-from pizzashop.settings import Settings
+from pizzashop.core.errors import ConfigError
+from pizzashop.core.settings import Settings
 
 
 def broker_data_dir(settings: Settings) -> Path:

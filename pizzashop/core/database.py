@@ -1,8 +1,8 @@
 """The database: SQLite by default (embedded), PostgreSQL through a URL.
 
 Every package defines its tables with SQLAlchemy Core on the shared ``metadata`` below; the
-Alembic revisions in ``pizzashop.migrations`` build them. ``Database.start()`` brings the schema
-to the code's revision or refuses to start:
+Alembic revisions in ``pizzashop.core.migrations`` build them. ``Database.start()`` brings the
+schema to the code's revision or refuses to start:
 
 * an empty database is migrated to head (so the embedded default starts with zero steps);
 * a database at the code's head starts as it is;
@@ -31,10 +31,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pizzashop.migrations import SchemaState
+    from pizzashop.core.migrations import SchemaState
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Database:
             raise
 
     async def _migrate(self, engine: AsyncEngine) -> None:
-        from pizzashop import migrations
+        from pizzashop.core import migrations
 
         async with engine.connect() as conn:
             state = await migrations.schema_state_on(conn)
@@ -132,7 +132,7 @@ class Database:
             )
 
     async def _upgrade(self, engine: AsyncEngine, before: SchemaState) -> None:
-        from pizzashop import migrations
+        from pizzashop.core import migrations
 
         logger.info(
             "migrating the database from %s to %s",

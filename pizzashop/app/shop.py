@@ -30,11 +30,11 @@ from ingest.registry import RegistryClient, RegistrySerializer, shop_subjects
 from ingest.runtime import ConsumerRuntime
 from ingest.schemas.publications import published_pairs
 from ingest.topics import Topics, ensure_topics
-from pizzashop.database import Database
-from pizzashop.errors import ConfigError
-from pizzashop.settings import Settings
+from pizzashop.core.database import Database
+from pizzashop.core.errors import ConfigError
+from pizzashop.core.menu import Menu, load_menu
+from pizzashop.core.settings import Settings
 from services.intake import OrderIntake
-from services.menu import Menu, load_menu
 from services.scores import ScoreQueries
 from services.status import StatusQueries
 

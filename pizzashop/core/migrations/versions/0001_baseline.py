@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from pizzashop.errors import ConfigError
+from pizzashop.core.errors import ConfigError
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None

@@ -29,12 +29,12 @@ from ingest.codec import decode, encode
 from ingest.dlq import read_dead_letters
 from ingest.events import Event, OrderEnriched, OrderItem, OrderPlaced, PaymentMethod, utcnow
 from ingest.reader import read_topics
-from pizzashop.errors import PizzashopError
-from pizzashop.kafka import kafka
-from pizzashop.settings import Settings
-from pizzashop.shop import Shop
+from pizzashop.app.kafka import kafka
+from pizzashop.app.shop import Shop
+from pizzashop.app.traffic import OrderRequests
+from pizzashop.core.errors import PizzashopError
+from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
-from services.traffic import OrderRequests
 
 logger = logging.getLogger(__name__)
 

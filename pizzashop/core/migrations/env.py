@@ -1,4 +1,4 @@
-"""Alembic's environment: runs on the connection handed in by ``pizzashop.migrations``.
+"""Alembic's environment: runs on the connection handed in by ``pizzashop.core.migrations``.
 
 Batch mode renders ALTERs as SQLite needs them (copy and swap the table); on PostgreSQL the same
 operations run as plain ALTER TABLE.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from pizzashop.migrations import target_metadata
+from pizzashop.core.migrations import target_metadata
 
 
 def _run(connection: Connection) -> None:
@@ -28,7 +28,7 @@ def _main() -> None:
     connection = context.config.attributes.get("connection")
     if connection is None:
         raise RuntimeError(
-            "run migrations through pizzashop.migrations (pizzashop db upgrade / db revision)"
+            "run migrations through pizzashop.core.migrations (pizzashop db upgrade / db revision)"
         )
     _run(connection)
 

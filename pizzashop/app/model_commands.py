@@ -27,7 +27,7 @@ RegistryOption = Annotated[
 def _registry_dir(registry: Path | None) -> Path:
     if registry is not None:
         return registry
-    from pizzashop.settings import Settings
+    from pizzashop.core.settings import Settings
 
     return Settings().resolved_registry_dir
 
@@ -110,8 +110,8 @@ async def score_lines(
     from enrichers.worker import to_enriched
     from models.feature_state import InMemoryFeatureState
     from models.upsell.history import InMemoryBasketHistory
-    from pizzashop.settings import Settings
-    from services.menu import load_menu
+    from pizzashop.core.menu import load_menu
+    from pizzashop.core.settings import Settings
 
     menu = load_menu()
     threshold = Settings().enricher.fraud_threshold

@@ -1,0 +1,1 @@
+"""The application: the composition root (``shop``), the command line, the demo."""
