@@ -1,4 +1,5 @@
-"""Latency of the scoring stack: ONNX vs eager torch per batch, and the whole pipeline.
+"""Latency of the scoring stack: ONNX vs eager torch per batch (each scorer's ``core``), and
+the whole pipeline.
 
     PYTHONPATH=. python bench/score.py --registry .pizzashop/registry
 
@@ -13,13 +14,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from enrichers.pipeline import ScoringPipeline
-from models.anomaly import AnomalyModel
 from models.feature_state import InMemoryFeatureState, features_for_stream
-from models.fraud import FraudModel
-from models.registry import Registry
+from models.registry import Registry, scorer_class
+from models.scorer import ScoringBatch
 from models.simulator import simulate
 from models.training import train
 
@@ -46,13 +47,14 @@ def main() -> None:
     registry = Registry(root)
     stream = simulate(3000, seed=99)
     x = features_for_stream(stream.orders)
-    for name, cls in (("fraud", FraudModel), ("anomaly", AnomalyModel)):
+    for name in ("fraud", "anomaly"):
         mv = registry.load(name)
-        onnx, eager = cls.load(mv), cls.load(mv, prefer_onnx=False)  # type: ignore[attr-defined]
+        cls = scorer_class(name)
+        onnx, eager = cls.load(mv), cls.load(mv, prefer_onnx=False)
         for n in (100, 1000):
-            batch = onnx.pre(x[:n])
-            a = _ms(lambda m=onnx, b=batch: m.core(b), args.repeat)
-            b = _ms(lambda m=eager, b=batch: m.core(b), args.repeat)
+            inputs = onnx.pre(ScoringBatch(stream.orders[:n], x[:n]))
+            a = _ms(partial(onnx.core, inputs), args.repeat)
+            b = _ms(partial(eager.core, inputs), args.repeat)
             print(f"{name:8s} batch={n:5d} onnx={a:7.3f} ms  torch={b:7.3f} ms")
 
     async def pipeline_run(n: int) -> float:
@@ -63,6 +65,7 @@ def main() -> None:
             t0 = time.perf_counter()
             await pipe.score_batch(stream.orders[start : start + n])
             times.append(1000 * (time.perf_counter() - t0))
+        await pipe.stop()
         return statistics.median(times)
 
     for n in (100, 1000):

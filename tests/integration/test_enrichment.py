@@ -103,7 +103,8 @@ async def test_a_flagged_order_is_cancelled_refunded_and_the_customer_told(
 
             # The status projection is its own consumer group: it may see the refund later.
             async def refunded() -> bool:
-                return (await http.get(f"/orders/{order_id}")).json().get("status") == "refunded"
+                status: str = (await http.get(f"/orders/{order_id}")).json()["status"]
+                return status == "refunded"
 
             await eventually(refunded, timeout_s=30)
             state = (await http.get(f"/orders/{order_id}")).json()

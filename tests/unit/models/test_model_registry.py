@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from models.registry import Registry
 from pizzashop.core.errors import ConfigError
 
 
-def _writer(payload: str):  # type: ignore[no-untyped-def]
+def _writer(payload: str) -> Callable[[Path], dict[str, object]]:
     def write(folder: Path) -> dict[str, object]:
         (folder / "weights.txt").write_text(payload)
         return {"payload": payload}
