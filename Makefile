@@ -32,7 +32,7 @@ integration: setup
 	$(PY) -m pytest -q tests/integration
 
 # The chaos suite (bench/chaos.py): 20,000 orders under kills, broker restarts and outages, about
-# 20 min; exits non-zero when a promise is broken. `make chaos CHAOS_ARGS="--orders 1500 ..."`.
+# 15 min; exits non-zero when a promise is broken. `make chaos CHAOS_ARGS="--orders 1500 ..."`.
 CHAOS_ARGS ?=
 chaos: setup
 	$(PY) bench/chaos.py --json $(CHAOS_ARGS)

@@ -1,8 +1,8 @@
 """The chaos suite: real load, real faults, then the shop's promises checked from durable outputs.
 
-    .venv/bin/python bench/chaos.py --json                        # the full run (about 20 min)
+    .venv/bin/python bench/chaos.py --json                        # the full run (about 15 min)
     .venv/bin/python bench/chaos.py --json --orders 1500 --rate 15 --kills 2 \\
-        --broker-restarts 1 --broker-down-s 15 --smtp-outage-s 15   # a short one
+        --broker-restarts 1 --broker-down-s 15 --smtp-outage-s 15   # a short one, 2.5 min
 
 The shop runs as real processes (``pizzashop run``, configured through the environment): one
 API process (HTTP, outbox relay, a status consumer) and worker processes, every consumer group
