@@ -222,6 +222,9 @@ def demo(
     timeout: Annotated[
         float, typer.Option(help="seconds to wait for every order to finish")
     ] = 180.0,
+    registry: Annotated[
+        bool, typer.Option(help="frame events through a schema registry (started if none runs)")
+    ] = True,
     verbose: Verbose = False,
 ) -> None:
     """Start everything on real parts, place N orders, report what happened to each."""
@@ -229,7 +232,7 @@ def demo(
 
     settings = _setup(verbose)
     try:
-        report = asyncio.run(run_demo(settings, orders, timeout_s=timeout))
+        report = asyncio.run(run_demo(settings, orders, timeout_s=timeout, with_registry=registry))
     except PizzashopError as exc:
         raise _fail(exc) from exc
     data = report.as_dict()

@@ -25,11 +25,11 @@ import httpx
 import uvicorn
 
 from api.app import create_app
-from ingest.codec import decode, encode
+from ingest.codec import decode, encode, unframe
 from ingest.dlq import read_dead_letters
 from ingest.events import Event, OrderEnriched, OrderItem, OrderPlaced, PaymentMethod, utcnow
 from ingest.reader import read_topics
-from pizzashop.app.kafka import kafka
+from pizzashop.app.kafka import kafka, schema_registry
 from pizzashop.app.shop import Shop
 from pizzashop.app.traffic import OrderRequests
 from pizzashop.core.errors import PizzashopError
@@ -65,6 +65,9 @@ class DemoReport:
     p50_confirm_ms: float = 0.0
     p99_confirm_ms: float = 0.0
     bootstrap: str = ""
+    schema_registry: str | None = None
+    registry_framed_records: int = 0
+    plain_records: int = 0
     run_id: str = ""
     timed_out: bool = False
 
@@ -112,12 +115,29 @@ async def serve(app: Any, host: str) -> AsyncIterator[str]:
 
 
 async def run_demo(
-    settings: Settings, orders: int, *, timeout_s: float = 180.0, concurrency: int = 16
+    settings: Settings,
+    orders: int,
+    *,
+    timeout_s: float = 180.0,
+    concurrency: int = 16,
+    with_registry: bool = True,
 ) -> DemoReport:
     run_id = uuid.uuid4().hex[:8]
     report = DemoReport(run_id=run_id)
     await asyncio.to_thread(ensure_models, settings)
-    async with kafka(settings) as bootstrap, SmtpSink() as sink:
+    async with contextlib.AsyncExitStack() as stack:
+        bootstrap = await stack.enter_async_context(kafka(settings))
+        sink = await stack.enter_async_context(SmtpSink())
+        if with_registry:
+            # Every event then goes out framed, its schema registered and checked.
+            report.schema_registry = await stack.enter_async_context(schema_registry(settings))
+            settings = settings.model_copy(
+                update={
+                    "schema_registry": settings.schema_registry.model_copy(
+                        update={"url": report.schema_registry}
+                    )
+                }
+            )
         report.bootstrap = bootstrap
         run_settings = settings.model_copy(
             update={
@@ -139,6 +159,7 @@ async def run_demo(
             report.settle_seconds = round(time.monotonic() - began, 2)
             await _count(shop, sink, confirmed, report)
             await _count_enrichments(shop, confirmed, report)
+            await _count_framing(shop, report)
             report.duplicates_skipped = sum(r.stats.duplicates for r in shop.runtimes.values())
     return report
 
@@ -262,6 +283,16 @@ async def _count(shop: Shop, sink: SmtpSink, confirmed: list[str], report: DemoR
     }
     report.receipts_emailed = len(receipts & ours)
     report.refund_notices_emailed = len(refunds & ours)
+
+
+async def _count_framing(shop: Shop, report: DemoReport) -> None:
+    """How many records on the shop's topics carry a registry frame (magic byte and id)."""
+    topics = [shop.topics.orders, shop.topics.order_events, shop.topics.enriched]
+    for record in await read_topics(shop.bootstrap, topics, isolation_level="read_committed"):
+        if record.value and unframe(record.value)[0] is not None:
+            report.registry_framed_records += 1
+        else:
+            report.plain_records += 1
 
 
 async def _count_dead_letters(shop: Shop, report: DemoReport) -> None:

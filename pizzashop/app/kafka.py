@@ -1,4 +1,4 @@
-"""Which Kafka this process talks to.
+"""Which Kafka (and which schema registry) this process talks to.
 
 An external cluster when ``PIZZASHOP_KAFKA_BOOTSTRAP`` is set; else the detached local cluster
 (``pizzashop broker start [--nodes 3]``) if at least one of its nodes serves; else, for commands
@@ -56,3 +56,31 @@ async def kafka(settings: Settings) -> AsyncIterator[str]:
         start_timeout_s=settings.broker.start_timeout_s,
     ) as broker:
         yield broker.bootstrap
+
+
+def registry_dir(settings: Settings) -> Path:
+    return settings.home / "schema-registry"
+
+
+@contextlib.asynccontextmanager
+async def schema_registry(settings: Settings) -> AsyncIterator[str]:
+    """A schema registry's URL: the configured one, else the detached local one
+    (``pizzashop registry start``) if it runs, else a local one for the duration."""
+    from ingest.registry import LocalRegistry
+    from ingest.registry import status as registry_status
+
+    cfg = settings.schema_registry
+    if cfg.url:
+        yield cfg.url
+        return
+    state = registry_status(registry_dir(settings))
+    if state is not None:
+        yield state.url
+        return
+    async with LocalRegistry(
+        cache_dir=settings.cache_dir,
+        log_dir=registry_dir(settings),
+        heap=cfg.heap,
+        start_timeout_s=cfg.start_timeout_s,
+    ) as registry:
+        yield registry.url

@@ -9,13 +9,14 @@ from pizzashop.core.settings import Settings
 
 
 async def test_demo_accounts_for_every_order(
-    kafka_bootstrap: str, tmp_path: Path, trained_registry: Path
+    kafka_bootstrap: str, tmp_path: Path, trained_registry: Path, schema_registry_url: str
 ) -> None:
     settings = Settings(
         kafka_bootstrap=kafka_bootstrap,
         home=tmp_path,
         cook_seconds=0.2,
         registry_dir=trained_registry,
+        schema_registry={"url": schema_registry_url},
     )
     report = await run_demo(settings, 60, timeout_s=120)
     assert not report.timed_out
@@ -30,3 +31,7 @@ async def test_demo_accounts_for_every_order(
     # Every order enriched exactly once, with all three scores.
     assert report.enriched == report.enriched_records == report.orders_confirmed
     assert report.degraded_scores == 0
+    # Every record the shop wrote is registry-framed; only the injected garbage is not.
+    assert report.schema_registry == schema_registry_url
+    assert report.registry_framed_records >= 4 * report.orders_confirmed
+    assert report.plain_records == report.malformed_injected
