@@ -10,19 +10,21 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.policy import SMTP as SMTP_POLICY
 from email.policy import default as default_policy
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiosmtplib
 from aiosmtpd.controller import Controller
 
 from pizzashop.core.errors import DeliveryFailed, ValidationFailed
-from pizzashop.core.lifecycle import Resource
+from pizzashop.core.lifecycle import Resource, State
+from pizzashop.core.net import free_port
 from pizzashop.core.settings import SmtpSettings
 
 logger = logging.getLogger(__name__)
@@ -34,12 +36,20 @@ class Mailer(Resource):
     A connection is opened when a send needs one and none is idle, reused after each message,
     and dropped after any error, so a restarted server costs one failed send per connection,
     never a wedged client. ``stop()`` closes the idle ones.
+
+    Duplicates after a crash: a message the server accepted (its 250) but that the caller had
+    not marked sent yet goes out again on redelivery. ``send`` runs the caller's ``accepted``
+    callback (the mark) right after the 250, and at most ``smtp.max_unconfirmed`` messages may
+    be between their final ``DATA`` and that mark at once, so a crash repeats at most that many
+    messages (one by default), each with its original ``Message-ID``. The envelope (``MAIL``,
+    ``RCPT``) of up to ``smtp.connections`` messages proceeds concurrently meanwhile.
     """
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(settings.connections)
+        self._unconfirmed = asyncio.Semaphore(settings.max_unconfirmed)
 
     async def _start(self) -> None:
         """Connections open on demand: the shop starts while the mail server is away."""
@@ -49,21 +59,37 @@ class Mailer(Resource):
         for client in idle:
             await _close(client)
 
-    async def send(self, *, to: str, subject: str, body: str, message_id: str) -> None:
+    async def send(
+        self,
+        *,
+        to: str,
+        subject: str,
+        body: str,
+        message_id: str,
+        accepted: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Send one message; ``accepted`` runs once the server took it, before anything else
+        may be accepted beyond ``max_unconfirmed``."""
         message = EmailMessage()
         message["From"] = self._settings.sender
         message["To"] = to
         message["Subject"] = subject
         message["Message-ID"] = f"<{message_id}@pizzashop>"
         message.set_content(body)
+        content = message.as_bytes(policy=SMTP_POLICY)
         async with self._slots:
             client = self._idle.pop() if self._idle else None
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
-                await client.send_message(message)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                self._idle.append(client)  # type: ignore[arg-type]  # the session is fine
+                await client.mail(self._settings.sender)
+                await client.rcpt(to)
+                async with self._unconfirmed:
+                    await client.data(content)
+                    if accepted is not None:
+                        await accepted()
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                await _close(client)  # type: ignore[arg-type]  # the envelope is half open
                 raise ValidationFailed(f"SMTP server refused recipient {to}: {exc}") from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 if client is not None:
@@ -130,7 +156,7 @@ class _Collector:
         return "250 Message accepted for delivery"
 
 
-class SmtpSink:
+class SmtpSink(Resource):
     """A real SMTP server (aiosmtpd) on loopback that keeps what it receives in memory.
 
     ``temporary_failures`` makes it answer the first N messages with 451 (try again later), as
@@ -152,9 +178,8 @@ class SmtpSink:
     ) -> None:
         self._collector = _Collector(temporary_failures=temporary_failures, log_path=log_path)
         self._host = host
-        self._port = port or _free_port(host)
+        self._port = port or free_port(host)
         self._controller: Controller | None = None
-        self._stopped = False
 
     @property
     def host(self) -> str:
@@ -172,22 +197,23 @@ class SmtpSink:
     def serving(self) -> bool:
         return self._controller is not None
 
-    async def start(self) -> None:
-        if self._stopped:
-            raise RuntimeError("a stopped SmtpSink cannot be started again")
+    async def _start(self) -> None:
         await self._serve()
+
+    async def _stop(self) -> None:
+        await self._halt()
 
     async def suspend(self) -> None:
         """Stop serving until ``resume()``: connections to the port are refused meanwhile."""
         await self._halt()
 
     async def resume(self) -> None:
-        """Serve again on the same port, after ``suspend()``."""
-        await self.start()
-
-    async def stop(self) -> None:
-        self._stopped = True
-        await self._halt()
+        """Serve again on the same port, after ``suspend()`` (on a new sink: start it)."""
+        if self.state is State.NEW:
+            await self.start()
+            return
+        self._check_running()  # a stopped sink refuses to serve again
+        await self._serve()
 
     async def _serve(self) -> None:
         if self._controller is not None:
@@ -202,23 +228,3 @@ class SmtpSink:
         controller, self._controller = self._controller, None
         if controller is not None:
             await asyncio.to_thread(controller.stop)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])

@@ -15,6 +15,7 @@ published in the runtime's transaction with the offsets.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -122,12 +123,19 @@ class Notifier(Handler):
             assert isinstance(event, RefundIssued)
             subject, body = render_refund(event)
             to = event.customer_email
-        # The mailer's connection pool bounds how many are in flight.
-        await self._mailer.send(to=to, subject=subject, body=body, message_id=confirmation.event_id)
+        await self._mailer.send(
+            to=to,
+            subject=subject,
+            body=body,
+            message_id=confirmation.event_id,
+            accepted=functools.partial(self._mark_sent, confirmation.event_id),
+        )
+
+    async def _mark_sent(self, message_id: str) -> None:
         async with self._db.engine.begin() as conn:
             await conn.execute(
                 update(email_intents)
-                .where(email_intents.c.message_id == confirmation.event_id)
+                .where(email_intents.c.message_id == message_id)
                 .values(sent_at=func.now())
             )
 

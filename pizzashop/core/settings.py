@@ -47,6 +47,10 @@ class ConsumerSettings(BaseModel):
         "predecessor's open transaction at once instead of after transaction_timeout_ms",
     )
     shutdown_deadline_s: float = 10.0
+    transport: Literal["aiokafka", "confluent"] = Field(
+        default="aiokafka",
+        description="the Kafka client under the runtime (both exactly-once by transactions)",
+    )
 
 
 class EnricherSettings(BaseModel):
@@ -161,6 +165,12 @@ class SmtpSettings(BaseModel):
     timeout_s: float = 10.0
     connections: int = Field(
         default=16, ge=1, description="SMTP connections kept open; as many mails in flight"
+    )
+    max_unconfirmed: int = Field(
+        default=1,
+        ge=1,
+        description="mails the server may have accepted before we mark them sent; a crash "
+        "repeats at most this many (same Message-ID)",
     )
 
 
