@@ -35,7 +35,8 @@ from models.features import (
     state_query,
     stateful_features,
 )
-from pizzashop.core.database import metadata
+from pizzashop.core.database import chunked, metadata
+from pizzashop.core.lifecycle import Resource
 
 
 @runtime_checkable
@@ -139,25 +140,17 @@ links_table = sa.Table(
     sa.Column("value", sa.String(64), primary_key=True),
 )
 
-_CHUNK = 400  # stay under SQLite's bound-parameter limit
 
-
-def _chunks(values: Sequence[str]) -> list[Sequence[str]]:
-    return [values[i : i + _CHUNK] for i in range(0, len(values), _CHUNK)] if values else []
-
-
-class SqlFeatureState:
-    """The state in SQL tables (created if missing). ``start()`` before use, ``stop()`` after."""
+class SqlFeatureState(Resource):
+    """The state in SQL tables (created if missing). ``start()`` before use, ``stop()`` after;
+    with ``engine`` it borrows that engine (the shop's database) and leaves it open."""
 
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         self._url = url
         self._engine = engine
         self._owns_engine = engine is None
-        self._closed = False
 
-    async def start(self) -> None:
-        if self._closed:
-            raise RuntimeError("a stopped SqlFeatureState cannot be restarted")
+    async def _start(self) -> None:
         if self._engine is None:
             self._engine = create_async_engine(self._url)
         async with self._engine.begin() as conn:
@@ -166,28 +159,20 @@ class SqlFeatureState:
                 tables=[orders_table, events_table, customers_table, links_table],
             )
 
-    async def stop(self) -> None:
-        if self._engine is not None and self._owns_engine and not self._closed:
+    async def _stop(self) -> None:
+        if self._engine is not None and self._owns_engine:
             await self._engine.dispose()
-        self._closed = True
-
-    async def __aenter__(self) -> SqlFeatureState:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     @property
     def engine(self) -> AsyncEngine:
-        if self._engine is None or self._closed:
-            raise RuntimeError("SqlFeatureState is not started")
+        self._check_running()
+        assert self._engine is not None
         return self._engine
 
     async def snapshot(self, query: StateQuery) -> StateSnapshot:
         snap = StateSnapshot(seen={}, events={}, customers={}, links=set())
         async with self.engine.connect() as conn:
-            for chunk in _chunks(query.order_ids):
+            for chunk in chunked(query.order_ids):
                 rows = await conn.execute(
                     sa.select(orders_table.c.order_id, orders_table.c.features).where(
                         orders_table.c.order_id.in_(chunk),
@@ -202,7 +187,7 @@ class SqlFeatureState:
             for kind, entity in query.entities:
                 by_kind[kind].append(entity)
             for kind, ids in by_kind.items():
-                for chunk in _chunks(ids):
+                for chunk in chunked(ids):
                     t = events_table.c
                     rows = await conn.execute(
                         sa.select(t.entity_id, t.order_id, t.ts, t.total, t.customer_id)
@@ -213,7 +198,7 @@ class SqlFeatureState:
                         snap.events.setdefault((kind, entity), []).append(
                             EntityEvent(oid, ts, total, cid)
                         )
-            for chunk in _chunks(query.customer_ids):
+            for chunk in chunked(query.customer_ids):
                 rows = await conn.execute(
                     sa.select(customers_table).where(customers_table.c.customer_id.in_(chunk))
                 )
@@ -231,7 +216,7 @@ class SqlFeatureState:
         async with self.engine.begin() as conn:
             ids = [f.order_id for f in facts]
             existing: set[str] = set()
-            for chunk in _chunks(ids):
+            for chunk in chunked(ids):
                 rows = await conn.execute(
                     sa.select(orders_table.c.order_id).where(orders_table.c.order_id.in_(chunk))
                 )

@@ -26,7 +26,6 @@ import base64
 import os
 import re
 import secrets
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -70,32 +69,6 @@ def min_insync_replicas(replication_factor: int) -> int:
     """1 for an unreplicated topic, else 2: an ``acks=all`` write then always sits on two
     replicas, and with three replicas one may be down without stopping writes."""
     return 1 if replication_factor < 2 else 2
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the broker binds it a second later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def port_is_free(port: int) -> bool:
-    """Could Kafka bind ``127.0.0.1:port`` now?
-
-    Probed with SO_REUSEADDR, as the JVM binds its server sockets: the connections a stopped
-    broker closed linger in TIME_WAIT on its port for a minute, carrying the flag of its
-    listener, and a plain bind() fails on them although Kafka's succeeds. (That plain probe once
-    moved a restarted broker to a new port under running clients.) Only a socket that really
-    holds the port, a listener above all, makes it taken.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 _TCP_TIME_WAIT = "06"

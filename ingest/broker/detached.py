@@ -38,8 +38,6 @@ from ingest.broker._config import (
     check_heap,
     check_nodes,
     format_command,
-    free_port,
-    port_is_free,
     port_taken_message,
 )
 from ingest.broker._readiness import lists_broker, run_sync, wait_all, wait_ready
@@ -51,6 +49,7 @@ from ingest.broker._tools import (
     resolve_jars,
 )
 from pizzashop.core.errors import BrokerUnavailable, ConfigError
+from pizzashop.core.net import free_port, port_is_free
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,11 @@ before a fault reconnect to the same ``bootstrap`` by themselves.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from ingest.broker._config import (
     NODE_ID,
@@ -38,13 +36,13 @@ from ingest.broker._config import (
     check_heap,
     check_nodes,
     format_command,
-    free_port,
-    port_is_free,
     port_taken_message,
 )
 from ingest.broker._readiness import wait_all, wait_ready
 from ingest.broker._tools import check_version, ensure_tools, jars_resolved, resolve_jars
 from pizzashop.core.errors import BrokerUnavailable, ConfigError
+from pizzashop.core.lifecycle import Resource
+from pizzashop.core.net import free_port, port_is_free
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +50,6 @@ _FORMAT_TIMEOUT_S = 120.0
 _STOP_TIMEOUT_S = 30.0
 # A port picked free can be taken before the JVM binds it; only then is a retry worth it.
 _BIND_ATTEMPTS = 3
-
-
-class _State(enum.Enum):
-    NEW = "new"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPED = "stopped"
 
 
 @dataclass(slots=True)
@@ -74,7 +65,7 @@ class _Node:
         return self.process is not None and self.process.returncode is None
 
 
-class LocalKafka:
+class LocalKafka(Resource):
     """``nodes`` Kafka nodes on 127.0.0.1, data in ``data_dir``, jars cached under ``cache_dir``.
 
     ``port``/``controller_port`` (single node only) 0 picks free ports at start. ``heap`` is
@@ -111,7 +102,6 @@ class LocalKafka:
         self._wanted_port = port
         self._wanted_controller_port = controller_port
         self.start_timeout_s = start_timeout_s
-        self._state = _State.NEW
         self._nodes: list[_Node] = []
         self._java = ""
         self._lib = Path()
@@ -174,36 +164,28 @@ class LocalKafka:
         return self.cluster_layout.node(self.node_ids[node], self._node_count).server_log
 
     # -- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> str:
-        """Start every node and return the bootstrap list once each serves metadata.
+    async def _start(self) -> None:
+        """``start()``: start every node and return once each serves metadata (``bootstrap``
+        says where).
 
         Raises ConfigError (no Java/Maven, bad version, a data dir of another node count, a
         fixed port held by another process), BrokerUnavailable (a JVM died or was not ready
-        within ``start_timeout_s``), RuntimeError if this instance was started before.
+        within ``start_timeout_s``); ``start()`` raises RuntimeError if this instance was
+        started before. ``stop()`` SIGTERMs every node and waits (see ``_stop``).
         """
-        if self._state is not _State.NEW:
-            raise RuntimeError(f"LocalKafka is {self._state.value}; create a new one to restart")
-        self._state = _State.STARTING
         began = time.monotonic()
-        try:
-            self.cluster_layout.check_nodes(self._node_count)
-            self._java = ensure_tools(maven=not jars_resolved(self.cache_dir, self.version))
-            self._lib = await asyncio.to_thread(resolve_jars, self.cache_dir, self.version)
-            await self._start_cluster()
-        except BaseException:
-            await self._stop_all()
-            self._state = _State.STOPPED
-            raise
-        self._state = _State.RUNNING
+        self.cluster_layout.check_nodes(self._node_count)
+        self._java = ensure_tools(maven=not jars_resolved(self.cache_dir, self.version))
+        self._lib = await asyncio.to_thread(resolve_jars, self.cache_dir, self.version)
+        await self._start_cluster()
         logger.info(
             "Kafka %s (%d node(s)) ready at %s in %.1fs (data %s)",
             self.version,
             self._node_count,
-            self.bootstrap,
+            bootstrap_of([node.address for node in self._nodes]),
             time.monotonic() - began,
             self.data_dir,
         )
-        return self.bootstrap
 
     def _addresses(self) -> list[NodeAddress]:
         if self._node_count == 1 and self._wanted_port and self._wanted_controller_port:
@@ -387,7 +369,7 @@ class LocalKafka:
 
     def _node(self, node: int) -> _Node:
         if not self._nodes:
-            raise RuntimeError(f"LocalKafka is {self._state.value}, not running")
+            raise RuntimeError(f"LocalKafka is {self.state.value}, not running")
         if not 0 <= node < len(self._nodes):
             raise IndexError(f"node index {node} out of range 0..{len(self._nodes) - 1}")
         return self._nodes[node]
@@ -396,17 +378,9 @@ class LocalKafka:
         self._check_running()
         return self._node(node)
 
-    def _check_running(self) -> None:
-        if self._state is not _State.RUNNING:
-            raise RuntimeError(f"LocalKafka is {self._state.value}, not running")
-
     # -- stop -------------------------------------------------------------------------------
-    async def stop(self) -> None:
-        """SIGTERM every node at once, wait for Kafka's clean shutdown, SIGKILL after 30 s.
-        Safe to call twice."""
-        if self._state is _State.STOPPED:
-            return
-        self._state = _State.STOPPED
+    async def _stop(self) -> None:
+        """SIGTERM every node at once, wait for Kafka's clean shutdown, SIGKILL after 30 s."""
         await self._stop_all()
 
     async def _stop_all(self) -> None:
@@ -414,22 +388,10 @@ class LocalKafka:
         # quorum, and their controlled shutdown would wait for one until the deadline.
         await asyncio.gather(*(_terminate(node) for node in self._nodes))
 
-    async def __aenter__(self) -> LocalKafka:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
     def __repr__(self) -> str:
         ports = ",".join(str(node.address.port) for node in self._nodes) or "-"
         return (
-            f"<LocalKafka {self.version} {self._state.value} nodes={self._node_count} "
+            f"<LocalKafka {self.version} {self.state.value} nodes={self._node_count} "
             f"ports={ports} {self.data_dir}>"
         )
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.broker._config import free_port, port_is_free, port_taken_message
+from ingest.broker._config import port_taken_message
 from ingest.broker._readiness import run_sync
 from ingest.broker.detached import _spawn
 from ingest.registry._build import build, ensure_java, is_built
@@ -31,6 +31,7 @@ from ingest.registry._process import (
     wait_ready,
 )
 from pizzashop.core.errors import ConfigError
+from pizzashop.core.net import free_port, port_is_free
 
 logger = logging.getLogger(__name__)
 

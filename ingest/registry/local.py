@@ -10,31 +10,24 @@ in the JVM's memory and is gone after ``stop()``.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 
-from ingest.broker._config import free_port, port_is_free, port_taken_message
+from ingest.broker._config import port_taken_message
 from ingest.registry._build import build, ensure_java, is_built
 from ingest.registry._process import check_heap, log_tail, registry_command, url_of, wait_ready
 from pizzashop.core.errors import ConfigError
+from pizzashop.core.lifecycle import Resource
+from pizzashop.core.net import free_port, port_is_free
 
 logger = logging.getLogger(__name__)
 
 _STOP_TIMEOUT_S = 20.0
 
 
-class _State(enum.Enum):
-    NEW = "new"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPED = "stopped"
-
-
-class LocalRegistry:
+class LocalRegistry(Resource):
     """Apicurio Registry on ``127.0.0.1:port`` (0: a free port at start); its log goes to
     ``log_dir/registry.log``, its jars are built under ``cache_dir``. ``async with`` starts
     and stops it; ``url`` is the Confluent-compatible base URL clients take."""
@@ -58,7 +51,6 @@ class LocalRegistry:
         self._wanted_port = port
         self._port = 0
         self._process: asyncio.subprocess.Process | None = None
-        self._state = _State.NEW
 
     @property
     def port(self) -> int:
@@ -67,8 +59,7 @@ class LocalRegistry:
     @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>/apis/ccompat/v7``; only meaningful while running."""
-        if self._state is not _State.RUNNING:
-            raise RuntimeError(f"LocalRegistry is {self._state.value}, not running")
+        self._check_running()
         return url_of(self._port)
 
     @property
@@ -76,56 +67,40 @@ class LocalRegistry:
         process = self._process
         return process.pid if process is not None and process.returncode is None else None
 
-    async def start(self) -> str:
-        """Build if needed, start, wait until it answers; return ``url``.
+    async def _start(self) -> None:
+        """``start()``: build if needed, start, wait until it answers (then ``url`` holds).
 
         Raises ConfigError (no Java/Maven, a failed build, the fixed port taken),
-        BrokerUnavailable (the JVM died or did not answer within ``start_timeout_s``),
-        RuntimeError when this instance was started before.
+        BrokerUnavailable (the JVM died or did not answer within ``start_timeout_s``);
+        ``start()`` raises RuntimeError when this instance was started before.
         """
-        if self._state is not _State.NEW:
-            raise RuntimeError(f"LocalRegistry is {self._state.value}; create a new one to restart")
-        self._state = _State.STARTING
         began = time.monotonic()
-        try:
-            java = ensure_java(maven=not is_built(self.cache_dir))
-            jar = await asyncio.to_thread(build, self.cache_dir)
-            if self._wanted_port and not port_is_free(self._wanted_port):
-                raise ConfigError(
-                    "cannot start the schema registry: "
-                    + port_taken_message(self._wanted_port, "HTTP port")
-                )
-            self._port = self._wanted_port or free_port()
-            self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            argv = registry_command(java=java, jar=jar, port=self._port, heap=self.heap)
-            with self.log_file.open("ab") as out:
-                self._process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-                )
-            await wait_ready(
-                url_of(self._port),
-                timeout_s=self.start_timeout_s,
-                alive=lambda: self.pid is not None,
-                log_tail=lambda: log_tail(self.log_file),
+        java = ensure_java(maven=not is_built(self.cache_dir))
+        jar = await asyncio.to_thread(build, self.cache_dir)
+        if self._wanted_port and not port_is_free(self._wanted_port):
+            raise ConfigError(
+                "cannot start the schema registry: "
+                + port_taken_message(self._wanted_port, "HTTP port")
             )
-        except BaseException:
-            await self._terminate()
-            self._state = _State.STOPPED
-            raise
-        self._state = _State.RUNNING
+        self._port = self._wanted_port or free_port()
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        argv = registry_command(java=java, jar=jar, port=self._port, heap=self.heap)
+        with self.log_file.open("ab") as out:
+            self._process = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        await wait_ready(
+            url_of(self._port),
+            timeout_s=self.start_timeout_s,
+            alive=lambda: self.pid is not None,
+            log_tail=lambda: log_tail(self.log_file),
+        )
         logger.info(
             "schema registry ready at %s in %.1fs", url_of(self._port), time.monotonic() - began
         )
-        return url_of(self._port)
 
-    async def stop(self) -> None:
-        """SIGTERM, SIGKILL after 20 s. Safe to call twice."""
-        if self._state is _State.STOPPED:
-            return
-        self._state = _State.STOPPED
-        await self._terminate()
-
-    async def _terminate(self) -> None:
+    async def _stop(self) -> None:
+        """SIGTERM, SIGKILL after 20 s."""
         process = self._process
         if process is None or process.returncode is not None:
             return
@@ -136,15 +111,3 @@ class LocalRegistry:
             logger.warning("schema registry ignored SIGTERM for %.0fs; killing it", _STOP_TIMEOUT_S)
             process.kill()
             await process.wait()
-
-    async def __aenter__(self) -> LocalRegistry:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

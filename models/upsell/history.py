@@ -18,7 +18,8 @@ from typing import Protocol
 import sqlalchemy as sa
 
 from ingest.events import OrderPlaced
-from pizzashop.core.database import Database, metadata
+from pizzashop.core.database import Database, chunked, metadata
+from pizzashop.core.lifecycle import Resource
 
 basket_history = sa.Table(
     "upsell_baskets",
@@ -74,25 +75,26 @@ class InMemoryBasketHistory:
         return result
 
 
-class SqlBasketHistory:
-    """The history in one table of the shop's database; it survives restarts and rebalances."""
+class SqlBasketHistory(Resource):
+    """The history in one table of the shop's database; it survives restarts and rebalances.
+    It borrows the database: ``stop()`` leaves it open."""
 
     def __init__(self, db: Database, keep: int = 50) -> None:
         self._db = db
         self._keep = keep
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         async with self._db.engine.begin() as conn:
             await conn.run_sync(basket_history.create, checkfirst=True)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         """Nothing to release: the history borrows the shop's database."""
 
     async def before(self, orders: Sequence[OrderPlaced]) -> list[list[str]]:
         customers = sorted({o.customer_id for o in orders})
         known: dict[str, list[_Entry]] = defaultdict(list)
         async with self._db.engine.connect() as conn:
-            for start in range(0, len(customers), 400):
+            for chunk in chunked(customers):
                 # Only each customer's latest ``keep`` orders: the history stays bounded however
                 # long a customer has been ordering.
                 recent = (
@@ -108,7 +110,7 @@ class SqlBasketHistory:
                         )
                         .label("recency"),
                     )
-                    .where(basket_history.c.customer_id.in_(customers[start : start + 400]))
+                    .where(basket_history.c.customer_id.in_(chunk))
                     .subquery()
                 )
                 rows = await conn.execute(sa.select(recent).where(recent.c.recency <= self._keep))

@@ -22,8 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import MetaData, Table, event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from pizzashop.core.errors import ConfigError
+from pizzashop.core.lifecycle import Resource
 
 if TYPE_CHECKING:
     from pizzashop.core.migrations import SchemaState
@@ -43,7 +43,7 @@ metadata = MetaData()
 T = TypeVar("T")
 
 
-class Database:
+class Database(Resource):
     """An async engine plus schema migration. ``async with Database(url) as db: db.engine``.
 
     ``auto_migrate``: upgrade an older schema at start-up; None means on for SQLite, off for
@@ -59,7 +59,6 @@ class Database:
         self.url = url
         self.auto_migrate = url.startswith("sqlite") if auto_migrate is None else auto_migrate
         self._engine: AsyncEngine | None = None
-        self._stopped = False
 
     @property
     def engine(self) -> AsyncEngine:
@@ -71,11 +70,7 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    async def start(self) -> None:
-        if self._stopped:
-            raise RuntimeError("a stopped Database cannot be restarted")
-        if self._engine is not None:
-            return
+    async def _start(self) -> None:
         kwargs: dict[str, Any] = {}
         if self.url.startswith("sqlite"):
             path = self.url.split(":///", 1)[1]
@@ -92,13 +87,8 @@ class Database:
         engine = create_async_engine(self.url, **kwargs)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        self._engine = engine
-        try:
-            await self._migrate(engine)
-        except BaseException:
-            await engine.dispose()
-            self._engine = None
-            raise
+        self._engine = engine  # a failed migration disposes of it in _stop
+        await self._migrate(engine)
 
     async def _migrate(self, engine: AsyncEngine) -> None:
         from pizzashop.core import migrations
@@ -150,22 +140,9 @@ class Database:
                     return
             raise
 
-    async def stop(self) -> None:
-        if self._engine is not None and not self._stopped:
+    async def _stop(self) -> None:
+        if self._engine is not None:
             await self._engine.dispose()
-        self._stopped = True
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def insert_ignore(self, table: Table) -> Insert:
         """INSERT that silently skips rows whose key exists: the idempotent write."""

@@ -3,6 +3,12 @@
 A ``Resource`` subclass implements ``_start`` and ``_stop``; the base keeps the state, makes
 ``stop()`` idempotent (and safe after a failed start), refuses to start a stopped resource,
 and gives ``async with`` that returns the resource itself.
+
+``stop()`` has one meaning everywhere: release what ``start()`` opened and wait until it is
+released; afterwards the object is done. A resource that can go down and come back while it
+lives (a broker node's ``restart``, a mail sink's ``suspend``/``resume``) names that with verbs
+of its own. A failed ``start()`` runs ``_stop`` at once and leaves the object stopped: like an
+aiokafka client, make a new one to try again.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ class Resource(ABC):
         if self._state is State.RUNNING:
             return
         if self._state is not State.NEW:
-            raise RuntimeError(f"{type(self).__name__} is {self._state.value} and cannot start")
+            raise RuntimeError(
+                f"{type(self).__name__} is {self._state.value}; create a new one to start again"
+            )
         self._state = State.STARTING
         try:
             await self._start()
@@ -57,6 +65,11 @@ class Resource(ABC):
             await self._stop()
         finally:
             self._state = State.STOPPED
+
+    def _check_running(self) -> None:
+        """Raise unless started and not yet stopping: for what only a running resource can do."""
+        if self._state is not State.RUNNING:
+            raise RuntimeError(f"{type(self).__name__} is {self._state.value}, not running")
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -107,7 +107,8 @@ async def test_restart_on_the_same_data_dir_keeps_records(
     kafka_cache_dir: Path, tmp_path: Path
 ) -> None:
     first = LocalKafka(cache_dir=kafka_cache_dir, data_dir=tmp_path)
-    bootstrap = await first.start()
+    await first.start()
+    bootstrap = first.bootstrap
     try:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()

@@ -25,9 +25,10 @@ from ingest.broker import (
     resolve_jars,
     server_properties,
 )
-from ingest.broker._config import ClusterLayout, Layout, port_holder, port_is_free
+from ingest.broker._config import ClusterLayout, Layout, port_holder
 from ingest.topics import Topics
 from pizzashop.core.errors import ConfigError
+from pizzashop.core.net import port_is_free
 
 ONE = NodeAddress(1, 19092, 19093)
 THREE = (NodeAddress(1, 19092, 19093), NodeAddress(2, 19094, 19095), NodeAddress(3, 19096, 19097))
