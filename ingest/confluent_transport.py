@@ -131,7 +131,10 @@ class ConfluentTransport:
             await self._consumer_thread.run(consumer.close)
             raise BrokerUnavailable(f"consumer {self._group_id} cannot reach Kafka: {exc}") from exc
         consumer.subscribe(
-            list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            list(topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         self._consumer = consumer
 
@@ -167,8 +170,8 @@ class ConfluentTransport:
                     topic,
                     partition,
                     m.offset() or 0,
-                    m.key(),  # type: ignore[arg-type]
-                    m.value(),  # type: ignore[arg-type]
+                    m.key(),
+                    m.value(),
                     list(m.headers() or ()),  # type: ignore[arg-type]
                     m.timestamp()[1],
                 )
@@ -294,11 +297,11 @@ def _consume(consumer: Consumer, timeout_s: float, max_records: int) -> list[Mes
 
 
 def _produce(producer: Producer, record: Outgoing) -> None:
+    # The stubs want an invariant list of (str, str | bytes | None); ours is narrower.
+    headers: Any = record.headers or None
     while True:
         try:
-            producer.produce(
-                record.topic, record.value, record.key, headers=record.headers or None
-            )
+            producer.produce(record.topic, record.value, record.key, headers=headers)
             return
         except BufferError:  # the local queue is full: let deliveries drain it
             producer.poll(0.05)

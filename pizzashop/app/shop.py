@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ingest.codec import PLAIN_JSON, Serializer, install_schema_source
+from ingest.confluent_transport import ConfluentTransport
 from ingest.dedupe import ProcessedEvents
 from ingest.flows import FLOWS, Flow, FlowContext
 from ingest.kafka_transport import KafkaTransport
@@ -156,7 +157,9 @@ class Shop:
         group = self.settings.group(spec.name)
         cfg = self.settings.consumer
         instance = cfg.instance_id or uuid.uuid4().hex[:12]
-        transport = KafkaTransport(
+        # The client under the runtime; both are exactly-once by transactions.
+        transport_class = KafkaTransport if cfg.transport == "aiokafka" else ConfluentTransport
+        transport = transport_class(
             bootstrap=self.bootstrap,
             group_id=group,
             client_id=f"pizzashop-{spec.name}",
