@@ -17,8 +17,7 @@ import logging
 import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from ingest.codec import PLAIN_JSON, Serializer, install_schema_source
 from ingest.confluent_transport import ConfluentTransport
@@ -33,6 +32,7 @@ from ingest.schemas.publications import published_pairs
 from ingest.topics import Topics, ensure_topics
 from pizzashop.core.database import Database
 from pizzashop.core.errors import ConfigError
+from pizzashop.core.lifecycle import Resource
 from pizzashop.core.menu import Menu, load_menu
 from pizzashop.core.settings import Settings
 from services.intake import OrderIntake
@@ -67,7 +67,10 @@ class Wiring:
     create_topics: bool = True
 
 
-class Shop:
+class Shop(Resource):
+    """The running shop. ``start()`` builds and starts everything on one exit stack (a failed
+    start unwinds what it had started); ``stop()`` unwinds it in reverse."""
+
     def __init__(self, settings: Settings, bootstrap: str, wiring: Wiring = Wiring()) -> None:
         flows = registered_flows()
         chosen = tuple(flows) if wiring.workers is None else wiring.workers
@@ -112,7 +115,7 @@ class Shop:
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         stack = self._stack
         await stack.enter_async_context(self.db)
         if isinstance(self.serializer, RegistrySerializer):
@@ -123,20 +126,21 @@ class Shop:
                 self.topics.specs(self.settings.orders_partitions, self.settings.events_partitions),
                 replication_factor=self.settings.topic_replication_factor,
             )
-        # The producer connects lazily: the API must take orders even while Kafka is away.
-        stack.push_async_callback(self.producer.stop)
+        # No network yet: the producer connects on its first send, so the API takes orders
+        # even while Kafka is away.
+        await stack.enter_async_context(self.producer)
         for spec in self.flows:
             runtime = self._runtime(spec)
             for resource in self.resources[spec.name]:
-                await resource.start()
-                stack.push_async_callback(resource.stop)
-            # Warm-up (model loading) before the first record, not on it; its stop is
-            # registered at once, so a later failure of the start still tears it down.
+                await stack.enter_async_context(resource)
+            # Warm-up (model loading) before the first record, not on it. Nothing comes
+            # between it and the runtime's entry on the stack, and the runtime's stop (also
+            # the undo of its failed start) stops a started handler.
             await runtime.handler_start()
             await stack.enter_async_context(runtime)
             self.runtimes[spec.name] = runtime
         if self.wiring.api:
-            self._spawn(self.relay.run(), "outbox-relay", self.relay.stop)
+            self._spawn(self.relay.run(), "outbox-relay", self.relay.request_stop)
         for name, runtime in self.runtimes.items():
             self._spawn(runtime.run(), f"consumer-{name}", runtime.request_stop)
 
@@ -197,24 +201,8 @@ class Shop:
 
         self._stack.push_async_callback(_stop_and_wait)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         await self._stack.aclose()
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def crashed(self) -> Iterable[str]:
         """Names of tasks that ended with an error (they should run until stopped)."""

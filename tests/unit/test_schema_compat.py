@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -120,3 +121,32 @@ def test_new_reader_accepts_a_record_from_the_old_writer(
     assert type(decoded) is newer
     assert decoded.model_dump(exclude={"loyalty_tier", "note"}) == event.model_dump()
     assert decoded.loyalty_tier is None and decoded.note is None  # type: ignore[attr-defined]
+
+
+def test_the_baseline_only_moves_forward(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``pizzashop schemas export`` refuses a model that breaks its committed schema and
+    writes nothing; a compatible change (an optional field) goes through."""
+    import ingest.schemas as schemas
+    from ingest.events import OrderRejected
+    from pizzashop.core.errors import ValidationFailed
+
+    class Retyped(OrderRejected):
+        event_type = "OrderRejected"
+        reason: int  # type: ignore[assignment]
+
+    class Extended(OrderRejected):
+        event_type = "OrderRejected"
+        note: str | None = None
+
+    monkeypatch.setattr(schemas, "SCHEMA_DIR", tmp_path)
+    for cls in EVENT_TYPES.values():
+        path = schemas.schema_path(cls)
+        path.write_text(json.dumps(schemas.current_schema(cls)))
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    monkeypatch.setitem(EVENT_TYPES, "OrderRejected", Retyped)
+    with pytest.raises(ValidationFailed, match=r"OrderRejected\.v1\.json: .*reason"):
+        schemas.export()
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
+    monkeypatch.setitem(EVENT_TYPES, "OrderRejected", Extended)
+    schemas.export()
+    assert "note" in json.loads((tmp_path / "OrderRejected.v1.json").read_text())["properties"]
