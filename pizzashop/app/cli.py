@@ -418,8 +418,11 @@ def schemas_export() -> None:
     from ingest.schemas.asyncapi import write
     from pizzashop.app.shop import registered_flows
 
-    for written in export():
-        typer.echo(written)
+    try:
+        for written in export():
+            typer.echo(written)
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
     typer.echo(write(registered_flows()))
 
 
