@@ -63,6 +63,7 @@ from ingest.events import Event
 from ingest.producer import TransactionalProducer, translate
 from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.core.database import Database, chunked, metadata
+from pizzashop.core.lifecycle import Resource
 from pizzashop.core.settings import OutboxSettings
 
 logger = logging.getLogger(__name__)
@@ -143,10 +144,13 @@ class OutboxTransport(Protocol):
         """Close for good."""
 
 
-class KafkaOutboxTransport:
+class KafkaOutboxTransport(Resource):
     """Kafka transactions under ``transactional_id``, with a one-partition compacted progress
     topic (created if missing). Every progress record has the same key, so compaction keeps
-    the latest one for as long as the topic lives."""
+    the latest one for as long as the topic lives.
+
+    The relay never calls ``start()``: the first ``committed_ids`` or ``publish`` opens the
+    transport (no network until then), and the relay's ``run()`` stops it for good."""
 
     def __init__(
         self,
@@ -191,7 +195,14 @@ class KafkaOutboxTransport:
             raise translate(exc, f"cannot create {self._progress.topic}") from exc
         self._topic_ready = True
 
+    async def _start(self) -> None:
+        await self.producer.start()
+
+    async def _stop(self) -> None:
+        await self.producer.stop()
+
     async def publish(self, rows: Sequence[OutboxRow]) -> None:
+        await self.start()
         await self._ensure_topic()
         progress = EncodedRecord(
             key=self._key,
@@ -203,9 +214,10 @@ class KafkaOutboxTransport:
         )
 
     async def committed_ids(self) -> list[int]:
+        await self.start()
         await self._ensure_topic()
         # Fence first: afterwards no older client can commit, so what we read is final.
-        await self.producer.start()
+        await self.producer.connect()
         try:
             return await asyncio.wait_for(self._read_progress(), 2 * self._timeout_s)
         except TimeoutError as exc:
@@ -243,9 +255,6 @@ class KafkaOutboxTransport:
     async def reset(self) -> None:
         await self.producer.reset()
 
-    async def stop(self) -> None:
-        await self.producer.stop()
-
 
 @dataclass(frozen=True, slots=True)
 class RelayState:
@@ -270,8 +279,9 @@ class Backlog:
 class OutboxRelay:
     """Publishes pending outbox rows exactly once. ``wake()`` after a commit; it also polls.
 
-    ``run()`` owns ``transport`` while it runs and stops it on the way out; ``stop()`` asks it
-    to finish (one last pass, then the lease is given back).
+    ``run()`` owns ``transport`` while it runs and stops it on the way out; ``request_stop()``
+    asks it to finish (one last pass, then the lease is given back) and wakes its back-off and
+    idle waits at once. (Not ``stop()``: that verb means "closed when it returns".)
     """
 
     LEASE = "outbox-relay"
@@ -318,7 +328,7 @@ class OutboxRelay:
     def wake(self) -> None:
         self._wake.set()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
 

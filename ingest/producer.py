@@ -23,8 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -49,6 +48,7 @@ from pizzashop.core.errors import (
     ProducerReset,
     PublishRejected,
 )
+from pizzashop.core.lifecycle import Resource
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +110,15 @@ async def close_client(producer: AIOKafkaProducer, timeout_s: float) -> None:
         logger.warning("producer closed by force after %.0fs", timeout_s)
 
 
-class EventProducer:
+class EventProducer(Resource):
     """Publishes events keyed by order id. Start once, share, stop once.
 
-    A send that fails drops the underlying client (see the module docstring); the next call
-    connects a fresh one. Callers see ``BrokerUnavailable`` (or its ``ProducerReset``) when
-    trying again can help, ``PublishRejected`` when it cannot.
+    ``start()`` opens the producer without touching the network; the client connects on the
+    first send (so the API takes orders while Kafka is away), and a send on a producer nobody
+    started opens it, as an httpx ``Client`` opens on its first request. A send that fails
+    drops the underlying client (see the module docstring); the next call connects a fresh
+    one. Callers see ``BrokerUnavailable`` (or its ``ProducerReset``) when trying again can
+    help, ``PublishRejected`` when it cannot; a stopped producer refuses to send.
     """
 
     def __init__(
@@ -131,48 +134,44 @@ class EventProducer:
         }
         self._close_timeout_s = request_timeout_ms / 1000
         self._producer: AIOKafkaProducer | None = None
-        self._starting = asyncio.Lock()
-        self._stopped = False
+        self._connecting = asyncio.Lock()
         # Clients being closed after a failure: stop() waits for them.
         self._retiring: set[asyncio.Task[None]] = set()
         self.resets = 0
 
     @property
-    def started(self) -> bool:
+    def connected(self) -> bool:
         return self._producer is not None
 
-    async def start(self) -> None:
-        """Connect; raises ``BrokerUnavailable`` if Kafka cannot be reached (call again later)."""
-        async with self._starting:
-            if self._stopped:
-                raise RuntimeError("a stopped EventProducer cannot be restarted")
-            if self._producer is not None:
-                return
-            # A fresh client per attempt: aiokafka clients are not meant to start twice.
-            producer = AIOKafkaProducer(**self._options)
-            try:
-                await producer.start()
-            except KafkaError as exc:
-                await close_client(producer, self._close_timeout_s)
-                raise translate(exc, "producer cannot reach Kafka") from exc
-            self._producer = producer
+    async def _start(self) -> None:
+        """Nothing to open yet: the client connects on the first send."""
 
-    async def stop(self) -> None:
-        async with self._starting:
-            if self._producer is not None and not self._stopped:
-                producer, self._producer = self._producer, None
+    async def _stop(self) -> None:
+        async with self._connecting:
+            producer, self._producer = self._producer, None
+            if producer is not None:
                 with contextlib.suppress(KafkaError):
                     await producer.flush()
                 await close_client(producer, self._close_timeout_s)
-            self._stopped = True
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def _ready(self) -> AIOKafkaProducer:
-        if self._producer is None:
-            await self.start()
-        assert self._producer is not None
-        return self._producer
+        """The connected client, connecting one if there is none; ``BrokerUnavailable`` if
+        Kafka cannot be reached (the next call tries again)."""
+        await self.start()
+        async with self._connecting:
+            self._check_running()  # stopped while this call waited for the lock
+            if self._producer is None:
+                # A fresh client per attempt: aiokafka clients are not meant to start twice.
+                producer = AIOKafkaProducer(**self._options)
+                try:
+                    await producer.start()
+                except KafkaError as exc:
+                    await close_client(producer, self._close_timeout_s)
+                    raise translate(exc, "producer cannot reach Kafka") from exc
+                self._producer = producer
+            return self._producer
 
     def _retire(self, producer: AIOKafkaProducer, exc: KafkaError) -> bool:
         """Drop ``producer`` if it is still the current client; returns whether it was dead.
@@ -193,18 +192,6 @@ class EventProducer:
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return dead
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def publish(self, topic: str, event: Event, *, traceparent: str | None = None) -> None:
         await self.publish_many(topic, [event], traceparents=[traceparent])
@@ -250,17 +237,19 @@ class EventProducer:
             raise translate(exc, f"publish to {topic} failed", client_dead=dead) from exc
 
 
-class TransactionalProducer:
+class TransactionalProducer(Resource):
     """Sends groups of records as single Kafka transactions under a stable transactional id.
 
-    ``start()`` registers the id with the transaction coordinator (InitProducerId), which fences
-    every earlier client with the same id and aborts whatever transaction it left open; a
+    ``connect()`` registers the id with the transaction coordinator (InitProducerId), which
+    fences every earlier client with the same id and aborts whatever transaction it left open; a
     transaction the predecessor had already asked to commit completes first. So a restarted
     process, or a replacement client after a failure, never shares a transaction with the old.
 
-    After any failure the client is dropped, not aborted: the next ``start()`` fences and aborts
-    on the broker's side, which also covers a commit whose answer was lost. The caller must
-    then find out what did commit (the outbox relay reads its progress topic).
+    After any failure the client is dropped (``reset()``), not aborted: the next ``connect()``
+    fences and aborts on the broker's side, which also covers a commit whose answer was lost.
+    The caller must then find out what did commit (the outbox relay reads its progress topic).
+    ``start()`` opens the producer without the network (a send opens it too); ``stop()`` closes
+    the client for good.
     """
 
     def __init__(
@@ -285,17 +274,23 @@ class TransactionalProducer:
         }
         self._timeout_s = request_timeout_ms / 1000
         self._producer: AIOKafkaProducer | None = None
-        self._stopped = False
         self.resets = 0
 
     @property
-    def started(self) -> bool:
+    def connected(self) -> bool:
         return self._producer is not None
 
-    async def start(self) -> None:
-        """Connect and fence predecessors; ``BrokerUnavailable`` if Kafka cannot be reached."""
-        if self._stopped:
-            raise RuntimeError("a stopped TransactionalProducer cannot be restarted")
+    async def _start(self) -> None:
+        """Nothing to open yet: ``connect()`` (or the first transaction) connects."""
+
+    async def _stop(self) -> None:
+        await self.reset()
+
+    async def connect(self) -> None:
+        """Connect if not connected, fencing predecessors; ``BrokerUnavailable`` if Kafka
+        cannot be reached (call again later)."""
+        await self.start()
+        self._check_running()
         if self._producer is not None:
             return
         producer = AIOKafkaProducer(**self._options)
@@ -313,15 +308,11 @@ class TransactionalProducer:
         self._producer = producer
 
     async def reset(self) -> None:
-        """Drop the client; the next ``start()`` fences it and aborts its open transaction."""
+        """Drop the client; the next ``connect()`` fences it and aborts its open transaction."""
         if self._producer is not None:
             producer, self._producer = self._producer, None
             self.resets += 1
             await close_client(producer, self._timeout_s)
-
-    async def stop(self) -> None:
-        await self.reset()
-        self._stopped = True
 
     async def send_transaction(self, records: Sequence[tuple[str, EncodedRecord]]) -> None:
         """Send ``(topic, record)`` pairs in order, all in one transaction, and commit.
@@ -329,7 +320,7 @@ class TransactionalProducer:
         Returns once the commit is acknowledged. On any error the client is dropped and the
         error raised as the project's own; whether the transaction committed is then unknown.
         """
-        await self.start()
+        await self.connect()
         producer = self._producer
         assert producer is not None
         try:
@@ -351,6 +342,6 @@ class TransactionalProducer:
             what = f"transaction of {self.transactional_id} failed"
             raise translate(exc, what, client_dead=dead) from exc
         except BaseException:
-            # Cancelled mid-transaction (shutdown): the next start() aborts it.
+            # Cancelled mid-transaction (shutdown): the next connect() aborts it.
             await self.reset()
             raise

@@ -106,7 +106,7 @@ def transport(bootstrap: str, names: SimpleNamespace) -> KafkaOutboxTransport:
 
 
 async def stop(relay: OutboxRelay, task: asyncio.Task[None]) -> None:
-    relay.stop()
+    relay.request_stop()
     await asyncio.wait_for(task, 30)
 
 

@@ -120,7 +120,7 @@ async def test_a_lost_commit_answer_is_reconciled_not_resent(db: Database) -> No
                 break
             await asyncio.sleep(0.01)
     finally:
-        relay.stop()
+        relay.request_stop()
         await task
     counts = kafka.event_counts()
     assert len(counts) == 3 and set(counts.values()) == {1}
@@ -139,7 +139,7 @@ async def test_a_batch_that_never_committed_goes_out_again(db: Database) -> None
                 break
             await asyncio.sleep(0.01)
     finally:
-        relay.stop()
+        relay.request_stop()
         await task
     assert set(kafka.event_counts().values()) == {1} and len(kafka.event_counts()) == 3
     assert relay.failures == 2 and relay.state.consecutive_failures == 0
@@ -170,7 +170,7 @@ async def test_a_database_error_does_not_end_the_relay(db: Database) -> None:
                 break
             await asyncio.sleep(0.01)
     finally:
-        relay.stop()
+        relay.request_stop()
         await task
     assert relay.state.failing_since is None and len(kafka.event_counts()) == 2
 
@@ -198,7 +198,7 @@ async def test_a_stopped_relay_hands_its_lease_over(db: Database) -> None:
     task = asyncio.create_task(first.run())
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.shield(task), 0.1)
-    first.stop()
+    first.request_stop()
     await task
     second = OutboxRelay(db, FakeKafka(), settings=FAST, holder="b")
     await add_orders(db, 1)
