@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Annotated
@@ -179,6 +180,30 @@ def run(
         raise _fail(exc) from exc
 
 
+def _on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """The event the first SIGINT or SIGTERM sets: stop fetching, drain, flush, close.
+
+    A second one while that shutdown runs exits at once with status 128 + the signal (130
+    after Ctrl+C), skipping what is left of it: an operator pressing Ctrl+C again means it.
+    Nothing is lost by that: offsets are committed only after their effects are durable.
+    """
+    stop = asyncio.Event()
+    log = logging.getLogger(__name__)
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: exiting now, without finishing the shutdown", sig.name)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os._exit(128 + sig)
+        log.warning("%s: shutting down in order (again to exit at once)", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    return stop
+
+
 async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -> None:
     import uvicorn
 
@@ -186,10 +211,7 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
     from pizzashop.app.kafka import running_bootstrap
     from pizzashop.app.shop import Shop, Wiring
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _on_signals(asyncio.get_running_loop())
     bootstrap = running_bootstrap(settings)
     async with Shop(settings, bootstrap, Wiring(api=api, workers=workers)) as shop:
         logging.getLogger(__name__).warning(
@@ -205,8 +227,9 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
             create_app(shop), host=settings.api_host, port=settings.api_port, log_level="info"
         )
         server = uvicorn.Server(config)
-        # While it serves, uvicorn takes SIGINT/SIGTERM itself and returns; the shop then
-        # shuts down in order as the `async with` unwinds.
+        # While it serves, uvicorn takes SIGINT/SIGTERM itself and returns, then raises the
+        # signals it caught again, so `stop` is set; the shop then shuts down in order as the
+        # `async with` unwinds, and one more signal meanwhile exits at once.
         serving = asyncio.ensure_future(server.serve())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
