@@ -8,18 +8,21 @@ status code a route can answer is in its ``responses``, so the OpenAPI document 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from api.asyncapi import router as asyncapi_router
 from api.health import HealthCheck, HealthOut, Verdict
 from api.health import body as health_body
+from api.metrics import CONTENT_TYPE, RequestMetrics, ShopMetrics, flow_groups
 from api.schemas import (
     ErrorOut,
     OrderConfirmed,
@@ -29,8 +32,10 @@ from api.schemas import (
     ValidationProblemsOut,
 )
 from api.security import KEY_HEADER, BodySizeLimit, Guard
+from api.stream import ScoreFeed, score_events
 from ingest.events import OrderEnriched
 from ingest.outbox import OutboxRelay
+from ingest.tracing import current_traceparent
 from pizzashop.core.database import Database
 from pizzashop.core.errors import Problem, ValidationFailed
 from pizzashop.core.pii import masked
@@ -38,6 +43,8 @@ from pizzashop.core.settings import ApiSettings, Settings
 from services.intake import OrderIntake, OrderRequest
 from services.scores import ScoreQueries
 from services.status import StatusQueries
+
+logger = logging.getLogger(__name__)
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
 
@@ -109,6 +116,20 @@ def create_app(shop: ShopServices) -> FastAPI:
     app.state.shop = shop
     app.state.guard = guard
     app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
+    metrics = ShopMetrics(
+        runtimes=lambda: getattr(shop, "runtimes", {}),
+        relay=shop.relay,
+        bootstrap=getattr(shop, "bootstrap", None) or shop.settings.kafka_bootstrap,
+        lag_groups=flow_groups(shop.settings),
+    )
+    app.state.metrics = metrics
+    # A stream's duration is how long someone watched, not a latency.
+    app.add_middleware(RequestMetrics, metrics=metrics, skip=frozenset({"/scores/stream"}))
+    # A server span per request, from the installed tracer provider (a no-op until the
+    # composition root installs one); probes and scrapes make none.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="/health,/metrics", exclude_spans=["receive", "send"]
+    )
     app.include_router(asyncapi_router)
 
     @app.exception_handler(ValidationFailed)
@@ -155,12 +176,12 @@ def create_app(shop: ShopServices) -> FastAPI:
         # While no key has the `place` scope, a key is optional (it buys the per-key limit).
         openapi_extra={"security": [{}, {"ApiKey": []}]} if guard.place_is_open else None,
     )
-    async def place_order(
-        request: OrderRequest, traceparent: str | None = Header(default=None)
-    ) -> OrderConfirmed:
+    async def place_order(request: OrderRequest) -> OrderConfirmed:
         """Validate against the menu, store durably, confirm. Never waits for the kitchen.
         A card number in any field is refused (422) before anything is stored."""
-        placed = await shop.intake.place(request, traceparent)
+        # The order's record names this request's server span as its parent (a caller's
+        # `traceparent` header is that span's parent: the instrumentation reads it).
+        placed = await shop.intake.place(request, current_traceparent())
         return OrderConfirmed(
             status="Confirmed", order_id=placed.order_id, duplicate=placed.duplicate
         )
@@ -229,6 +250,52 @@ def create_app(shop: ShopServices) -> FastAPI:
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> str:
         return DASHBOARD
+
+    # -- live: the dashboard's stream and Prometheus metrics -----------------------------------
+    async def _live_stats() -> dict[str, Any]:
+        await metrics.refresh()
+        summary = await shop.scores.summary()
+        lag: dict[str, int] = {}
+        for part in metrics.lag:
+            lag[part.group] = lag.get(part.group, 0) + part.lag
+        return {
+            "orders": summary.orders,
+            "flagged": summary.flagged,
+            "degraded": summary.degraded,
+            "mean_fraud": summary.mean_fraud,
+            "dead_letters": metrics.dead_lettered(),
+            "lag": lag,
+        }
+
+    # Not in the OpenAPI document: an endless stream a generated client could not finish.
+    @app.get("/scores/stream", dependencies=inspect, include_in_schema=False)
+    async def scores_stream(request: Request) -> StreamingResponse:
+        """Server-sent events: the latest enriched orders, then each new one (`score`), and the
+        counters and consumer lag every 2 s (`stats`). Needs the `inspect` scope."""
+        return StreamingResponse(
+            score_events(shop.scores, _live_stats, request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    seen_scores = ScoreFeed(shop.scores)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {}}, "description": "metrics"}},
+    )
+    async def prometheus_metrics() -> Response:
+        """The shop's metrics in the Prometheus text format (no key: they carry no order or
+        customer data): consumer lag per group and partition from the broker, records handled,
+        retried and dead-lettered, outbox backlog, API latency, score distributions."""
+        await metrics.refresh()
+        try:
+            for enriched in await seen_scores.poll():
+                metrics.observe_score(enriched)
+        except Exception as exc:  # a stand-in shop without scores, a database away
+            logger.warning("metrics: reading new scores failed: %r", exc)
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     checks = HealthCheck(
         db=shop.db, relay=shop.relay, crashed=shop.crashed, settings=shop.settings.health
