@@ -2,7 +2,9 @@
 
 Value: the event's JSON. Key: the order id. Headers: ``event-type``, ``schema-version``,
 ``event-id``, ``order-id`` and a W3C ``traceparent``, so a consumer can route, trace and
-dead-letter a record without parsing its body.
+dead-letter a record without parsing its body. The ``traceparent`` is what OpenTelemetry's
+propagator writes for the producing span (``ingest.tracing``): the one the caller passes, else
+the current span's; a record produced outside any span starts a trace of its own.
 
 Writers are strict, readers are tolerant. The event models keep ``extra="forbid"``, so an event
 built in our code with a field the contract lacks is refused before it reaches the wire.
@@ -40,7 +42,6 @@ stays off the hot path.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ import jsonschema
 from pydantic import ValidationError
 
 from ingest.events import EVENT_TYPES, Event
+from ingest.tracing import TRACEPARENT, current_traceparent, new_traceparent
+from ingest.tracing import child_traceparent as child_traceparent  # for callers of a header
 from pizzashop.core.errors import DecodeError, ValidationFailed
 
 Headers = list[tuple[str, bytes]]
@@ -58,7 +61,7 @@ H_EVENT_TYPE = "event-type"
 H_SCHEMA_VERSION = "schema-version"
 H_EVENT_ID = "event-id"
 H_ORDER_ID = "order-id"
-H_TRACEPARENT = "traceparent"
+H_TRACEPARENT = TRACEPARENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,27 +71,16 @@ class EncodedRecord:
     headers: Headers
 
 
-def new_traceparent() -> str:
-    """A fresh W3C trace context: version 00, random trace and span ids, sampled."""
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
-
-
-def child_traceparent(parent: str | None) -> str:
-    """Same trace as ``parent``, new span id; a fresh trace when there is no valid parent."""
-    parts = parent.split("-") if parent else []
-    if len(parts) == 4 and len(parts[1]) == 32:
-        return f"00-{parts[1]}-{os.urandom(8).hex()}-{parts[3]}"
-    return new_traceparent()
-
-
 def encode(event: Event, traceparent: str | None = None) -> EncodedRecord:
-    """The event as plain JSON with the routing headers (no registry involved)."""
+    """The event as plain JSON with the routing headers (no registry involved).
+
+    ``traceparent`` names the span that produced the record; unset, the current span does."""
     headers: Headers = [
         (H_EVENT_TYPE, event.event_type.encode()),
         (H_SCHEMA_VERSION, str(event.schema_version).encode()),
         (H_EVENT_ID, event.event_id.encode()),
         (H_ORDER_ID, event.order_id.encode()),
-        (H_TRACEPARENT, (traceparent or new_traceparent()).encode()),
+        (H_TRACEPARENT, (traceparent or current_traceparent() or new_traceparent()).encode()),
     ]
     return EncodedRecord(
         key=event.order_id.encode(), value=event.model_dump_json().encode(), headers=headers

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
 
-from ingest.codec import H_TRACEPARENT, Headers, child_traceparent, header
+from ingest import tracing
+from ingest.codec import H_TRACEPARENT, Headers, header
 from ingest.events import Event
 
 
@@ -43,6 +44,7 @@ class Delivery:
 
     @property
     def traceparent(self) -> str | None:
+        """The trace context of the span that produced this record (its header)."""
         return header(self.headers, H_TRACEPARENT)
 
     @property
@@ -50,8 +52,10 @@ class Delivery:
         return f"{self.topic}[{self.partition}]@{self.offset} order={self.event.order_id}"
 
     def emit(self, topic: str, event: Event) -> Output:
-        """``event``, caused by this delivery: it travels in a child span of this one's trace."""
-        return Output(topic, event, child_traceparent(self.traceparent))
+        """``event``, caused by this delivery: its record names the span that handled this
+        delivery as its parent (``ingest.tracing``), so the next hop is a child of this one.
+        Call it inside ``handle``, where that span is open."""
+        return Output(topic, event, tracing.traceparent_for(self))
 
 
 class Handler(ABC):

@@ -40,6 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ingest import tracing
 from ingest.codec import PLAIN_JSON, Serializer, decode, header
 from ingest.consumer import Delivery, Handler, Output
 from ingest.dedupe import ProcessedEvents
@@ -280,7 +281,10 @@ class ConsumerRuntime(Resource):
                 await self._one_by_one(_part(group[0]), group, work)
                 continue
             try:
-                outputs = await self._handler.handle(group)
+                # A span per delivery around the call, child of its record's producer; the
+                # outputs the handler emits carry it (ingest.tracing).
+                with tracing.handling(self.name, self.group_id, group):
+                    outputs = await self._handler.handle(group)
             except Exception as exc:
                 self._count_error(exc)
                 logger.warning(
@@ -376,7 +380,8 @@ class ConsumerRuntime(Resource):
         for delivery in deliveries:
             key = (part, delivery.offset)
             try:
-                outputs = await self._handler.handle([delivery])
+                with tracing.handling(self.name, self.group_id, [delivery]):  # a span per try
+                    outputs = await self._handler.handle([delivery])
             except Exception as exc:
                 self._count_error(exc)
                 failing = self._failing.setdefault(key, _Failing(since=time.monotonic()))

@@ -246,6 +246,9 @@ class OrderIntake:
         self._serializer = serializer
 
     async def place(self, request: OrderRequest, traceparent: str | None = None) -> Placed:
+        """Store the order and its outbox row in one transaction. ``traceparent`` names the
+        span placing it (the API's request span), the parent of the order's record; unset,
+        the current span is."""
         order_id = request.order_id or f"ord-{uuid.uuid4().hex[:16]}"
         event = build_order(request, self._menu, order_id)
         if request.order_id is not None:
