@@ -110,7 +110,31 @@ async def close_client(producer: AIOKafkaProducer, timeout_s: float) -> None:
         logger.warning("producer closed by force after %.0fs", timeout_s)
 
 
-class EventProducer(Resource):
+class _Producer(Resource):
+    """What both producers share: an ``acks="all"``, idempotent aiokafka client, made when a
+    send needs one (``start()`` opens without the network) and replaced after a failure."""
+
+    def __init__(self, request_timeout_ms: int, **options: Any) -> None:
+        self._options: dict[str, Any] = {
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 5,
+            "request_timeout_ms": request_timeout_ms,
+            **options,
+        }
+        self._timeout_s = request_timeout_ms / 1000
+        self._producer: AIOKafkaProducer | None = None
+        self.resets = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def _start(self) -> None:
+        """Nothing to open yet: the client connects when a send needs it."""
+
+
+class EventProducer(_Producer):
     """Publishes events keyed by order id. Start once, share, stop once.
 
     ``start()`` opens the producer without touching the network; the client connects on the
@@ -124,27 +148,10 @@ class EventProducer(Resource):
     def __init__(
         self, bootstrap: str, *, client_id: str = "pizzashop", request_timeout_ms: int = 30_000
     ) -> None:
-        self._options: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
-            "client_id": client_id,
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 5,
-            "request_timeout_ms": request_timeout_ms,
-        }
-        self._close_timeout_s = request_timeout_ms / 1000
-        self._producer: AIOKafkaProducer | None = None
+        super().__init__(request_timeout_ms, bootstrap_servers=bootstrap, client_id=client_id)
         self._connecting = asyncio.Lock()
         # Clients being closed after a failure: stop() waits for them.
         self._retiring: set[asyncio.Task[None]] = set()
-        self.resets = 0
-
-    @property
-    def connected(self) -> bool:
-        return self._producer is not None
-
-    async def _start(self) -> None:
-        """Nothing to open yet: the client connects on the first send."""
 
     async def _stop(self) -> None:
         async with self._connecting:
@@ -152,7 +159,7 @@ class EventProducer(Resource):
             if producer is not None:
                 with contextlib.suppress(KafkaError):
                     await producer.flush()
-                await close_client(producer, self._close_timeout_s)
+                await close_client(producer, self._timeout_s)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
 
@@ -168,7 +175,7 @@ class EventProducer(Resource):
                 try:
                     await producer.start()
                 except KafkaError as exc:
-                    await close_client(producer, self._close_timeout_s)
+                    await close_client(producer, self._timeout_s)
                     raise translate(exc, "producer cannot reach Kafka") from exc
                 self._producer = producer
             return self._producer
@@ -188,7 +195,7 @@ class EventProducer(Resource):
                 type(exc).__name__,
                 "dead" if dead else "alive",
             )
-            task = asyncio.create_task(close_client(producer, self._close_timeout_s))
+            task = asyncio.create_task(close_client(producer, self._timeout_s))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         return dead
@@ -237,7 +244,7 @@ class EventProducer(Resource):
             raise translate(exc, f"publish to {topic} failed", client_dead=dead) from exc
 
 
-class TransactionalProducer(Resource):
+class TransactionalProducer(_Producer):
     """Sends groups of records as single Kafka transactions under a stable transactional id.
 
     ``connect()`` registers the id with the transaction coordinator (InitProducerId), which
@@ -261,27 +268,14 @@ class TransactionalProducer(Resource):
         request_timeout_ms: int = 30_000,
         transaction_timeout_ms: int = 60_000,
     ) -> None:
+        super().__init__(
+            request_timeout_ms,
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=transaction_timeout_ms,
+        )
         self.transactional_id = transactional_id
-        self._options: dict[str, Any] = {
-            "bootstrap_servers": bootstrap,
-            "client_id": client_id,
-            "transactional_id": transactional_id,
-            "transaction_timeout_ms": transaction_timeout_ms,
-            "acks": "all",
-            "enable_idempotence": True,
-            "linger_ms": 5,
-            "request_timeout_ms": request_timeout_ms,
-        }
-        self._timeout_s = request_timeout_ms / 1000
-        self._producer: AIOKafkaProducer | None = None
-        self.resets = 0
-
-    @property
-    def connected(self) -> bool:
-        return self._producer is not None
-
-    async def _start(self) -> None:
-        """Nothing to open yet: ``connect()`` (or the first transaction) connects."""
 
     async def _stop(self) -> None:
         await self.reset()
