@@ -154,28 +154,35 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-async def main(orders: int, runs: int, flows: Sequence[str]) -> dict[str, Any]:
+async def main(
+    orders: int, runs: int, flows: Sequence[str], *, with_passthrough: bool = True
+) -> dict[str, Any]:
     settings = Settings(home=REPO / ".pizzashop", cache_dir=REPO / ".cache")
     async with kafka(settings) as bootstrap:
         with tempfile.TemporaryDirectory() as tmp:
-            results: dict[str, list[float]] = {"passthrough": [], **{f: [] for f in flows}}
+            results: dict[str, list[float]] = {f: [] for f in flows}
+            if with_passthrough:
+                results["passthrough"] = []
             # Interleaved, so the noise of a shared machine falls on all alike.
             for _ in range(runs):
-                results["passthrough"].append(await passthrough(settings, bootstrap, orders))
+                if with_passthrough:
+                    results["passthrough"].append(await passthrough(settings, bootstrap, orders))
                 for flow in flows:
                     results[flow].append(
                         await run_flow(settings, bootstrap, flow, orders, Path(tmp))
                     )
-    reference = statistics.median(results["passthrough"])
-    return {
+    report: dict[str, Any] = {
         "orders": orders,
         "runs": runs,
         "per_s": {name: summary(values) for name, values in results.items()},
-        "ratio_to_passthrough": {
+    }
+    if with_passthrough:
+        reference = statistics.median(results["passthrough"])
+        report["ratio_to_passthrough"] = {
             name: round(statistics.median(values) / reference, 3)
             for name, values in results.items()
-        },
-    }
+        }
+    return report
 
 
 if __name__ == "__main__":
@@ -184,6 +191,16 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--flows", default=",".join(FLOWS))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--no-passthrough", action="store_true", help="the flows alone (bench/suite.py has its own)"
+    )
     args = parser.parse_args()
-    report = asyncio.run(main(args.orders, args.runs, args.flows.split(",")))
+    report = asyncio.run(
+        main(
+            args.orders,
+            args.runs,
+            args.flows.split(","),
+            with_passthrough=not args.no_passthrough,
+        )
+    )
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))

@@ -1,0 +1,459 @@
+"""Every throughput and latency figure of issue 8 in one run, on one broker.
+
+    .venv/bin/python bench/suite.py --json [--runs 3] [--orders 5000] [--messages 50000]
+                                           [--only ceiling,peers,ours,latency,api] [--profile]
+
+- ceiling: a bare passthrough (consume, decode, filter, encode, produce; offsets in the same
+  transaction) with confluent-kafka and with aiokafka, over ``--messages`` preloaded orders;
+- peers: the same passthrough in Quix Streams and in Faust (faust-streaming), each installed
+  by the suite into its own virtualenv under ``.cache/bench-venvs/`` on first use;
+- ours: the kitchen and notification flows (``bench/flows.py``, mail to an SMTP server in its
+  own process) and enrichment with all three models (``bench/enrich.py``), each from a
+  preloaded backlog of ``--orders``, each in its own process;
+- latency: ``POST /orders`` to ``OrderEnriched`` at fixed offered rates (``--rates``), the
+  shop (API, relay, enricher) in one process, the load and the probe in another;
+- api: the order API alone, loaded from a separate process at ``--connections``.
+
+Every measurement runs as a subprocess, so each can be profiled (``--profile``: py-spy, raw
+collapsed stacks in ``bench/profiles/``) and none competes with this process for the GIL.
+Runs are interleaved so a noisy machine's noise falls on all alike; each figure is the median
+of ``--runs`` with min and max. Writes ``bench/RESULTS.md`` and prints the JSON.
+Uses PIZZASHOP_KAFKA_BOOTSTRAP if set, else a local broker for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":  # run as a script: the repository's packages, bench included
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+
+from bench.flows import preload
+from ingest.topics import TopicSpec, ensure_topics
+from pizzashop.app.kafka import kafka
+from pizzashop.core.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+PEERS = Path(__file__).parent / "_peers"
+VENVS = REPO / ".cache" / "bench-venvs"
+PROFILES = Path(__file__).parent / "profiles"
+RESULTS = Path(__file__).parent / "RESULTS.md"
+SECTIONS = ("ceiling", "peers", "ours", "latency", "api")
+#: The peers' pinned versions, installed into their own virtualenvs.
+PEER_PACKAGES = {"quix": "quixstreams==3.28.1", "faust": "faust-streaming==0.15.3"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peer_python(name: str) -> Path:
+    """The peer's virtualenv's interpreter, made and filled on first use."""
+    venv = VENVS / name
+    python = venv / "bin" / "python"
+    if not (venv / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", PEER_PACKAGES[name]], check=True
+        )
+        (venv / ".installed").touch()
+    return python
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace, bootstrap: str, tmp: Path) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.tmp = tmp
+        self.settings = Settings(home=tmp, cache_dir=REPO / ".cache")
+        self.env = {
+            **os.environ,
+            "PIZZASHOP_KAFKA_BOOTSTRAP": bootstrap,
+            "PYTHONPATH": str(REPO),
+        }
+        self.registry = REPO / ".cache" / "bench-registry"
+
+    # -- running one measurement -------------------------------------------------------
+    async def measure(
+        self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Run ``argv`` (under py-spy with --profile) and parse the last JSON line it prints."""
+        argv = self._profiled(name, argv)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=REPO,
+            env=env or self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        # The last JSON object printed; Faust routes its workers' stdout into its log lines.
+        found: list[dict[str, Any]] = []
+        for line in (out.decode() + "\n" + err.decode()).splitlines():
+            if (start := line.find('{"')) >= 0:
+                with contextlib.suppress(ValueError):
+                    found.append(json.loads(line[start:]))
+        if proc.returncode != 0 or not found:
+            tail = err.decode()[-1500:]
+            raise RuntimeError(f"{name} failed ({proc.returncode}): {tail}")
+        return found[-1]
+
+    def _profiled(self, name: str, argv: Sequence[str]) -> list[str]:
+        if not (self.args.profile and name in PROFILED):
+            return list(argv)
+        PROFILES.mkdir(exist_ok=True)
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        return [
+            py_spy, "record", "--format", "raw", "--rate", "200", "--subprocesses",
+            "-o", str(PROFILES / f"{name}.txt"), "--", *argv,
+        ]  # fmt: skip
+
+    # -- sections ------------------------------------------------------------------------
+    async def passthroughs(self, which: Sequence[str]) -> dict[str, float]:
+        topics = await preload(self.settings, self.bootstrap, self.args.messages)
+        out: dict[str, float] = {}
+        for name in which:
+            python = sys.executable if name in ("confluent", "aiokafka") else None
+            interpreter = str(python or peer_python(name))
+            group = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+            sink = f"{topics.prefix}{name}.out"
+            partitions = self.settings.orders_partitions
+            await ensure_topics(self.bootstrap, [TopicSpec(sink, partitions)])
+            result = await self.measure(
+                name,
+                [
+                    interpreter, str(PEERS / f"{name}_pass.py"),
+                    "--bootstrap", self.bootstrap, "--source", topics.orders,
+                    "--sink", sink, "--group", group,
+                    "--count", str(self.args.messages),
+                ],  # fmt: skip
+            )
+            out[name] = float(result["per_s"])
+        return out
+
+    async def flow(self, flow: str) -> float:
+        result = await self.measure(
+            flow,
+            [
+                sys.executable, "bench/flows.py", "--flows", flow, "--runs", "1",
+                "--orders", str(self.args.orders), "--no-passthrough", "--json",
+            ],  # fmt: skip
+        )
+        return float(result["per_s"][flow]["median"])
+
+    async def enrich(self) -> float:
+        result = await self.measure(
+            "enrich",
+            [
+                sys.executable, "bench/enrich.py", "--json", "--rate", "100", "--seconds", "1",
+                "--burst", str(self.args.orders), "--registry", str(self.registry),
+            ],  # fmt: skip
+        )
+        return float(result["throughput_per_s"])
+
+    @contextlib.asynccontextmanager
+    async def server(self, name: str, workers: str) -> AsyncIterator[tuple[str, str]]:
+        """``pizzashop run`` in its own process on fresh topics; yields (url, enriched topic)."""
+        run = uuid.uuid4().hex[:6]
+        port = free_port()
+        home = self.tmp / f"server-{run}"
+        home.mkdir()
+        env = {
+            **self.env,
+            "PIZZASHOP_HOME": str(home),
+            "PIZZASHOP_TOPIC_PREFIX": f"bench-{run}.",
+            "PIZZASHOP_GROUP_PREFIX": f"bench-{run}",
+            "PIZZASHOP_API_PORT": str(port),
+            "PIZZASHOP_API__RATE_LIMIT_PER_ADDRESS": "",
+            "PIZZASHOP_REGISTRY_DIR": str(self.registry),
+        }
+        argv = self._profiled(
+            name,
+            [sys.executable, "-m", "pizzashop.app.cli", "run", "--workers", workers],
+        )
+        log = (self.tmp / f"server-{run}.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=REPO, env=env, stdout=log, stderr=log
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=url) as client:
+                for _ in range(600):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get("/health/ready")).status_code == 200:
+                            break
+                    if proc.returncode is not None:
+                        raise RuntimeError(f"server {name} exited; see {log.name}")
+                    await asyncio.sleep(0.1)
+            yield url, f"bench-{run}.orders.enriched"
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(2)  # SIGINT: py-spy writes its profile, the shop stops in order
+                try:
+                    await asyncio.wait_for(proc.wait(), 60)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            log.close()
+
+    async def latency(self) -> dict[str, Any]:
+        async with self.server("latency", "enricher") as (url, enriched):
+            return await self.measure(
+                "load-rates",
+                [
+                    sys.executable, str(PEERS / "http_load.py"), "rates", "--url", url,
+                    "--bootstrap", self.bootstrap, "--enriched", enriched,
+                    "--rates", self.args.rates, "--seconds", str(self.args.seconds),
+                ],  # fmt: skip
+            )
+
+    async def api(self) -> dict[str, Any]:
+        async with self.server("api", "") as (url, _):
+            return await self.measure(
+                "load-closed",
+                [
+                    sys.executable, str(PEERS / "http_load.py"), "closed", "--url", url,
+                    "--orders", str(self.args.orders), "--connections",
+                    str(self.args.connections),
+                ],  # fmt: skip
+            )
+
+    async def ensure_registry(self) -> None:
+        from models.registry import Registry
+
+        if Registry(self.registry).latest("fraud") is None:
+            from models.training import train
+
+            await asyncio.to_thread(train, self.registry, n_orders=8000, seed=3, progress=False)
+
+    async def one_run(self) -> dict[str, Any]:
+        only = self.args.only
+        result: dict[str, Any] = {}
+        if "ceiling" in only or "peers" in only:
+            which = [n for n in ("confluent", "aiokafka") if "ceiling" in only]
+            which += [n for n in ("quix", "faust") if "peers" in only]
+            rates = await self.passthroughs(which)
+            if "ceiling" in only:
+                result["ceiling"] = {
+                    "confluent_per_s": rates["confluent"],
+                    "aiokafka_per_s": rates["aiokafka"],
+                }
+            if "peers" in only:
+                result["peers"] = {"quix_per_s": rates["quix"], "faust_per_s": rates["faust"]}
+        if "ours" in only:
+            result["ours"] = {
+                "kitchen_per_s": await self.flow("kitchen"),
+                "notification_per_s": await self.flow("notification"),
+                "enrich_per_s": await self.enrich(),
+            }
+        if "latency" in only:
+            rates = await self.latency()
+            result["latency_ms"] = rates
+        if "api" in only:
+            result["api"] = await self.api()
+        return result
+
+
+#: Our stages, the ones --profile records.
+PROFILED = frozenset({"kitchen", "notification", "enrich", "latency", "api"})
+
+
+def _median(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The median figure of every numeric leaf, and {leaf: [min, max]} beside it."""
+    median: dict[str, Any] = {}
+    spread: dict[str, Any] = {}
+    for section in runs[0]:
+        median[section], spread[section] = {}, {}
+        for key, value in runs[0][section].items():
+            if isinstance(value, dict):
+                median[section][key], spread[section][key] = {}, {}
+                for leaf in value:
+                    values = [r[section][key][leaf] for r in runs]
+                    nums = [v for v in values if isinstance(v, int | float)]
+                    if len(nums) == len(values):
+                        median[section][key][leaf] = statistics.median(nums)
+                        spread[section][key][leaf] = [min(nums), max(nums)]
+                    else:
+                        median[section][key][leaf] = values[0]
+            elif isinstance(value, int | float):
+                values = [r[section][key] for r in runs]
+                median[section][key] = statistics.median(values)
+                spread[section][key] = [min(values), max(values)]
+            else:
+                median[section][key] = value
+    return median, spread
+
+
+def _hot_frames(path: Path, top: int = 12) -> list[tuple[str, float]]:
+    """The frames where a raw py-spy profile spends its samples (self time), as shares."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")
+        leaf = frames[-1].split(" (")[0] if frames else "?"
+        counts[leaf] += int(n)
+        total += int(n)
+    return [(frame, n / total) for frame, n in counts.most_common(top)] if total else []
+
+
+def write_results(
+    args: argparse.Namespace, median: dict[str, Any], spread: dict[str, Any], runs: int
+) -> None:
+    def fig(section: str, key: str) -> str:
+        value = median.get(section, {}).get(key)
+        lo_hi = spread.get(section, {}).get(key)
+        if value is None:
+            return "–"
+        return f"{value:,.0f} ({lo_hi[0]:,.0f}–{lo_hi[1]:,.0f})" if lo_hi else f"{value:,.0f}"
+
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `pizzashop bench` (`bench/suite.py`); the median of the runs, (min–max).",
+        "",
+        "## Machine and settings",
+        "",
+        f"- {platform.platform()}, Python {platform.python_version()}, "
+        f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M')}",
+        f"- runs {runs}; passthrough messages {args.messages}; flow backlogs {args.orders}; "
+        f"offered rates {args.rates} for {args.seconds} s each; API connections "
+        f"{args.connections}; one local Kafka broker",
+        "- **the machine is shared**: other engineers' test suites ran at the same time, so "
+        "every figure is noisy and low",
+        "",
+        "## Figures (per second)",
+        "",
+        "| | per second |",
+        "|---|---|",
+    ]
+    rows = [
+        ("ceiling: confluent-kafka passthrough", "ceiling", "confluent_per_s"),
+        ("ceiling: aiokafka passthrough", "ceiling", "aiokafka_per_s"),
+        ("peer: Quix Streams passthrough", "peers", "quix_per_s"),
+        ("peer: Faust passthrough", "peers", "faust_per_s"),
+        ("ours: kitchen", "ours", "kitchen_per_s"),
+        ("ours: notification (SMTP)", "ours", "notification_per_s"),
+        ("ours: enrichment, three models", "ours", "enrich_per_s"),
+        ("ours: order API", "api", "orders_per_s"),
+    ]
+    lines += [f"| {label} | {fig(s, k)} |" for label, s, k in rows]
+    if "api" in median:
+        api = median["api"]
+        lines += [
+            "",
+            f"Order API at {api.get('connections')} connections: p50 {api.get('p50_ms')} ms, "
+            f"p99 {api.get('p99_ms')} ms; statuses {api.get('statuses')}.",
+        ]
+    if "latency_ms" in median:
+        lines += ["", "## End to end, POST /orders → OrderEnriched (ms)", ""]
+        lines += ["| offered/s | achieved offered/s | p50 | p99 | p99.9 | enriched/orders |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for rate, row in median["latency_ms"].items():
+            lines.append(
+                f"| {rate} | {row.get('achieved_offered_per_s')} | {row.get('p50')} | "
+                f"{row.get('p99')} | {row.get('p999')} | {row.get('enriched')}/{row.get('orders')} |"
+            )
+    ratios = _ratios(median)
+    if ratios:
+        lines += ["", "## Ratios (medians)", "", "| ours | / | ratio |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {r:.3f} |" for a, b, r in ratios]
+    if args.profile and PROFILES.exists():
+        lines += ["", "## Where the time goes (py-spy, self time, top frames)", ""]
+        for path in sorted(PROFILES.glob("*.txt")):
+            lines += [f"**{path.stem}** (`bench/profiles/{path.name}`):", ""]
+            lines += [f"- {share:.1%} {frame}" for frame, share in _hot_frames(path)]
+            lines.append("")
+    RESULTS.write_text("\n".join(lines) + "\n")
+
+
+def _ratios(median: dict[str, Any]) -> list[tuple[str, str, float]]:
+    ours = median.get("ours", {})
+    against = {
+        "confluent-kafka": median.get("ceiling", {}).get("confluent_per_s"),
+        "aiokafka": median.get("ceiling", {}).get("aiokafka_per_s"),
+        "Quix Streams": median.get("peers", {}).get("quix_per_s"),
+        "Faust": median.get("peers", {}).get("faust_per_s"),
+    }
+    return [
+        (stage.removesuffix("_per_s"), name, value / reference)
+        for stage, value in ours.items()
+        for name, reference in against.items()
+        if reference
+    ]
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-suite-") as tmp:
+        settings = Settings(home=Path(tmp), cache_dir=REPO / ".cache")
+        async with kafka(settings) as bootstrap:
+            suite = Suite(args, bootstrap, Path(tmp))
+            if {"ours", "latency"} & set(args.only):
+                await suite.ensure_registry()
+            if args.profile and PROFILES.exists():
+                shutil.rmtree(PROFILES)
+            runs = []
+            for i in range(args.runs):
+                # Profile the first run only: py-spy slows what it samples.
+                args.profile = args.profile and i == 0
+                runs.append(await suite.one_run())
+    median, spread = _median(runs)
+    write_results(args, median, spread, len(runs))
+    return median
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--orders", type=int, default=5000, help="backlog of each of our flows")
+    parser.add_argument("--messages", type=int, default=50_000, help="passthrough backlog")
+    parser.add_argument("--rates", default="200,1000,5000", help="offered orders/s, end to end")
+    parser.add_argument("--seconds", type=float, default=10.0, help="at each offered rate")
+    parser.add_argument("--connections", type=int, default=16, help="order API load")
+    parser.add_argument(
+        "--only",
+        type=lambda s: tuple(x for x in s.split(",") if x),
+        default=SECTIONS,
+        help=f"comma-separated sections: {','.join(SECTIONS)}",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy our stages (first run)")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    args = parser.parse_args(argv)
+    unknown = set(args.only) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    return args
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    result = asyncio.run(main(args))
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    run()
