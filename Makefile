@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 ORDERS ?= 500
 TORCH   = torch==2.15.0
 
-.PHONY: setup demo test unit integration lint clean chaos
+.PHONY: setup demo test unit integration lint clean chaos bench
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ integration: setup
 CHAOS_ARGS ?=
 chaos: setup
 	$(PY) bench/chaos.py --json $(CHAOS_ARGS)
+
+# The benchmark suite (bench/suite.py): ceiling, peers, our flows, latency and the API, median of
+# 3 runs into bench/RESULTS.md. `make bench BENCH_ARGS="--runs 1 --orders 1000 --profile"`.
+BENCH_ARGS ?=
+bench: setup
+	$(VENV)/bin/pizzashop bench --json $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy && $(VENV)/bin/lint-imports

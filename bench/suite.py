@@ -74,9 +74,7 @@ def peer_python(name: str) -> Path:
     python = venv / "bin" / "python"
     if not (venv / ".installed").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", PEER_PACKAGES[name]], check=True
-        )
+        subprocess.run([str(python), "-m", "pip", "install", "-q", PEER_PACKAGES[name]], check=True)
         (venv / ".installed").touch()
     return python
 
@@ -143,11 +141,19 @@ class Suite:
             result = await self.measure(
                 name,
                 [
-                    interpreter, str(PEERS / f"{name}_pass.py"),
-                    "--bootstrap", self.bootstrap, "--source", topics.orders,
-                    "--sink", sink, "--group", group,
-                    "--count", str(self.args.messages),
-                ],  # fmt: skip
+                    interpreter,
+                    str(PEERS / f"{name}_pass.py"),
+                    "--bootstrap",
+                    self.bootstrap,
+                    "--source",
+                    topics.orders,
+                    "--sink",
+                    sink,
+                    "--group",
+                    group,
+                    "--count",
+                    str(self.args.messages),
+                ],
             )
             out[name] = float(result["per_s"])
         return out
@@ -156,9 +162,17 @@ class Suite:
         result = await self.measure(
             flow,
             [
-                sys.executable, "bench/flows.py", "--flows", flow, "--runs", "1",
-                "--orders", str(self.args.orders), "--no-passthrough", "--json",
-            ],  # fmt: skip
+                sys.executable,
+                "bench/flows.py",
+                "--flows",
+                flow,
+                "--runs",
+                "1",
+                "--orders",
+                str(self.args.orders),
+                "--no-passthrough",
+                "--json",
+            ],
         )
         return float(result["per_s"][flow]["median"])
 
@@ -166,9 +180,18 @@ class Suite:
         result = await self.measure(
             "enrich",
             [
-                sys.executable, "bench/enrich.py", "--json", "--rate", "100", "--seconds", "1",
-                "--burst", str(self.args.orders), "--registry", str(self.registry),
-            ],  # fmt: skip
+                sys.executable,
+                "bench/enrich.py",
+                "--json",
+                "--rate",
+                "100",
+                "--seconds",
+                "1",
+                "--burst",
+                str(self.args.orders),
+                "--registry",
+                str(self.registry),
+            ],
         )
         return float(result["throughput_per_s"])
 
@@ -222,10 +245,20 @@ class Suite:
             return await self.measure(
                 "load-rates",
                 [
-                    sys.executable, str(PEERS / "http_load.py"), "rates", "--url", url,
-                    "--bootstrap", self.bootstrap, "--enriched", enriched,
-                    "--rates", self.args.rates, "--seconds", str(self.args.seconds),
-                ],  # fmt: skip
+                    sys.executable,
+                    str(PEERS / "http_load.py"),
+                    "rates",
+                    "--url",
+                    url,
+                    "--bootstrap",
+                    self.bootstrap,
+                    "--enriched",
+                    enriched,
+                    "--rates",
+                    self.args.rates,
+                    "--seconds",
+                    str(self.args.seconds),
+                ],
             )
 
     async def api(self) -> dict[str, Any]:
@@ -233,10 +266,16 @@ class Suite:
             return await self.measure(
                 "load-closed",
                 [
-                    sys.executable, str(PEERS / "http_load.py"), "closed", "--url", url,
-                    "--orders", str(self.args.orders), "--connections",
+                    sys.executable,
+                    str(PEERS / "http_load.py"),
+                    "closed",
+                    "--url",
+                    url,
+                    "--orders",
+                    str(self.args.orders),
+                    "--connections",
                     str(self.args.connections),
-                ],  # fmt: skip
+                ],
             )
 
     async def ensure_registry(self) -> None:
@@ -327,13 +366,13 @@ def write_results(
         value = median.get(section, {}).get(key)
         lo_hi = spread.get(section, {}).get(key)
         if value is None:
-            return "–"
-        return f"{value:,.0f} ({lo_hi[0]:,.0f}–{lo_hi[1]:,.0f})" if lo_hi else f"{value:,.0f}"
+            return "-"
+        return f"{value:,.0f} ({lo_hi[0]:,.0f}-{lo_hi[1]:,.0f})" if lo_hi else f"{value:,.0f}"
 
     lines = [
         "# Benchmark results",
         "",
-        "Written by `pizzashop bench` (`bench/suite.py`); the median of the runs, (min–max).",
+        "Written by `pizzashop bench` (`bench/suite.py`); the median of the runs, (min-max).",
         "",
         "## Machine and settings",
         "",
@@ -375,7 +414,8 @@ def write_results(
         for rate, row in median["latency_ms"].items():
             lines.append(
                 f"| {rate} | {row.get('achieved_offered_per_s')} | {row.get('p50')} | "
-                f"{row.get('p99')} | {row.get('p999')} | {row.get('enriched')}/{row.get('orders')} |"
+                f"{row.get('p99')} | {row.get('p999')} | "
+                f"{row.get('enriched')}/{row.get('orders')} |"
             )
     ratios = _ratios(median)
     if ratios:

@@ -10,7 +10,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import arguments, report, transform  # noqa: E402
+from _common import arguments, report, transform
 
 
 async def main() -> None:
@@ -40,7 +40,7 @@ async def main() -> None:
                 offsets: dict[TopicPartition, int] = {}
                 for tp, records in fetched.items():
                     for r in records:
-                        out = transform(r.value)  # type: ignore[arg-type]
+                        out = transform(r.value)
                         if out is not None:
                             await producer.send(args.sink, out, key=r.key)
                     offsets[tp] = records[-1].offset + 1

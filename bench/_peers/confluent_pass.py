@@ -10,7 +10,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import arguments, report, transform  # noqa: E402
+from _common import arguments, report, transform
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
         for m in messages:
             if m.error():
                 continue
-            out = transform(m.value())  # type: ignore[arg-type]
+            out = transform(m.value())
             if out is not None:
                 producer.produce(args.sink, out, m.key())
                 producer.poll(0)

@@ -12,7 +12,7 @@ from typing import Any
 import faust
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import arguments, report  # noqa: E402
+from _common import arguments, report
 
 args = arguments()
 sys.argv = [sys.argv[0], "worker", "--loglevel", "warn", "--without-web"]
@@ -30,7 +30,7 @@ sink = app.topic(args.sink, value_serializer="raw")
 state: dict[str, Any] = {"done": 0, "began": 0.0}
 
 
-@app.agent(source)
+@app.agent(source)  # type: ignore[untyped-decorator]
 async def passthrough(stream: Any) -> None:
     async for value in stream:
         state["began"] = state["began"] or time.perf_counter()
@@ -39,7 +39,7 @@ async def passthrough(stream: Any) -> None:
             await sink.send(value=json.dumps({**order, "passed": True}).encode())
         state["done"] += 1
         if state["done"] >= args.count:
-            await app.commit(app.consumer.assignment())  # type: ignore[union-attr]
+            await app.commit(app.consumer.assignment())
             report(state["done"], time.perf_counter() - state["began"])
             os._exit(0)
 

@@ -98,16 +98,17 @@ async def offered(args: argparse.Namespace, bodies: Any) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=args.url, timeout=60, limits=limits) as client:
             for rate in args.rates:
                 sent: dict[str, float] = {}
-                failed = 0
+                refused: list[int] = []
 
-                async def place(body: dict[str, Any]) -> None:
-                    nonlocal failed
+                async def place(
+                    body: dict[str, Any], sent: dict[str, float], refused: list[int]
+                ) -> None:
                     began = time.perf_counter()
                     response = await client.post("/orders", json=body)
                     if response.status_code == 202:
                         sent[response.json()["order_id"]] = began
                     else:
-                        failed += 1
+                        refused.append(response.status_code)
 
                 n = int(rate * args.seconds)
                 tasks = []
@@ -115,7 +116,7 @@ async def offered(args: argparse.Namespace, bodies: Any) -> dict[str, Any]:
                 for i in range(n):
                     if (delay := start + i / rate - time.perf_counter()) > 0:
                         await asyncio.sleep(delay)
-                    tasks.append(asyncio.create_task(place(next(bodies))))
+                    tasks.append(asyncio.create_task(place(next(bodies), sent, refused)))
                 await asyncio.gather(*tasks)
                 offered_s = time.perf_counter() - start
                 deadline = time.perf_counter() + args.settle_s
@@ -123,7 +124,9 @@ async def offered(args: argparse.Namespace, bodies: Any) -> dict[str, Any]:
                     if time.perf_counter() > deadline:
                         break
                     await asyncio.sleep(0.05)
-                latencies = [(probe.arrived[o] - t) * 1000 for o, t in sent.items() if o in probe.arrived]
+                latencies = [
+                    (probe.arrived[o] - t) * 1000 for o, t in sent.items() if o in probe.arrived
+                ]
                 results[str(int(rate))] = {
                     "p50": round(statistics.median(latencies), 1) if latencies else None,
                     "p99": percentile(latencies, 0.99) if latencies else None,
@@ -132,7 +135,7 @@ async def offered(args: argparse.Namespace, bodies: Any) -> dict[str, Any]:
                     "orders": n,
                     "confirmed": len(sent),
                     "enriched": len(latencies),
-                    "refused": failed,
+                    "refused": len(refused),
                 }
         probing.cancel()
     return results

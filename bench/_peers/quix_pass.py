@@ -10,7 +10,7 @@ from typing import Any
 from quixstreams import Application
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import arguments, report  # noqa: E402
+from _common import arguments, report
 
 
 def main() -> None:

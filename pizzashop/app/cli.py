@@ -510,6 +510,24 @@ def schemas_register(verbose: Verbose = False) -> None:
         raise typer.Exit(code=1)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """The benchmark suite (bench/suite.py): ceiling, peers, our flows, latency, the API.
+    Options pass through: --json, --runs, --orders, --messages, --only, --profile, --help."""
+    import subprocess
+    from pathlib import Path
+
+    # A checkout's script, run as its own process: the suite spawns brokers, virtualenvs and
+    # subprocesses, and the installed package does not ship the bench folder.
+    suite = Path(__file__).resolve().parents[2] / "bench" / "suite.py"
+    if not suite.exists():
+        raise _fail(FileNotFoundError(f"{suite} not found: run the bench from a checkout"))
+    raise typer.Exit(subprocess.call([sys.executable, str(suite), *ctx.args]))
+
+
 def main() -> None:
     app()
 
