@@ -26,7 +26,7 @@ import base64
 import os
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -139,16 +139,23 @@ def bootstrap_of(nodes: Sequence[NodeAddress]) -> str:
 
 
 def server_properties(
-    *, log_dir: Path, node: NodeAddress, cluster: Sequence[NodeAddress] = ()
+    *,
+    log_dir: Path,
+    node: NodeAddress,
+    cluster: Sequence[NodeAddress] = (),
+    sasl_users: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """One KRaft node that is broker and controller, loopback only. ``cluster`` lists every
-    node (this one included); empty means a single-node cluster of ``node``."""
+    node (this one included); empty means a single-node cluster of ``node``. ``sasl_users``
+    (user name → password) turns the client listener into SASL_PLAINTEXT (see
+    ``sasl_properties``); unset, it is PLAINTEXT as always."""
     members = tuple(cluster) or (node,)
     if node not in members:
         raise ConfigError(f"node {node.node_id} is not one of the cluster's nodes")
     rf = replication_factor_for(len(members))
     isr = min_insync_replicas(rf)
     return {
+        **_listeners(node, sasl_users),
         "process.roles": "broker,controller",
         "node.id": str(node.node_id),
         # Static voters rather than controller.quorum.bootstrap.servers: they need no
@@ -157,13 +164,6 @@ def server_properties(
         "controller.quorum.voters": ",".join(
             f"{m.node_id}@127.0.0.1:{m.controller_port}" for m in members
         ),
-        "listeners": (
-            f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
-        ),
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(log_dir.resolve()),
         # The defaults assume three brokers; on one node idempotent producers, transactions,
         # consumer groups and share groups would wait forever for replicas that never come.
@@ -200,6 +200,51 @@ def server_properties(
         # Topics are created on purpose with their partition count; typos must fail loudly.
         "auto.create.topics.enable": "false",
         "num.partitions": "6",
+    }
+
+
+def _listeners(node: NodeAddress, sasl_users: Mapping[str, str] | None) -> dict[str, str]:
+    client = "SASL_PLAINTEXT" if sasl_users else "PLAINTEXT"
+    props = {
+        "listeners": (
+            f"{client}://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+        ),
+        "advertised.listeners": f"{client}://127.0.0.1:{node.port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": client,
+        "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{client}:{client}",
+    }
+    if sasl_users:
+        props |= sasl_properties(sasl_users)
+    return props
+
+
+SASL_MECHANISM = "PLAIN"
+_JAAS_SAFE = re.compile(r'^[^"\\;\s]+$')
+
+
+def sasl_properties(users: Mapping[str, str]) -> dict[str, str]:
+    """SASL/PLAIN on the client listener, its users from a JAAS ``user_<name>="<password>"``
+    list. The first user is also the brokers' own (inter-broker traffic shares the listener).
+    No authorizer is set: any authenticated user may do anything, as on the PLAINTEXT broker;
+    what this gives tests is a broker that refuses clients without the right credentials. The
+    controller listener stays PLAINTEXT (loopback, brokers only)."""
+    for name, password in users.items():
+        if not (_JAAS_SAFE.match(name) and _JAAS_SAFE.match(password)):
+            raise ConfigError(
+                f"SASL user {name!r}: names and passwords may not hold quotes, backslashes, "
+                "semicolons or spaces (they go into a JAAS line)"
+            )
+    broker, broker_password = next(iter(users.items()))
+    entries = " ".join(f'user_{name}="{password}"' for name, password in users.items())
+    jaas = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{broker}" password="{broker_password}" {entries};'
+    )
+    return {
+        "sasl.enabled.mechanisms": SASL_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SASL_MECHANISM,
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
     }
 
 
@@ -320,13 +365,20 @@ class Layout:
     def formatted(self) -> bool:
         return (self.log_dir / "meta.properties").is_file()
 
-    def prepare(self, node: NodeAddress, cluster: Sequence[NodeAddress] = ()) -> None:
+    def prepare(
+        self,
+        node: NodeAddress,
+        cluster: Sequence[NodeAddress] = (),
+        sasl_users: Mapping[str, str] | None = None,
+    ) -> None:
         """Create the folders and write this start's configuration files."""
         self.logs.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         config = resources.files(__package__).joinpath("log4j2.properties").read_text("utf-8")
         self.log4j_config.write_text(config, "utf-8")
-        props = server_properties(log_dir=self.log_dir, node=node, cluster=cluster)
+        props = server_properties(
+            log_dir=self.log_dir, node=node, cluster=cluster, sasl_users=sasl_users
+        )
         self.properties.write_text(render_properties(props), "latin-1")
 
     def log_tail(self, lines: int = 30) -> str:

@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, TypeVar
 
 from aiokafka.cluster import ClusterMetadata
@@ -36,12 +36,19 @@ async def _port_open(host: str, port: int, timeout_s: float) -> bool:
     return True
 
 
-async def lists_broker(bootstrap: str, timeout_s: float = 5.0, *, node_id: int = NODE_ID) -> bool:
+async def lists_broker(
+    bootstrap: str,
+    timeout_s: float = 5.0,
+    *,
+    node_id: int = NODE_ID,
+    client_options: Mapping[str, Any] | None = None,
+) -> bool:
     """True when a metadata request sent to the node at ``bootstrap`` (``host:port``) itself
     lists broker ``node_id``.
 
     One connection to that node only: a client would send the request to whichever broker it
-    likes, and in a cluster with a node down that may be the dead one.
+    likes, and in a cluster with a node down that may be the dead one. ``client_options``
+    (aiokafka's ``security_protocol``, ``sasl_*``) for a broker that wants credentials.
     """
     host, _, port = bootstrap.rpartition(":")
     if not await _port_open(host, int(port), timeout_s):
@@ -51,7 +58,11 @@ async def lists_broker(bootstrap: str, timeout_s: float = 5.0, *, node_id: int =
     try:
         conn = await asyncio.wait_for(
             create_conn(
-                host, int(port), client_id="pizzashop-readiness", request_timeout_ms=timeout_ms
+                host,
+                int(port),
+                client_id="pizzashop-readiness",
+                request_timeout_ms=timeout_ms,
+                **(client_options or {}),
             ),
             timeout_s,
         )
@@ -76,6 +87,7 @@ async def wait_ready(
     timeout_s: float,
     alive: Callable[[], bool],
     log_tail: Callable[[], str],
+    client_options: Mapping[str, Any] | None = None,
 ) -> None:
     """Return once node ``node_id`` at ``bootstrap`` serves; BrokerUnavailable if it dies or the
     deadline passes."""
@@ -92,7 +104,12 @@ async def wait_ready(
                 f"Kafka node {node_id} at {bootstrap} was not ready within {timeout_s:.0f}s:\n"
                 f"{log_tail()}"
             )
-        if await lists_broker(bootstrap, timeout_s=min(5.0, max(left, 0.5)), node_id=node_id):
+        if await lists_broker(
+            bootstrap,
+            timeout_s=min(5.0, max(left, 0.5)),
+            node_id=node_id,
+            client_options=client_options,
+        ):
             return
         await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0)))
         delay = min(delay * 2, 0.5)

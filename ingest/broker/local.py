@@ -23,11 +23,14 @@ import asyncio
 import logging
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ingest.broker._config import (
     NODE_ID,
+    SASL_MECHANISM,
     ClusterLayout,
     Layout,
     NodeAddress,
@@ -84,6 +87,7 @@ class LocalKafka(Resource):
         port: int = 0,
         controller_port: int = 0,
         start_timeout_s: float = 90.0,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         check_version(version)
         check_heap(heap)
@@ -105,6 +109,8 @@ class LocalKafka(Resource):
         self._nodes: list[_Node] = []
         self._java = ""
         self._lib = Path()
+        # Off by default: a PLAINTEXT listener, as always.
+        self.sasl_users = dict(sasl_users or {})
 
     # -- what callers read ------------------------------------------------------------------
     @property
@@ -126,6 +132,20 @@ class LocalKafka(Resource):
         Stays the same while nodes are terminated, killed and restarted."""
         self._check_running()
         return bootstrap_of([node.address for node in self._nodes])
+
+    @property
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments a client needs here: none on PLAINTEXT; with
+        ``sasl_users``, SASL_PLAINTEXT/PLAIN as the first user (the brokers' own)."""
+        if not self.sasl_users:
+            return {}
+        user, password = next(iter(self.sasl_users.items()))
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": SASL_MECHANISM,
+            "sasl_plain_username": user,
+            "sasl_plain_password": password,
+        }
 
     def node_bootstrap(self, node: int) -> str:
         """``127.0.0.1:<port>`` of one node."""
@@ -225,7 +245,7 @@ class LocalKafka(Resource):
                 for address in addresses
             ]
             for node in self._nodes:
-                node.layout.prepare(node.address, addresses)
+                node.layout.prepare(node.address, addresses, self.sasl_users)
             await wait_all(
                 self._format(node.layout, cluster_id)
                 for node in self._nodes
@@ -270,6 +290,7 @@ class LocalKafka(Resource):
             timeout_s=self.start_timeout_s,
             alive=lambda: node.alive,
             log_tail=node.layout.log_tail,
+            client_options=self.client_options,
         )
 
     async def _format(self, layout: Layout, cluster_id: str) -> None:
@@ -350,7 +371,7 @@ class LocalKafka(Resource):
                         f"{port_taken_message(port, what)}"
                     )
             # Rewritten although nothing changed: the file is the record of this start.
-            target.layout.prepare(address, [n.address for n in self._nodes])
+            target.layout.prepare(address, [n.address for n in self._nodes], self.sasl_users)
             await self._spawn(target)
             try:
                 await self._wait_ready(target)

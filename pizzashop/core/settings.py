@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import limits
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -192,6 +192,59 @@ class SchemaRegistrySettings(BaseModel):
     start_timeout_s: float = Field(default=120.0, gt=0)
 
 
+class KafkaSecuritySettings(BaseModel):
+    """How every Kafka client (producers, consumers, admin clients, readers) authenticates.
+
+    ``PIZZASHOP_KAFKA_SECURITY__SECURITY_PROTOCOL=SASL_PLAINTEXT``,
+    ``PIZZASHOP_KAFKA_SECURITY__SASL_MECHANISM=SCRAM-SHA-256``, ``..._SASL_USERNAME``,
+    ``..._SASL_PASSWORD``; TLS (``SSL``, ``SASL_SSL``) from PEM files. The default is what the
+    local broker serves: PLAINTEXT, no credentials.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(default=None, description="CA bundle (PEM) to trust")
+    ssl_certfile: Path | None = Field(default=None, description="client certificate (PEM), mTLS")
+    ssl_keyfile: Path | None = Field(default=None, description="client key (PEM), mTLS")
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _complete(self) -> KafkaSecuritySettings:
+        if self.uses_sasl and (not self.sasl_username or self.sasl_password is None):
+            raise ValueError(f"{self.security_protocol} needs sasl_username and sasl_password")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        return self
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry traces: where spans go. ``none`` exports nothing (ids still propagate in
+    record headers); ``console`` prints each span; ``otlp`` sends them over OTLP/HTTP."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    exporter: Literal["none", "console", "otlp"] = "none"
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL, e.g. http://127.0.0.1:4318/v1/traces; unset: "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or the exporter's default",
+    )
+    service_name: str = Field(default="pizzashop", description="the `service.name` resource")
+
+
 class Settings(BaseSettings):
     """Everything configurable, in one place."""
 
@@ -239,6 +292,8 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     api: ApiSettings = ApiSettings()
     schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+    kafka_security: KafkaSecuritySettings = KafkaSecuritySettings()
+    tracing: TracingSettings = TracingSettings()
 
     @property
     def resolved_database_url(self) -> str:
