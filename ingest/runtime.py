@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 Batches = dict[Partition, list[Record]]
 
 
+class PartitionsRevoked(Exception):
+    """A batch's partitions went to another member before it could commit."""
+
+
 @dataclass(slots=True)
 class ConsumerStats:
     handled: int = 0
@@ -124,8 +128,15 @@ class ConsumerRuntime(Resource):
         self._busy: dict[Partition, asyncio.Task[None]] = {}
         self._held: dict[Partition, asyncio.TimerHandle] = {}
         self._failing: dict[tuple[Partition, int], _Failing] = {}
+        #: Bumped when a partition is revoked; a batch commits only under the epoch it began in.
+        self._epoch: dict[Partition, int] = {}
         self._commits: list[
-            tuple[Sequence[Outgoing], Mapping[Partition, int], asyncio.Future[None]]
+            tuple[
+                Sequence[Outgoing],
+                Mapping[Partition, int],
+                Mapping[Partition, int],
+                asyncio.Future[None],
+            ]
         ]
         self._commits = []
         self._committer: asyncio.Task[None] | None = None
@@ -204,7 +215,8 @@ class ConsumerRuntime(Resource):
         groups = [batches] if self._handler.whole_batch else [{p: r} for p, r in batches.items()]
         for group in groups:
             self._transport.pause(group)
-            task = asyncio.create_task(self._work(group), name=f"{self.name}-batch")
+            epochs = {part: self._epoch.get(part, 0) for part in group}
+            task = asyncio.create_task(self._work(group, epochs), name=f"{self.name}-batch")
             for part in group:
                 self._busy[part] = task
             task.add_done_callback(functools.partial(self._done, parts=tuple(group)))
@@ -234,7 +246,7 @@ class ConsumerRuntime(Resource):
             self._transport.resume([part])
 
     # -- one batch -------------------------------------------------------------------------
-    async def _work(self, batches: Batches) -> None:
+    async def _work(self, batches: Batches, epochs: Mapping[Partition, int]) -> None:
         try:
             work = await self._handle(batches)
             offsets = {
@@ -242,7 +254,12 @@ class ConsumerRuntime(Resource):
                 for part, records in batches.items()
             }
             letters = [out for part, offset, out in work.letters if offset < offsets[part]]
-            await self._commit([*work.outputs, *letters], offsets)
+            await self._commit([*work.outputs, *letters], offsets, epochs)
+        except PartitionsRevoked:
+            # Another member owns these partitions now and handles the batch again; its
+            # effects here were idempotent, and nothing of it was published.
+            logger.info("consumer %s: batch of revoked partitions dropped", self.name)
+            return
         except Exception as exc:
             self._count_error(exc)
             logger.error(
@@ -460,10 +477,20 @@ class ConsumerRuntime(Resource):
         return Outgoing(record.topic + DLQ_SUFFIX, record.key, record.value, headers)
 
     # -- commit ----------------------------------------------------------------------------
-    async def _commit(self, records: Sequence[Outgoing], offsets: Mapping[Partition, int]) -> None:
-        """Commit through the group committer: concurrent batches share one transaction."""
+    async def _commit(
+        self,
+        records: Sequence[Outgoing],
+        offsets: Mapping[Partition, int],
+        epochs: Mapping[Partition, int],
+    ) -> None:
+        """Commit through the group committer: concurrent batches share one transaction.
+
+        A batch whose partitions were revoked since it was fetched (``epochs`` no longer
+        current: the rebalance stopped waiting for it) is not committed at all, so it cannot
+        publish what the partitions' new owner publishes too.
+        """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commits.append((records, offsets, done))
+        self._commits.append((records, offsets, epochs, done))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(
                 self._commit_pending(), name=f"{self.name}-commit"
@@ -473,19 +500,26 @@ class ConsumerRuntime(Resource):
     async def _commit_pending(self) -> None:
         while self._commits:
             taken, self._commits = self._commits, []
-            records = [r for recs, _, _ in taken for r in recs]
-            offsets = {p: o for _, offs, _ in taken for p, o in offs.items()}
+            for *_, epochs, done in taken:
+                if self._revoked_since(epochs):
+                    done.set_exception(PartitionsRevoked())
+            taken = [t for t in taken if not t[3].done()]
+            records = [r for recs, *_ in taken for r in recs]
+            offsets = {p: o for _, offs, *_ in taken for p, o in offs.items()}
             try:
                 await self._transport.commit(records, offsets)
             except Exception as exc:
-                for _, _, done in taken:
+                for *_, done in taken:
                     if not done.done():
                         done.set_exception(exc)
             else:
                 self.stats.commits += 1
-                for _, _, done in taken:
+                for *_, done in taken:
                     if not done.done():
                         done.set_result(None)
+
+    def _revoked_since(self, epochs: Mapping[Partition, int]) -> bool:
+        return any(self._epoch.get(part, 0) != epoch for part, epoch in epochs.items())
 
     async def _mark(self, handled: list[Delivery]) -> None:
         if self._processed is None or not handled:
@@ -507,6 +541,8 @@ class ConsumerRuntime(Resource):
         if tasks:
             await asyncio.wait(tasks, timeout=self._settings.shutdown_deadline_s)
         for part in partitions:
+            # A batch still in hand past the wait must not commit: see ``_commit``.
+            self._epoch[part] = self._epoch.get(part, 0) + 1
             if (handle := self._held.pop(part, None)) is not None:
                 handle.cancel()
         self._failing = {k: v for k, v in self._failing.items() if k[0] not in partitions}
