@@ -34,10 +34,10 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -161,8 +161,10 @@ class KafkaOutboxTransport(Resource):
         request_timeout_ms: int = 30_000,
         replication_factor: int = 1,
         progress_window: int = 50,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
+        self._client_options = dict(client_options or {})  # security (ingest.security)
         self._progress = TopicPartition(progress_topic, 0)
         self._key = transactional_id.encode()
         self._replication_factor = replication_factor
@@ -176,6 +178,7 @@ class KafkaOutboxTransport(Resource):
             request_timeout_ms=request_timeout_ms,
             # A killed relay's open transaction blocks read_committed readers until aborted.
             transaction_timeout_ms=max(2 * request_timeout_ms, 10_000),
+            client_options=self._client_options,
         )
 
     async def _ensure_topic(self) -> None:
@@ -188,7 +191,12 @@ class KafkaOutboxTransport(Resource):
         )
         try:
             await asyncio.wait_for(
-                ensure_topics(self._bootstrap, [spec], replication_factor=self._replication_factor),
+                ensure_topics(
+                    self._bootstrap,
+                    [spec],
+                    replication_factor=self._replication_factor,
+                    client_options=self._client_options,
+                ),
                 self._timeout_s,
             )
         except KafkaError as exc:
@@ -233,6 +241,7 @@ class KafkaOutboxTransport(Resource):
             isolation_level="read_committed",
             client_id="pizzashop-outbox-reconcile",
             request_timeout_ms=int(self._timeout_s * 1000),
+            **self._client_options,
         )
         await consumer.start()
         ids: list[int] = []

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -146,9 +146,19 @@ class EventProducer(_Producer):
     """
 
     def __init__(
-        self, bootstrap: str, *, client_id: str = "pizzashop", request_timeout_ms: int = 30_000
+        self,
+        bootstrap: str,
+        *,
+        client_id: str = "pizzashop",
+        request_timeout_ms: int = 30_000,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(request_timeout_ms, bootstrap_servers=bootstrap, client_id=client_id)
+        super().__init__(
+            request_timeout_ms,
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            **(client_options or {}),  # security (ingest.security)
+        )
         self._connecting = asyncio.Lock()
         # Clients being closed after a failure: stop() waits for them.
         self._retiring: set[asyncio.Task[None]] = set()
@@ -267,6 +277,7 @@ class TransactionalProducer(_Producer):
         client_id: str = "pizzashop-tx",
         request_timeout_ms: int = 30_000,
         transaction_timeout_ms: int = 60_000,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             request_timeout_ms,
@@ -274,6 +285,7 @@ class TransactionalProducer(_Producer):
             client_id=client_id,
             transactional_id=transactional_id,
             transaction_timeout_ms=transaction_timeout_ms,
+            **(client_options or {}),  # security (ingest.security)
         )
         self.transactional_id = transactional_id
 

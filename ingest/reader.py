@@ -6,16 +6,21 @@ nothing committed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
 
-async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPartition]:
+async def partitions_of(
+    bootstrap: str, topics: Sequence[str], *, client_options: Mapping[str, Any] | None = None
+) -> list[TopicPartition]:
     """The partitions of those ``topics`` that exist (a consumer only knows subscribed ones)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="pizzashop-reader")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="pizzashop-reader", **(client_options or {})
+    )
     await admin.start()
     try:
         described = await admin.describe_topics(list(topics))
@@ -30,14 +35,19 @@ async def partitions_of(bootstrap: str, topics: Sequence[str]) -> list[TopicPart
 
 
 async def read_topics(
-    bootstrap: str, topics: Sequence[str], *, isolation_level: str = "read_uncommitted"
+    bootstrap: str,
+    topics: Sequence[str],
+    *,
+    isolation_level: str = "read_uncommitted",
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record now in ``topics``, partition by partition, oldest first.
 
     ``isolation_level="read_committed"`` reads what a transactional consumer would: records of
     aborted transactions are skipped, and the end is each partition's last stable offset.
+    ``client_options``: security (``ingest.security.client_options``).
     """
-    partitions = await partitions_of(bootstrap, topics)
+    partitions = await partitions_of(bootstrap, topics, client_options=client_options)
     if not partitions:
         return []
     consumer = AIOKafkaConsumer(
@@ -45,6 +55,7 @@ async def read_topics(
         enable_auto_commit=False,
         group_id=None,
         isolation_level=isolation_level,
+        **(client_options or {}),
     )
     await consumer.start()
     records: list[ConsumerRecord[bytes, bytes]] = []

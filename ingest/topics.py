@@ -13,8 +13,9 @@ replica down on three.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -99,7 +100,11 @@ async def cluster_replication_factor(admin: AIOKafkaAdminClient) -> int:
 
 
 async def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec], *, replication_factor: int | None = None
+    bootstrap: str,
+    specs: Iterable[TopicSpec],
+    *,
+    replication_factor: int | None = None,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; returns the names it created.
 
@@ -108,9 +113,12 @@ async def ensure_topics(
     ``replication_factor`` if that is larger (``PIZZASHOP_TOPIC_REPLICATION_FACTOR`` for an
     external cluster whose default is lower). A cluster's default is a floor, never undercut:
     it states how much the cluster's operator wants each topic copied. ``min.insync.replicas``
-    follows the chosen factor unless a spec sets it.
+    follows the chosen factor unless a spec sets it. ``client_options``: security
+    (``ingest.security.client_options``).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="pizzashop-admin")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="pizzashop-admin", **(client_options or {})
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -29,7 +29,9 @@ from ingest.producer import EventProducer
 from ingest.registry import RegistryClient, RegistrySerializer, shop_subjects
 from ingest.runtime import ConsumerRuntime
 from ingest.schemas.publications import published_pairs
+from ingest.security import client_options, librdkafka_options
 from ingest.topics import Topics, ensure_topics
+from pizzashop.app.tracing import setup_tracing
 from pizzashop.core.database import Database
 from pizzashop.core.errors import ConfigError
 from pizzashop.core.lifecycle import Resource
@@ -84,7 +86,11 @@ class Shop(Resource):
         self.topics = Topics(settings.topic_prefix)
         self.menu: Menu = load_menu()
         self.db = Database(settings.resolved_database_url)
-        self.producer = EventProducer(bootstrap, client_id="pizzashop")
+        # Every Kafka client this shop makes authenticates the same way (ingest.security).
+        self.client_options = client_options(settings.kafka_security)
+        self.producer = EventProducer(
+            bootstrap, client_id="pizzashop", client_options=self.client_options
+        )
         self.processed = ProcessedEvents(self.db)
         self.queries = StatusQueries(self.db)
         self.scores = ScoreQueries(self.db)
@@ -98,6 +104,7 @@ class Shop(Resource):
                 request_timeout_ms=outbox.request_timeout_ms,
                 replication_factor=settings.topic_replication_factor,
                 progress_window=outbox.progress_window,
+                client_options=self.client_options,
             ),
             settings=outbox,
         )
@@ -117,6 +124,9 @@ class Shop(Resource):
 
     async def _start(self) -> None:
         stack = self._stack
+        provider = setup_tracing(self.settings.tracing)
+        if provider is not None:  # installed by this shop: its last spans go out at the end
+            stack.push_async_callback(asyncio.to_thread, provider.force_flush)
         await stack.enter_async_context(self.db)
         if isinstance(self.serializer, RegistrySerializer):
             await self._register_schemas(self.serializer)
@@ -125,6 +135,7 @@ class Shop(Resource):
                 self.bootstrap,
                 self.topics.specs(self.settings.orders_partitions, self.settings.events_partitions),
                 replication_factor=self.settings.topic_replication_factor,
+                client_options=self.client_options,
             )
         # No network yet: the producer connects on its first send, so the API takes orders
         # even while Kafka is away.
@@ -163,6 +174,12 @@ class Shop(Resource):
         instance = cfg.instance_id or uuid.uuid4().hex[:12]
         # The client under the runtime; both are exactly-once by transactions.
         transport_class = KafkaTransport if cfg.transport == "aiokafka" else ConfluentTransport
+        # librdkafka names the same security settings its own way.
+        options = (
+            self.client_options
+            if transport_class is KafkaTransport
+            else librdkafka_options(self.settings.kafka_security)
+        )
         transport = transport_class(
             bootstrap=self.bootstrap,
             group_id=group,
@@ -172,6 +189,7 @@ class Shop(Resource):
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             max_poll_interval_ms=cfg.max_poll_interval_ms,
             transaction_timeout_ms=cfg.transaction_timeout_ms,
+            client_options=options,
         )
         return ConsumerRuntime(
             name=spec.name,
