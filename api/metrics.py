@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -155,7 +156,13 @@ async def _lag(
     starts = await consumer.beginning_offsets(tps)
     lags: list[PartitionLag] = []
     for group, topics in sorted(groups.items()):
-        committed = await admin.list_consumer_group_offsets(group)
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+        except KafkaError as exc:
+            # A group that has never joined may have no coordinator yet: leave it out this
+            # time rather than lose every other group's lag.
+            logger.info("metrics: no offsets for group %s: %r", group, exc)
+            continue
         for tp in tps:
             if tp.topic not in topics:
                 continue
