@@ -9,11 +9,16 @@ client is built exactly as before.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.conn import create_conn
+from aiokafka.errors import SaslAuthenticationFailed
 from aiokafka.helpers import create_ssl_context
 
+from pizzashop.core.errors import ConfigError
 from pizzashop.core.settings import KafkaSecuritySettings
 
 
@@ -58,6 +63,37 @@ def librdkafka_options(security: KafkaSecuritySettings) -> dict[str, Any]:
         if not security.ssl_check_hostname:
             options["ssl.endpoint.identification.algorithm"] = "none"
     return options
+
+
+async def check_credentials(
+    bootstrap: str, options: Mapping[str, Any], *, timeout_s: float = 10.0
+) -> None:
+    """Refuse to go on with credentials the cluster rejects: a ``ConfigError`` naming the user,
+    the mechanism and the broker's reason. aiokafka's clients only log a failed SASL handshake
+    and then report that they could not bootstrap, which reads like a broker that is down;
+    this one connection to the first bootstrap address tells the two apart. Anything other
+    than a refusal (a broker that is away) is left for the clients to report and retry."""
+    if "sasl_mechanism" not in options:
+        return
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        conn = await create_conn(
+            host,
+            int(port),
+            client_id="pizzashop-credentials",
+            request_timeout_ms=int(timeout_s * 1000),
+            **options,
+        )
+    except SaslAuthenticationFailed as exc:
+        raise ConfigError(
+            f"Kafka at {bootstrap} refused SASL user {options.get('sasl_plain_username')!r} "
+            f"({options['sasl_mechanism']}): {exc}; check kafka_security.sasl_username and "
+            "sasl_password"
+        ) from None
+    except Exception:  # not a refusal: the clients will say what it is
+        return
+    with contextlib.suppress(Exception):
+        conn.close()
 
 
 def _ssl_context(security: KafkaSecuritySettings) -> ssl.SSLContext:

@@ -29,7 +29,7 @@ from ingest.producer import EventProducer
 from ingest.registry import RegistryClient, RegistrySerializer, shop_subjects
 from ingest.runtime import ConsumerRuntime
 from ingest.schemas.publications import published_pairs
-from ingest.security import client_options, librdkafka_options
+from ingest.security import check_credentials, client_options, librdkafka_options
 from ingest.topics import Topics, ensure_topics
 from pizzashop.app.tracing import setup_tracing
 from pizzashop.core.database import Database
@@ -130,6 +130,7 @@ class Shop(Resource):
         await stack.enter_async_context(self.db)
         if isinstance(self.serializer, RegistrySerializer):
             await self._register_schemas(self.serializer)
+        await check_credentials(self.bootstrap, self.client_options)  # a refusal is final
         if self.wiring.create_topics:
             await ensure_topics(
                 self.bootstrap,
