@@ -39,7 +39,7 @@ from ingest.events import (
 )
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
-from pizzashop.core.database import Database, chunked, metadata
+from pizzashop.core.database import Database, chunked, metadata, rows_by_key
 from pizzashop.core.menu import Menu, load_menu
 
 logger = logging.getLogger(__name__)
@@ -108,10 +108,7 @@ class Kitchen(Handler):
                         for f in flagged
                     ],
                 )
-            rows = {}
-            for chunk in chunked(ids):
-                found = await conn.execute(select(tickets).where(tickets.c.order_id.in_(chunk)))
-                rows.update({r.order_id: r for r in found})
+            rows = await rows_by_key(conn, tickets.c.order_id, ids)
         out: list[Output] = []
         for delivery in batch:
             emitted = self._implied(delivery.event, rows[delivery.event.order_id])
@@ -156,25 +153,19 @@ def _hold_reason(flagged: OrderFlagged) -> str:
 
 # Each flag goes from false to true once, set by the first event that may set it; executed
 # for a whole batch at a time (executemany).
+_UNDECIDED = (
+    tickets.c.order_id == bindparam("oid"),
+    tickets.c.accepted.is_(False),
+    tickets.c.rejected.is_(False),
+    tickets.c.cancelled.is_(False),
+)
 _DECIDE_ACCEPT = (
     update(tickets)
-    .where(
-        tickets.c.order_id == bindparam("oid"),
-        tickets.c.accepted.is_(False),
-        tickets.c.rejected.is_(False),
-        tickets.c.cancelled.is_(False),
-    )
+    .where(*_UNDECIDED)
     .values(accepted=True, placed_event_id=bindparam("pid"), ready_by=bindparam("rby"))
 )
 _DECIDE_REJECT = (
-    update(tickets)
-    .where(
-        tickets.c.order_id == bindparam("oid"),
-        tickets.c.accepted.is_(False),
-        tickets.c.rejected.is_(False),
-        tickets.c.cancelled.is_(False),
-    )
-    .values(rejected=True, placed_event_id=bindparam("pid"))
+    update(tickets).where(*_UNDECIDED).values(rejected=True, placed_event_id=bindparam("pid"))
 )
 _HOLD = (
     update(tickets)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Numeric, String, Table, bindparam, select, update
+from sqlalchemy import Boolean, Column, Numeric, String, Table, bindparam, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,7 +40,7 @@ from ingest.events import (
 )
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
-from pizzashop.core.database import Database, chunked, metadata
+from pizzashop.core.database import Database, metadata, rows_by_key
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +123,7 @@ class PaymentSaga(Handler):
         for statement, params in steps:
             if params:
                 await conn.execute(statement, params)
-        rows: dict[str, Row[Any]] = {}
-        for chunk in chunked(ids):
-            found = await conn.execute(select(payments).where(payments.c.order_id.in_(chunk)))
-            rows.update({r.order_id: r for r in found})
-        return rows
+        return await rows_by_key(conn, payments.c.order_id, ids)
 
     @staticmethod
     def _implied(row: Row[Any], cause: Event, *, capture: bool) -> list[Event]:

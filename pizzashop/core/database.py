@@ -24,10 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import MetaData, Table, event, inspect
+from sqlalchemy import Column, MetaData, Table, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from pizzashop.core.errors import ConfigError
@@ -154,6 +154,18 @@ class Database(Resource):
 def chunked(values: Sequence[T], size: int = 500) -> list[Sequence[T]]:
     """``values`` in slices small enough for one ``IN (...)``: SQLite caps bound parameters."""
     return [values[start : start + size] for start in range(0, len(values), size)]
+
+
+async def rows_by_key(
+    conn: AsyncConnection, key: Column[Any], keys: Sequence[Any]
+) -> dict[Any, Any]:
+    """The rows of ``key``'s table whose ``key`` is in ``keys``, by key (chunked ``IN``)."""
+    table = key.table
+    rows: dict[Any, Any] = {}
+    for chunk in chunked(keys):
+        for row in await conn.execute(select(table).where(key.in_(chunk))):
+            rows[getattr(row, key.name)] = row
+    return rows
 
 
 def _safe(url: str) -> str:
