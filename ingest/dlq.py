@@ -16,10 +16,10 @@ error class and its message, e-mail addresses masked), how often it was tried an
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from ingest.codec import H_EVENT_ID, Headers, header
 from ingest.producer import EventProducer
@@ -167,11 +167,16 @@ def dead_letter_headers(
     ]
 
 
-async def read_dead_letters(bootstrap: str, dlq_topics: Sequence[str]) -> list[DeadLetter]:
+async def read_dead_letters(
+    bootstrap: str,
+    dlq_topics: Sequence[str],
+    *,
+    client_options: Mapping[str, Any] | None = None,
+) -> list[DeadLetter]:
     """Everything currently in the given dead-letter topics, oldest first."""
     return [
         _to_letter(r.topic, r.offset, r.key, r.value, list(r.headers))
-        for r in await read_topics(bootstrap, dlq_topics)
+        for r in await read_topics(bootstrap, dlq_topics, client_options=client_options)
     ]
 
 

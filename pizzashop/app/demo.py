@@ -204,7 +204,9 @@ async def _count_enrichments(shop: Shop, confirmed: list[str], report: DemoRepor
     ours = set(confirmed)
     enriched = [
         event
-        for record in await read_topics(shop.bootstrap, [shop.topics.enriched])
+        for record in await read_topics(
+            shop.bootstrap, [shop.topics.enriched], client_options=shop.client_options
+        )
         if (event := _decode_or_none(record.value, list(record.headers))) is not None
         and isinstance(event, OrderEnriched)
         and event.order_id in ours
@@ -288,7 +290,12 @@ async def _count(shop: Shop, sink: SmtpSink, confirmed: list[str], report: DemoR
 async def _count_framing(shop: Shop, report: DemoReport) -> None:
     """How many records on the shop's topics carry a registry frame (magic byte and id)."""
     topics = [shop.topics.orders, shop.topics.order_events, shop.topics.enriched]
-    for record in await read_topics(shop.bootstrap, topics, isolation_level="read_committed"):
+    for record in await read_topics(
+        shop.bootstrap,
+        topics,
+        isolation_level="read_committed",
+        client_options=shop.client_options,
+    ):
         if record.value and unframe(record.value)[0] is not None:
             report.registry_framed_records += 1
         else:
@@ -297,7 +304,9 @@ async def _count_framing(shop: Shop, report: DemoReport) -> None:
 
 async def _count_dead_letters(shop: Shop, report: DemoReport) -> None:
     """Distinct records dead-lettered: each consumer group letters a bad record on its own."""
-    letters = await read_dead_letters(shop.bootstrap, shop.topics.dlq_topics())
+    letters = await read_dead_letters(
+        shop.bootstrap, shop.topics.dlq_topics(), client_options=shop.client_options
+    )
     report.dlq_records = len(
         {(d.original_topic, d.original_partition, d.original_offset) for d in letters}
     )
