@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 ORDERS ?= 500
 TORCH   = torch==2.15.0
 
-.PHONY: setup demo test unit integration lint clean chaos bench
+.PHONY: setup demo up test unit integration lint clean chaos bench
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/pizzashop demo --orders $(ORDERS)
+
+# A running shop for development (broker, SMTP sink, models, API, every worker); Ctrl+C stops it.
+up: setup
+	$(VENV)/bin/pizzashop up
 
 test: setup
 	$(PY) -m pytest -q

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ingest.dlq import LetterFilter
     from ingest.registry import RegistryClient
+    from pizzashop.app.shop import Shop
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 broker_app = typer.Typer(no_args_is_help=True, help="The local Apache Kafka broker.")
@@ -59,6 +60,13 @@ def _setup(verbose: bool = False) -> Settings:
         # aiokafka logs the group coordinator's normal start-up retries at ERROR.
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     return Settings()
+
+
+def _client_options(settings: Settings) -> dict[str, Any]:
+    """The Kafka security options every client of this command takes (SASL, TLS)."""
+    from ingest.security import client_options
+
+    return client_options(settings.kafka_security)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -146,7 +154,12 @@ def topics(verbose: Verbose = False) -> None:
             settings.orders_partitions, settings.events_partitions
         )
         created = asyncio.run(
-            ensure_topics(bootstrap, specs, replication_factor=settings.topic_replication_factor)
+            ensure_topics(
+                bootstrap,
+                specs,
+                replication_factor=settings.topic_replication_factor,
+                client_options=_client_options(settings),
+            )
         )
     except PizzashopError as exc:
         raise _fail(exc) from exc
@@ -221,7 +234,7 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
             bootstrap,
         )
         if not api:
-            await stop.wait()
+            await _serve_worker_metrics(settings, shop, stop)
             return
         config = uvicorn.Config(
             create_app(shop), host=settings.api_host, port=settings.api_port, log_level="info"
@@ -236,6 +249,33 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
         server.should_exit = True
         stopping.cancel()
         await serving
+
+
+async def _serve_worker_metrics(settings: Settings, shop: Shop, stop: asyncio.Event) -> None:
+    """Without the API, ``metrics_port`` serves this process's metrics (its consumers' counters
+    and the lag of every group) from a thread, refreshed every 5 s; run until ``stop``."""
+    if settings.metrics_port is None:
+        await stop.wait()
+        return
+    from prometheus_client import start_http_server
+
+    from api.metrics import ShopMetrics, flow_groups
+
+    metrics = ShopMetrics(
+        runtimes=lambda: shop.runtimes, bootstrap=shop.bootstrap, lag_groups=flow_groups(settings)
+    )
+    server, thread = start_http_server(
+        settings.metrics_port, addr=settings.api_host, registry=metrics.registry
+    )
+    logging.getLogger(__name__).warning(
+        "metrics on http://%s:%s/metrics", settings.api_host, server.server_port
+    )
+    try:
+        await metrics.run_refresher(5.0, stop)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 @app.command()
@@ -268,6 +308,53 @@ def demo(
         raise typer.Exit(code=2)
 
 
+# -- a whole shop for a developer ------------------------------------------------------------
+mail_app = typer.Typer(no_args_is_help=True, help="What `pizzashop up`'s SMTP server received.")
+app.add_typer(mail_app, name="mail")
+
+
+@app.command()
+def up(verbose: Verbose = False) -> None:
+    """Start everything a developer needs on embedded defaults: the local broker, an SMTP server
+    that keeps what it receives, the default models if the registry has none, the API and every
+    worker. Prints the URLs and a fresh API key (inspect, operate); Ctrl+C stops it all."""
+    from pizzashop.app.up import run_up
+
+    settings = _setup(verbose)
+
+    async def main() -> None:
+        await run_up(settings, _on_signals(asyncio.get_running_loop()), _say)
+
+    try:
+        asyncio.run(main())
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+
+
+def _say(line: str) -> None:
+    typer.echo(line)
+    sys.stdout.flush()
+
+
+@mail_app.command("list")
+def mail_list(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """The messages `pizzashop up`'s SMTP server has received, oldest first."""
+    from pizzashop.app.up import read_mail
+
+    messages = read_mail(Settings())
+    for mail in messages:
+        if as_json:
+            typer.echo(json.dumps(mail))
+        else:
+            typer.echo(
+                f"{mail['message_id']}  to {', '.join(mail['recipients'])}: {mail['subject']}"
+            )
+    if not as_json:
+        typer.echo(f"{len(messages)} message(s)")
+
+
 # -- dead letters ---------------------------------------------------------------------------
 @dlq_app.command("list")
 def dlq_list(
@@ -283,7 +370,9 @@ def dlq_list(
     try:
         letters = asyncio.run(
             read_dead_letters(
-                running_bootstrap(settings), Topics(settings.topic_prefix).dlq_topics()
+                running_bootstrap(settings),
+                Topics(settings.topic_prefix).dlq_topics(),
+                client_options=_client_options(settings),
             )
         )
     except PizzashopError as exc:
@@ -344,18 +433,20 @@ async def _replay(settings: Settings, chosen: LetterFilter, dry_run: bool) -> in
     from pizzashop.app.kafka import running_bootstrap
 
     bootstrap = running_bootstrap(settings)
-    letters = [
-        letter
-        for letter in await read_dead_letters(bootstrap, Topics(settings.topic_prefix).dlq_topics())
-        if chosen.matches(letter)
-    ]
+    options = _client_options(settings)
+    every = await read_dead_letters(
+        bootstrap, Topics(settings.topic_prefix).dlq_topics(), client_options=options
+    )
+    letters = [letter for letter in every if chosen.matches(letter)]
     if dry_run:
         for letter in letters:
             typer.echo(
                 f"{letter.original_topic}[{letter.original_partition}]@{letter.original_offset}"
             )
         return len(letters)
-    async with EventProducer(bootstrap, client_id="pizzashop-replay") as producer:
+    async with EventProducer(
+        bootstrap, client_id="pizzashop-replay", client_options=options
+    ) as producer:
         for letter in letters:
             await replay(producer, letter)
     return len(letters)

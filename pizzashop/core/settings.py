@@ -270,6 +270,10 @@ class Settings(BaseSettings):
     )
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    metrics_port: int | None = Field(
+        default=None,
+        description="a worker process without the API serves /metrics on this port (0: any)",
+    )
     cook_seconds: float = Field(default=0.5, ge=0, description="how long the kitchen bakes")
     saga_deadline_s: float = Field(
         default=600.0,
