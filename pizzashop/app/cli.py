@@ -223,6 +223,7 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
     from api.app import create_app
     from pizzashop.app.kafka import running_bootstrap
     from pizzashop.app.shop import Shop, Wiring
+    from pizzashop.app.up import SignalFreeServer
 
     stop = _on_signals(asyncio.get_running_loop())
     bootstrap = running_bootstrap(settings)
@@ -239,10 +240,9 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
         config = uvicorn.Config(
             create_app(shop), host=settings.api_host, port=settings.api_port, log_level="info"
         )
-        server = uvicorn.Server(config)
-        # While it serves, uvicorn takes SIGINT/SIGTERM itself and returns, then raises the
-        # signals it caught again, so `stop` is set; the shop then shuts down in order as the
-        # `async with` unwinds, and one more signal meanwhile exits at once.
+        # The CLI's handlers, not uvicorn's, take SIGINT/SIGTERM: the first sets `stop`, the
+        # server and then the shop shut down in order, and one more signal exits at once.
+        server = SignalFreeServer(config)
         serving = asyncio.ensure_future(server.serve())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

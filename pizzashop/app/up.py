@@ -65,7 +65,7 @@ def with_fresh_key(settings: Settings) -> tuple[Settings, str]:
     return settings.model_copy(update={"api": api}), secret
 
 
-class _Server(uvicorn.Server):
+class SignalFreeServer(uvicorn.Server):
     """uvicorn without its own signal handling: the caller's ``stop`` event decides. (uvicorn's
     handlers see a signal beside the event loop's, then raise it once more after serving, which
     the CLI takes for a second Ctrl+C and exits at once.)"""
@@ -93,7 +93,7 @@ async def run_up(settings: Settings, stop: asyncio.Event, echo: Callable[[str], 
             log_level="warning",
             lifespan="off",
         )
-        server = _Server(config)
+        server = SignalFreeServer(config)
         serving = asyncio.ensure_future(server.serve())
         stopping = asyncio.ensure_future(stop.wait())
         # uvicorn's `started` is a plain flag, with no event to wait on.
