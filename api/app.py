@@ -121,6 +121,7 @@ def create_app(shop: ShopServices) -> FastAPI:
         relay=shop.relay,
         bootstrap=getattr(shop, "bootstrap", None) or shop.settings.kafka_bootstrap,
         lag_groups=flow_groups(shop.settings),
+        client_options=getattr(shop, "client_options", None),
     )
     app.state.metrics = metrics
     # A stream's duration is how long someone watched, not a latency.

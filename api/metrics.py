@@ -194,6 +194,7 @@ class ShopMetrics(Collector):
         relay: OutboxRelay | None = None,
         bootstrap: str | None = None,
         lag_groups: Mapping[str, Sequence[str]] | None = None,
+        client_options: Mapping[str, object] | None = None,
         min_refresh_s: float = 1.0,
         lag_timeout_s: float = 5.0,
     ) -> None:
@@ -201,6 +202,7 @@ class ShopMetrics(Collector):
         self._relay = relay
         self._bootstrap = bootstrap
         self._lag_groups = dict(lag_groups or {})
+        self._client_options = dict(client_options or {})
         self._min_refresh_s = min_refresh_s
         self._lag_timeout_s = lag_timeout_s
         self._snapshot = _Snapshot()
@@ -255,7 +257,10 @@ class ShopMetrics(Collector):
             if self._bootstrap and self._lag_groups:
                 try:
                     snapshot.lag = await consumer_lag(
-                        self._bootstrap, self._lag_groups, timeout_s=self._lag_timeout_s
+                        self._bootstrap,
+                        self._lag_groups,
+                        timeout_s=self._lag_timeout_s,
+                        client_options=self._client_options,
                     )
                 except Exception as exc:
                     self._probe_errors += 1

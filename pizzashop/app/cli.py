@@ -262,7 +262,10 @@ async def _serve_worker_metrics(settings: Settings, shop: Shop, stop: asyncio.Ev
     from api.metrics import ShopMetrics, flow_groups
 
     metrics = ShopMetrics(
-        runtimes=lambda: shop.runtimes, bootstrap=shop.bootstrap, lag_groups=flow_groups(settings)
+        runtimes=lambda: shop.runtimes,
+        bootstrap=shop.bootstrap,
+        lag_groups=flow_groups(settings),
+        client_options=shop.client_options,
     )
     server, thread = start_http_server(
         settings.metrics_port, addr=settings.api_host, registry=metrics.registry
