@@ -41,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ingest import tracing
+from ingest._commits import GroupCommitter, PartitionsRevoked
 from ingest.codec import PLAIN_JSON, Serializer, decode, header
 from ingest.consumer import Delivery, Handler, Output
 from ingest.dedupe import ProcessedEvents
@@ -55,10 +56,6 @@ from pizzashop.core.settings import ConsumerSettings
 logger = logging.getLogger(__name__)
 
 Batches = dict[Partition, list[Record]]
-
-
-class PartitionsRevoked(Exception):
-    """A batch's partitions went to another member before it could commit."""
 
 
 @dataclass(slots=True)
@@ -128,18 +125,7 @@ class ConsumerRuntime(Resource):
         self._busy: dict[Partition, asyncio.Task[None]] = {}
         self._held: dict[Partition, asyncio.TimerHandle] = {}
         self._failing: dict[tuple[Partition, int], _Failing] = {}
-        #: Bumped when a partition is revoked; a batch commits only under the epoch it began in.
-        self._epoch: dict[Partition, int] = {}
-        self._commits: list[
-            tuple[
-                Sequence[Outgoing],
-                Mapping[Partition, int],
-                Mapping[Partition, int],
-                asyncio.Future[None],
-            ]
-        ]
-        self._commits = []
-        self._committer: asyncio.Task[None] | None = None
+        self._committer = GroupCommitter(transport, name=name)
         self._handler_started = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -215,7 +201,7 @@ class ConsumerRuntime(Resource):
         groups = [batches] if self._handler.whole_batch else [{p: r} for p, r in batches.items()]
         for group in groups:
             self._transport.pause(group)
-            epochs = {part: self._epoch.get(part, 0) for part in group}
+            epochs = self._committer.epochs(group)
             task = asyncio.create_task(self._work(group, epochs), name=f"{self.name}-batch")
             for part in group:
                 self._busy[part] = task
@@ -254,7 +240,7 @@ class ConsumerRuntime(Resource):
                 for part, records in batches.items()
             }
             letters = [out for part, offset, out in work.letters if offset < offsets[part]]
-            await self._commit([*work.outputs, *letters], offsets, epochs)
+            await self._committer.commit([*work.outputs, *letters], offsets, epochs)
         except PartitionsRevoked:
             # Another member owns these partitions now and handles the batch again; its
             # effects here were idempotent, and nothing of it was published.
@@ -272,6 +258,7 @@ class ConsumerRuntime(Resource):
             for part, records in batches.items():
                 self._release(part, _Hold(records[0].offset, delay * random.uniform(0.5, 1.0)))
             return
+        self.stats.commits = self._committer.commits
         self.stats.handled += len(work.handled)
         self.stats.dead_lettered += len(letters)
         await self._mark(work.handled)
@@ -477,50 +464,6 @@ class ConsumerRuntime(Resource):
         return Outgoing(record.topic + DLQ_SUFFIX, record.key, record.value, headers)
 
     # -- commit ----------------------------------------------------------------------------
-    async def _commit(
-        self,
-        records: Sequence[Outgoing],
-        offsets: Mapping[Partition, int],
-        epochs: Mapping[Partition, int],
-    ) -> None:
-        """Commit through the group committer: concurrent batches share one transaction.
-
-        A batch whose partitions were revoked since it was fetched (``epochs`` no longer
-        current: the rebalance stopped waiting for it) is not committed at all, so it cannot
-        publish what the partitions' new owner publishes too.
-        """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._commits.append((records, offsets, epochs, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(
-                self._commit_pending(), name=f"{self.name}-commit"
-            )
-        await done
-
-    async def _commit_pending(self) -> None:
-        while self._commits:
-            taken, self._commits = self._commits, []
-            for *_, epochs, done in taken:
-                if self._revoked_since(epochs):
-                    done.set_exception(PartitionsRevoked())
-            taken = [t for t in taken if not t[3].done()]
-            records = [r for recs, *_ in taken for r in recs]
-            offsets = {p: o for _, offs, *_ in taken for p, o in offs.items()}
-            try:
-                await self._transport.commit(records, offsets)
-            except Exception as exc:
-                for *_, done in taken:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                self.stats.commits += 1
-                for *_, done in taken:
-                    if not done.done():
-                        done.set_result(None)
-
-    def _revoked_since(self, epochs: Mapping[Partition, int]) -> bool:
-        return any(self._epoch.get(part, 0) != epoch for part, epoch in epochs.items())
-
     async def _mark(self, handled: list[Delivery]) -> None:
         if self._processed is None or not handled:
             return
@@ -540,9 +483,9 @@ class ConsumerRuntime(Resource):
         tasks = {self._busy[p] for p in partitions if p in self._busy}
         if tasks:
             await asyncio.wait(tasks, timeout=self._settings.shutdown_deadline_s)
+        # A batch still in hand past the wait must not commit (``ingest._commits``).
+        self._committer.revoke(partitions)
         for part in partitions:
-            # A batch still in hand past the wait must not commit: see ``_commit``.
-            self._epoch[part] = self._epoch.get(part, 0) + 1
             if (handle := self._held.pop(part, None)) is not None:
                 handle.cancel()
         self._failing = {k: v for k, v in self._failing.items() if k[0] not in partitions}
