@@ -104,7 +104,11 @@ async def offered(args: argparse.Namespace, bodies: Any) -> dict[str, Any]:
                     body: dict[str, Any], sent: dict[str, float], refused: list[int]
                 ) -> None:
                     began = time.perf_counter()
-                    response = await client.post("/orders", json=body)
+                    try:
+                        response = await client.post("/orders", json=body)
+                    except httpx.HTTPError:  # the server dropped it: an order not placed
+                        refused.append(0)
+                        return
                     if response.status_code == 202:
                         sent[response.json()["order_id"]] = began
                     else:
