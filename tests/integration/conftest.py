@@ -1,5 +1,9 @@
 """One Kafka for the whole integration session.
 
+The broker (and the schema registry) are session fixtures with a session event loop of their
+own; tests and their other fixtures run on a loop per test, as in the unit tier: they take only
+the broker's address from it (tests/README.md, "Event loops", has the measurement).
+
 ``PIZZASHOP_KAFKA_BOOTSTRAP`` names an external cluster to use instead; otherwise a
 ``LocalKafka`` starts in a temporary data dir, with its jars cached in ``<repo>/.cache`` so later
 runs skip Maven.
@@ -7,23 +11,21 @@ runs skip Maven.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from ingest.broker import LocalKafka
 from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
+from tests.support.harnesses import HarnessFactory, KafkaHarnesses
+from tests.support.shop import TEST_API_KEY
 
 HERE = Path(__file__).parent
-#: The key tests send to read orders and scores (inspect) and to operate.
-TEST_API_KEY = "integration-tests-key-0123"
-API_HEADERS = {"X-API-Key": TEST_API_KEY}
 REPO = HERE.parents[1]
 
 
@@ -39,7 +41,7 @@ def kafka_cache_dir() -> Path:
     return REPO / ".cache"
 
 
-@pytest.fixture(scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def kafka_bootstrap(
     kafka_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[str]:
@@ -53,7 +55,7 @@ async def kafka_bootstrap(
         yield kafka.bootstrap
 
 
-@pytest.fixture(scope="session")
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def schema_registry_url(
     kafka_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[str]:
@@ -69,6 +71,13 @@ async def schema_registry_url(
         cache_dir=kafka_cache_dir, log_dir=tmp_path_factory.mktemp("schema-registry")
     ) as registry:
         yield registry.url
+
+
+@pytest.fixture
+def harness_factory(kafka_bootstrap: str) -> HarnessFactory:
+    """The runtime's behaviour cases on the session's Kafka, with topics and a group of the
+    test's own."""
+    return KafkaHarnesses(kafka_bootstrap)
 
 
 @pytest.fixture
@@ -99,17 +108,6 @@ def shop_settings(tmp_path: Path, smtp_sink: SmtpSink, kafka_bootstrap: str) -> 
     )
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 30.0, every_s: float = 0.1
-) -> None:
-    """Wait until ``check()`` holds; fail the test with a clear message if it never does."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"condition {check.__name__} not met within {timeout_s}s")
-        await asyncio.sleep(every_s)
-
-
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small but real models (fraud, anomaly, upsell) for the enrichment tests."""
@@ -118,27 +116,3 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("registry")
     train(root, n_orders=8000, seed=3, progress=False, fraud_epochs=8, anomaly_epochs=8)
     return root
-
-
-async def spawn_workers(
-    settings: Settings, workers: str, log: Path, **env: str
-) -> asyncio.subprocess.Process:
-    """``pizzashop run --no-api --workers ...`` as a real process on the test's topics and
-    database, so a test can SIGKILL it. Output goes to ``log``; ``env`` adds settings."""
-    environment = {
-        **os.environ,
-        "PIZZASHOP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
-        "PIZZASHOP_TOPIC_PREFIX": settings.topic_prefix,
-        "PIZZASHOP_GROUP_PREFIX": settings.group_prefix,
-        "PIZZASHOP_HOME": str(settings.home),
-        "PIZZASHOP_REGISTRY_DIR": str(settings.resolved_registry_dir),
-        "PIZZASHOP_SMTP__PORT": str(settings.smtp.port),
-        "PIZZASHOP_CONSUMER__SESSION_TIMEOUT_MS": "6000",
-        "PIZZASHOP_CONSUMER__HEARTBEAT_INTERVAL_MS": "1000",
-        **env,
-    }
-    with log.open("ab") as sink:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "pizzashop.app.cli", "run", "--no-api", "--verbose",
-            "--workers", workers, env=environment, stdout=sink, stderr=sink,
-        )  # fmt: skip

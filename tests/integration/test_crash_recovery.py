@@ -16,8 +16,8 @@ from ingest.topics import Topics
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
-from tests.integration.conftest import API_HEADERS, eventually, spawn_workers
-from tests.integration.test_order_flow import order_body
+from tests.support.orders import order_body
+from tests.support.shop import API_HEADERS, eventually, spawn_workers
 
 
 async def _start_workers(settings: Settings, log: Path) -> asyncio.subprocess.Process:

@@ -11,7 +11,7 @@ from ingest.dlq import (
 from pizzashop.app.demo import malformed_records
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.settings import Settings
-from tests.integration.conftest import eventually
+from tests.support.shop import eventually
 
 
 async def test_malformed_records_are_dead_lettered_once_per_group(shop_settings: Settings) -> None:
@@ -42,7 +42,7 @@ async def test_malformed_records_are_dead_lettered_once_per_group(shop_settings:
 async def test_a_replayed_letter_is_handled_once_its_cause_is_gone(shop_settings: Settings) -> None:
     from ingest.codec import encode
     from ingest.events import OrderPlaced
-    from tests.unit.conftest import make_order
+    from tests.support.orders import make_order
 
     wiring = Wiring(api=False, workers=("kitchen", "status"))
     async with Shop(shop_settings, shop_settings.kafka_bootstrap or "", wiring) as shop:

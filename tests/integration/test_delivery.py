@@ -23,8 +23,8 @@ from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.errors import TransientError
 from pizzashop.core.settings import ConsumerSettings, Settings
 from services.mailer import SmtpSink
-from tests.integration.conftest import eventually
-from tests.unit.conftest import make_order
+from tests.support.orders import make_order
+from tests.support.shop import eventually
 
 PARTITIONS = 3
 FAIL_S = 60.0

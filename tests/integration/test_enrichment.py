@@ -24,8 +24,8 @@ from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.errors import DependencyPending
 from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
-from tests.integration.conftest import API_HEADERS, eventually, spawn_workers
-from tests.integration.test_order_flow import order_body
+from tests.support.orders import order_body
+from tests.support.shop import API_HEADERS, eventually, spawn_workers
 
 ENRICH = Wiring(api=False, workers=("enricher", "scores"))
 

@@ -9,10 +9,9 @@ from ingest.codec import encode
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
-from tests.integration.conftest import API_HEADERS, eventually
-from tests.integration.tcp_proxy import TcpProxy
-from tests.integration.test_order_flow import order_body
-from tests.unit.conftest import make_order
+from tests.support.net import TcpProxy
+from tests.support.orders import make_order, order_body
+from tests.support.shop import API_HEADERS, eventually
 
 
 async def test_orders_taken_while_kafka_is_down_are_relayed_when_it_is_back(
@@ -118,11 +117,11 @@ async def test_a_shutdown_mid_retry_dead_letters_nothing_and_the_next_run_delive
     shop_settings: Settings, smtp_sink: SmtpSink
 ) -> None:
     from ingest.dlq import read_dead_letters
-    from tests.unit.test_api import _dead_port
+    from tests.support.net import dead_port
 
     patient = shop_settings.model_copy(
         update={
-            "smtp": shop_settings.smtp.model_copy(update={"port": _dead_port()}),
+            "smtp": shop_settings.smtp.model_copy(update={"port": dead_port()}),
             "consumer": shop_settings.consumer.model_copy(
                 update={"retry_budget_s": 300.0, "retry_base_delay_s": 0.2}
             ),

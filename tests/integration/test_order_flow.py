@@ -13,7 +13,8 @@ from pizzashop.app.shop import Shop
 from pizzashop.core.menu import load_menu
 from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
-from tests.integration.conftest import API_HEADERS, eventually
+from tests.support.orders import order_body
+from tests.support.shop import API_HEADERS, eventually
 
 MENU = load_menu()
 
@@ -31,17 +32,6 @@ async def http(shop: Shop) -> AsyncIterator[httpx.AsyncClient]:
         transport=transport, base_url="http://shop", headers=API_HEADERS
     ) as client:
         yield client
-
-
-def order_body(*skus: str, customer: str = "c-1") -> dict[str, Any]:
-    items = [{"sku": s, "quantity": 1, "unit_price": str(MENU[s].price)} for s in skus]
-    return {
-        "customer_id": customer,
-        "customer_email": f"{customer}@example.com",
-        "items": items,
-        "total": str(sum(MENU[s].price for s in skus)),
-        "payment": {"kind": "card", "card_fingerprint": "fp-11112222", "last4": "2222"},
-    }
 
 
 async def status_of(http: httpx.AsyncClient, order_id: str) -> dict[str, Any]:

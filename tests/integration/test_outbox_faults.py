@@ -30,9 +30,9 @@ from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.core.database import Database
 from pizzashop.core.errors import BrokerUnavailable
 from pizzashop.core.settings import HealthSettings, OutboxSettings
-from tests.integration.conftest import eventually
-from tests.integration.tcp_proxy import TcpProxy
-from tests.unit.conftest import make_order
+from tests.support.net import TcpProxy
+from tests.support.orders import make_order
+from tests.support.shop import eventually
 
 logger = logging.getLogger(__name__)
 

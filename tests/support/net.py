@@ -1,10 +1,18 @@
-"""A loopback TCP forwarder a test can open and close, to take Kafka away from a client."""
+"""Ports and a loopback TCP forwarder a test can open and close, to take Kafka away from a
+client."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+
+
+def dead_port() -> int:
+    """A local port nothing listens on (bound and released at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class TcpProxy:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.menu import load_menu
 from pizzashop.core.settings import ApiSettings, Settings
 from services.status import orders, timeline
+from tests.support.net import dead_port
+from tests.support.orders import body
 
 MENU = load_menu()
 INSPECT_KEY = "inspect-secret-0123456789"
@@ -33,12 +34,6 @@ CARDS = ["4111111111111111", "4111 1111 1111 1111", "4242-4242-4242-4242"]
 Client = tuple[httpx.AsyncClient, Shop]
 
 
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def make_client(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Opens a shop with no broker and an ASGI client on it, with the given API settings."""
@@ -47,7 +42,7 @@ async def make_client(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     async def make(**api: Any) -> Client:
         home = tmp_path / f"shop{len(opened)}"
         settings = Settings(
-            kafka_bootstrap=f"127.0.0.1:{_dead_port()}", home=home, api=ApiSettings(**api)
+            kafka_bootstrap=f"127.0.0.1:{dead_port()}", home=home, api=ApiSettings(**api)
         )
         shop = Shop(
             settings,
@@ -72,18 +67,6 @@ async def client(make_client: Callable[..., Any]) -> Client:
     http, shop = await make_client(keys=KEYS[:1])
     http.headers["X-API-Key"] = INSPECT_KEY
     return http, shop
-
-
-def body(**overrides: Any) -> dict[str, Any]:
-    price = MENU["four_cheese_l"].price
-    return {
-        "customer_id": "c-9",
-        "customer_email": "c9@example.com",
-        "items": [{"sku": "four_cheese_l", "quantity": 2, "unit_price": str(price)}],
-        "total": str(price * 2),
-        "payment": {"kind": "card", "card_fingerprint": "fp-abcdef12", "last4": "1111"},
-        **overrides,
-    }
 
 
 async def _stored(shop: Shop) -> tuple[int, int]:

@@ -51,7 +51,7 @@ def test_every_event_is_published_and_consumed_where_it_travels() -> None:
 
 
 def test_schemas_validate_real_events() -> None:
-    from tests.unit.conftest import make_order
+    from tests.support.orders import make_order
 
     doc = document(registered_flows())
     schema = {**doc["components"]["schemas"]["OrderPlaced"], "components": doc["components"]}

@@ -29,7 +29,7 @@ from ingest.events import (
     derived_event_id,
 )
 from pizzashop.core.errors import DecodeError, ValidationFailed
-from tests.unit.conftest import make_order
+from tests.support.orders import make_order
 
 
 def test_total_must_match_items() -> None:
@@ -262,9 +262,10 @@ async def test_api_bodies_with_unknown_fields_are_still_422(
     from api.app import create_app
     from pizzashop.app.shop import Shop, Wiring
     from pizzashop.core.settings import Settings
-    from tests.unit.test_api import _dead_port, body
+    from tests.support.net import dead_port
+    from tests.support.orders import body
 
-    settings = Settings(kafka_bootstrap=f"127.0.0.1:{_dead_port()}", home=tmp_path)
+    settings = Settings(kafka_bootstrap=f"127.0.0.1:{dead_port()}", home=tmp_path)
     wiring = Wiring(api=True, workers=(), create_topics=False)
     async with Shop(settings, settings.kafka_bootstrap or "", wiring) as shop:
         transport = httpx.ASGITransport(app=create_app(shop))

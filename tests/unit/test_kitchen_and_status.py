@@ -17,7 +17,7 @@ from pizzashop.core.database import Database
 from pizzashop.core.menu import load_menu
 from services.kitchen import REJECTION_REASON, Kitchen, Oven, has_pineapple
 from services.status import derive_status
-from tests.unit.conftest import make_order
+from tests.support.orders import make_order
 
 MENU = load_menu()
 

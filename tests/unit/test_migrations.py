@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from pizzashop.core import migrations
 from pizzashop.core.database import Database
 from pizzashop.core.errors import ConfigError
-from tests.unit.conftest import POSTGRES_URL, _db_params
+from tests.support.db import POSTGRES_URL, db_params
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = (
@@ -33,7 +33,7 @@ FIX = (
 )
 
 
-@pytest.fixture(params=_db_params())
+@pytest.fixture(params=db_params())
 async def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A URL of a database with nothing in it: a new file, or a new PostgreSQL database."""
     if request.param == "sqlite":

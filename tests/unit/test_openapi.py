@@ -8,7 +8,6 @@ connections live where the requests are served. Bounded examples keep it well un
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from api.app import create_app
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.settings import ApiSettings, OutboxSettings, Settings
+from tests.support.net import dead_port
 
 KEY = "schemathesis-key-0123456789"
 
@@ -37,12 +37,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class ShopApp:
     """The API of a shop that its lifespan opens and closes (no broker, no workers). A shop does
     not reopen, and schemathesis ends the lifespan after each operation: every startup opens a
@@ -50,7 +44,7 @@ class ShopApp:
 
     def __init__(self, home: Path) -> None:
         self.settings = Settings(
-            kafka_bootstrap=f"127.0.0.1:{_dead_port()}",
+            kafka_bootstrap=f"127.0.0.1:{dead_port()}",
             home=home,
             api=ApiSettings(
                 keys=({"name": "all", "secret": KEY, "scopes": ["inspect", "operate"]},),

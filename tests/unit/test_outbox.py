@@ -15,7 +15,7 @@ from ingest.outbox import OutboxRelay, OutboxRow, add_to_outbox, outbox
 from pizzashop.core.database import Database
 from pizzashop.core.errors import BrokerUnavailable
 from pizzashop.core.settings import OutboxSettings
-from tests.unit.conftest import make_order
+from tests.support.orders import make_order
 
 FAST = OutboxSettings(
     batch_size=3, idle_poll_s=0.01, retry_base_delay_s=0.01, retry_max_delay_s=0.05

@@ -11,7 +11,7 @@ from ingest.consumer import Delivery, Output
 from ingest.events import Event, OrderReady, OrderRejected, PaymentCaptured, RefundIssued
 from pizzashop.core.database import Database
 from services.payment import DEADLINE_REASON, PaymentSaga, SagaDeadline
-from tests.unit.conftest import make_order
+from tests.support.orders import make_order
 
 
 def deliver(event: Event, offset: int = 0) -> Delivery:

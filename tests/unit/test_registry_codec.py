@@ -110,7 +110,7 @@ def test_a_record_that_breaks_its_registered_schema_names_the_id_and_reason() ->
 
 
 def test_a_schema_id_of_another_event_type_is_refused() -> None:
-    from tests.unit.conftest import make_order
+    from tests.support.orders import make_order
 
     remember_schema(3, current_schema(type(make_order())))
     record = encode(OrderRejected(order_id="o-1", reason="x"))

@@ -21,7 +21,7 @@ from ingest.codec import decode, encode
 from ingest.events import EVENT_TYPES, Event, OrderRejected, PaymentCaptured
 from ingest.schemas import current_schema, schema_path
 from ingest.schemas.compat import breaking_changes
-from tests.unit.conftest import make_order
+from tests.support.orders import make_order
 
 
 @pytest.mark.parametrize("cls", list(EVENT_TYPES.values()), ids=list(EVENT_TYPES))
