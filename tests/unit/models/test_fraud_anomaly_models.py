@@ -13,6 +13,8 @@ from models.registry import Registry
 from models.simulator import SimulatedStream
 from models.training import TrainReport
 
+pytestmark = pytest.mark.slow  # trains models
+
 
 @pytest.fixture(scope="module")
 def features(stream: SimulatedStream) -> np.ndarray:

@@ -6,6 +6,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # runs notebooks in a kernel
+
 NOTEBOOKS = Path(__file__).resolve().parents[3] / "notebooks"
 
 

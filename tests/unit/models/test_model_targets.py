@@ -7,6 +7,8 @@ import pytest
 from models.evaluation import evaluate
 from models.training import train
 
+pytestmark = pytest.mark.slow  # trains the models with `pizzashop train`'s defaults
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:

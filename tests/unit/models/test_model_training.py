@@ -4,11 +4,15 @@ import io
 import json
 from pathlib import Path
 
+import pytest
+
 from models.evaluation import evaluate, rules_score
 from models.registry import Registry
 from models.simulator import SimulatedStream
 from models.training import TrainReport
 from pizzashop.app.model_commands import score_lines
+
+pytestmark = pytest.mark.slow  # trains models (the session's `trained` fixture)
 
 
 def test_train_publishes_with_lineage(trained: tuple[Path, TrainReport]) -> None:

@@ -170,6 +170,7 @@ async def test_event_loop_stays_free_while_models_run(stream: SimulatedStream) -
     assert ticks >= 10  # the 0.5 s forward pass ran off the loop
 
 
+@pytest.mark.slow  # the session's training run
 async def test_reload_picks_up_a_new_version(
     trained: tuple[Path, TrainReport], stream: SimulatedStream, tmp_path: Path
 ) -> None:

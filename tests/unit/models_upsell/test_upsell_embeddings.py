@@ -40,6 +40,7 @@ def minilm() -> MiniLMEmbedder:
     return embedder
 
 
+@pytest.mark.slow  # loads the MiniLM transformer
 def test_minilm_embeddings_are_unit_rows_of_384(minilm: MiniLMEmbedder, menu: Menu) -> None:
     texts = [menu[sku].description for sku in list(menu)[:5]]
     vectors = minilm.embed(texts)

@@ -6,6 +6,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # runs a notebook in a kernel
+
 NOTEBOOK = Path(__file__).resolve().parents[3] / "notebooks" / "upsell.ipynb"
 
 
