@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -23,9 +24,14 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from ingest.broker import LocalKafka, nodes_up, start_detached, status, stop_detached
 from ingest.topics import TopicSpec, ensure_topics
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("java") is None, reason="starts its own cluster: needs Java and Maven"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("java") is None, reason="starts its own cluster: needs Java and Maven"
+    ),
+    # The three-node cluster lives for the module and the tests kill and restart its nodes:
+    # they, the cluster and its admin client share one loop for the module.
+    pytest.mark.asyncio(loop_scope="module"),
+]
 
 HEAP = "320m"
 
@@ -34,7 +40,7 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(
     kafka_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[LocalKafka]:
@@ -47,7 +53,7 @@ async def cluster(
         yield kafka
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
 async def admin(cluster: LocalKafka) -> AsyncIterator[AIOKafkaAdminClient]:
     client = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap)
     await client.start()
