@@ -50,6 +50,7 @@ def test_minilm_embeddings_are_unit_rows_of_384(minilm: MiniLMEmbedder, menu: Me
     np.testing.assert_allclose(minilm.embed(texts[:1])[0], vectors[0], atol=1e-5)
 
 
+@pytest.mark.slow  # loads the MiniLM transformer
 def test_minilm_ranks_related_descriptions_closer(minilm: MiniLMEmbedder, menu: Menu) -> None:
     bbq, pesto, cola = minilm.embed(
         [menu["bbq_ckn_m"].description, menu["ckn_pesto_m"].description, menu["cola"].description]
