@@ -24,14 +24,12 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from ingest.broker import LocalKafka, nodes_up, start_detached, status, stop_detached
 from ingest.topics import TopicSpec, ensure_topics
 
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("java") is None, reason="starts its own cluster: needs Java and Maven"
-    ),
-    # The three-node cluster lives for the module and the tests kill and restart its nodes:
-    # they, the cluster and its admin client share one loop for the module.
-    pytest.mark.asyncio(loop_scope="module"),
-]
+pytestmark = pytest.mark.skipif(
+    shutil.which("java") is None, reason="starts its own cluster: needs Java and Maven"
+)
+#: The three-node cluster lives for the module and its tests kill and restart its nodes: they,
+#: the cluster and its admin client share one event loop for the module.
+on_the_cluster_loop = pytest.mark.asyncio(loop_scope="module")
 
 HEAP = "320m"
 
@@ -116,6 +114,7 @@ def test_detached_cluster_restarts_a_lost_node_on_its_ports(
     assert status(tmp_path) is None
 
 
+@on_the_cluster_loop
 async def test_three_nodes_share_one_bootstrap_list(cluster: LocalKafka) -> None:
     assert cluster.node_count == 3 and cluster.node_ids == (1, 2, 3)
     ports = [cluster.node_bootstrap(i) for i in range(3)]
@@ -124,6 +123,7 @@ async def test_three_nodes_share_one_bootstrap_list(cluster: LocalKafka) -> None
     assert all(cluster.running(i) for i in range(3))
 
 
+@on_the_cluster_loop
 async def test_shop_topics_and_internal_topics_get_three_replicas(
     cluster: LocalKafka, admin: AIOKafkaAdminClient
 ) -> None:
@@ -168,6 +168,7 @@ async def test_shop_topics_and_internal_topics_get_three_replicas(
         assert await _min_isr(admin, internal) == 2, internal
 
 
+@on_the_cluster_loop
 async def test_a_killed_broker_loses_nothing_and_rejoins(
     cluster: LocalKafka, admin: AIOKafkaAdminClient
 ) -> None:
