@@ -34,7 +34,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from starlette import types as asgi
 
@@ -349,6 +354,22 @@ class ShopMetrics(Collector):
                 errors.add_metric([flow, runtime.group_id, error_class], count)
         yield per_batch
         yield errors
+        for attr, name, doc in (
+            ("handle_seconds", "pizzashop_handler_duration_seconds", "seconds per handler call"),
+            ("batch_sizes", "pizzashop_handler_batch_size", "deliveries per handler call"),
+        ):
+            histogram = HistogramMetricFamily(name, doc, labels=labels)
+            for flow, runtime in sorted(runtimes.items()):
+                buckets = getattr(runtime.stats, attr)
+                cumulative, running = [], 0
+                for bound, count in zip(buckets.bounds, buckets.counts, strict=True):
+                    running += count
+                    cumulative.append((repr(float(bound)), running))
+                cumulative.append(("+Inf", buckets.count))
+                histogram.add_metric(
+                    [flow, runtime.group_id], buckets=cumulative, sum_value=buckets.total
+                )
+            yield histogram
 
     def _lag_metrics(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(

@@ -58,6 +58,33 @@ logger = logging.getLogger(__name__)
 Batches = dict[Partition, list[Record]]
 
 
+#: Upper bounds of the handler-latency buckets, in seconds (Prometheus' default spread).
+LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Upper bounds of the batch-size buckets, in records.
+SIZE_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+@dataclass(slots=True)
+class Buckets:
+    """A histogram as Prometheus keeps one: a count per upper bound, plus sum and count."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.bounds)
+
+    def observe(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[i] += 1
+                return
+
+
 @dataclass(slots=True)
 class ConsumerStats:
     handled: int = 0
@@ -69,6 +96,9 @@ class ConsumerStats:
     batches: int = 0
     commits: int = 0
     errors_by_class: dict[str, int] = field(default_factory=dict)
+    #: Seconds per handler call, and deliveries per call (batches and one-by-one tries alike).
+    handle_seconds: Buckets = field(default_factory=lambda: Buckets(LATENCY_BOUNDS))
+    batch_sizes: Buckets = field(default_factory=lambda: Buckets(SIZE_BOUNDS))
 
 
 @dataclass(slots=True)
@@ -285,10 +315,7 @@ class ConsumerRuntime(Resource):
                 await self._one_by_one(_part(group[0]), group, work)
                 continue
             try:
-                # A span per delivery around the call, child of its record's producer; the
-                # outputs the handler emits carry it (ingest.tracing).
-                with tracing.handling(self.name, self.group_id, group):
-                    outputs = await self._handler.handle(group)
+                outputs = await self._call(group)
             except Exception as exc:
                 self._count_error(exc)
                 logger.warning(
@@ -311,6 +338,17 @@ class ConsumerRuntime(Resource):
                 for delivery in group:
                     self._failing.pop((_part(delivery), delivery.offset), None)
         return work
+
+    async def _call(self, deliveries: Sequence[Delivery]) -> Sequence[Output]:
+        """The handler on ``deliveries``, timed, in a span per delivery that is the child of
+        its record's producer; the outputs the handler emits carry it (ingest.tracing)."""
+        began = time.perf_counter()
+        try:
+            with tracing.handling(self.name, self.group_id, deliveries):
+                return await self._handler.handle(deliveries)
+        finally:
+            self.stats.handle_seconds.observe(time.perf_counter() - began)
+            self.stats.batch_sizes.observe(len(deliveries))
 
     def _decode(self, part: Partition, records: list[Record], work: _Work) -> list[Delivery]:
         deliveries: list[Delivery] = []
@@ -384,8 +422,7 @@ class ConsumerRuntime(Resource):
         for delivery in deliveries:
             key = (part, delivery.offset)
             try:
-                with tracing.handling(self.name, self.group_id, [delivery]):  # a span per try
-                    outputs = await self._handler.handle([delivery])
+                outputs = await self._call([delivery])  # a span per try
             except Exception as exc:
                 self._count_error(exc)
                 failing = self._failing.setdefault(key, _Failing(since=time.monotonic()))

@@ -64,5 +64,7 @@ async def test_a_new_flow_is_declared_where_it_is_and_runs_on_the_real_runtime(
         await h.send("events", ready)  # a redelivery: dropped, no second stamp
         await h.drained()
         types = [e.event_type for e in h.events("events")]
+        timed = h.stats.handle_seconds.count
     assert sorted(types) == ["OrderReady", "OrderReady", "StampEarned"]
     assert handler.stamped == ["o-1"]
+    assert timed >= 1  # the runtime timed the handler call (pizzashop_handler_duration_seconds)

@@ -175,3 +175,27 @@ async def test_metrics_endpoint(shop: Shop) -> None:
     assert got[("pizzashop_consumer_lag_probe_errors_total", ())] >= 1
     for name in METRIC_NAMES:
         assert name.startswith("pizzashop_")
+
+
+def test_handler_latency_and_batch_size_histograms() -> None:
+    stats = ConsumerStats()
+    for seconds in (0.002, 0.003, 0.2, 7.0):
+        stats.handle_seconds.observe(seconds)
+    stats.batch_sizes.observe(1)
+    stats.batch_sizes.observe(300)
+    runtimes = {"kitchen": _Runtime("g.kitchen", stats)}
+    metrics = ShopMetrics(runtimes=lambda: runtimes)  # type: ignore[arg-type, return-value]
+    got = samples(metrics.render().decode())
+    flow = (("flow", "kitchen"), ("group", "g.kitchen"))
+
+    def bucket(name: str, le: str) -> float:
+        return got[(f"{name}_bucket", (*flow[:1], ("group", "g.kitchen"), ("le", le)))]
+
+    assert bucket("pizzashop_handler_duration_seconds", "0.0025") == 1
+    assert bucket("pizzashop_handler_duration_seconds", "0.005") == 2
+    assert bucket("pizzashop_handler_duration_seconds", "0.25") == 3
+    assert bucket("pizzashop_handler_duration_seconds", "+Inf") == 4
+    assert got[("pizzashop_handler_duration_seconds_count", flow)] == 4
+    assert abs(got[("pizzashop_handler_duration_seconds_sum", flow)] - 7.205) < 1e-9
+    assert bucket("pizzashop_handler_batch_size", "1.0") == 1
+    assert bucket("pizzashop_handler_batch_size", "500.0") == 2
