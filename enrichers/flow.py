@@ -42,7 +42,8 @@ def enricher_flow(ctx: FlowContext) -> Handler:
         pipeline,
         ctx.topics,
         load_menu(),
-        fraud_threshold=cfg.fraud_threshold,
+        fraud_threshold=cfg.fraud_threshold,  # None: each fraud version's recorded threshold
+        target_false_hold_rate=cfg.target_false_hold_rate,
         reload_every_s=cfg.reload_every_s,
         shadow=shadow,
     )

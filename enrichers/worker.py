@@ -4,10 +4,13 @@ It consumes ``orders`` in its own consumer group with whole-fetch batches (infer
 per order in bulk), runs the scoring pipeline (features vectorised, forward passes in threads),
 and publishes one ``OrderEnriched`` per order to ``orders.enriched``, keyed by order id, under
 an id derived from the ``OrderPlaced`` id so that a re-run after a crash is dropped downstream.
-An order whose fraud probability reaches the threshold also yields ``OrderFlagged`` on
-``order-events``, which the kitchen and the saga act on. A shadow (challenger) fraud model, when
-configured, scores the same batches; its differences go out as ``ScoreShadowed`` and decide
-nothing.
+An order whose fraud probability reaches the hold threshold also yields ``OrderFlagged`` on
+``order-events``, which the kitchen and the saga act on. The threshold is the loaded fraud
+version's recorded hold policy (chosen at training for a target false-hold rate), unless the
+``enricher.fraud_threshold`` setting overrides it; it is read per batch, so a reloaded version
+brings its own, and ``OrderFlagged.threshold`` carries the one applied. A shadow (challenger)
+fraud model, when configured, scores the same batches; its differences go out as
+``ScoreShadowed`` and decide nothing.
 
 The core flows never wait for this worker: they consume ``orders`` in their own groups.
 """
@@ -15,9 +18,10 @@ The core flows never wait for this worker: they consume ``orders`` in their own 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -40,7 +44,13 @@ from models.scorer import Degraded, Scored
 from models.upsell.model import Suggestion
 from pizzashop.core.menu import Menu
 
+if TYPE_CHECKING:
+    from models.fraud import HoldPolicy
+
 logger = logging.getLogger(__name__)
+
+#: The threshold for a fraud version published before hold policies were recorded.
+LEGACY_FRAUD_THRESHOLD = 0.9
 
 AssessmentT = TypeVar("AssessmentT", bound=BaseModel)
 
@@ -75,6 +85,31 @@ def _suggestions(result: Scored, menu: Menu) -> tuple[UpsellSuggestion, ...]:
         )
         for s in found
     )
+
+
+@runtime_checkable
+class _HoldsOrders(Protocol):
+    """A scorer with a recorded hold policy (``models.fraud.FraudScorer``)."""
+
+    @property
+    def hold(self) -> HoldPolicy | None: ...
+
+
+def fraud_hold(pipeline: ScoringPipeline) -> HoldPolicy | None:
+    """The hold policy recorded with the fraud version ``pipeline`` serves now, if any."""
+    for scorer in pipeline.scorers:
+        if scorer.name == "fraud" and isinstance(scorer, _HoldsOrders):
+            return scorer.hold
+    return None
+
+
+def hold_threshold(pipeline: ScoringPipeline, override: float | None = None) -> float:
+    """The threshold to apply: ``override`` (the ``enricher.fraud_threshold`` setting) when
+    set, else the served fraud version's recorded one, else :data:`LEGACY_FRAUD_THRESHOLD`."""
+    if override is not None:
+        return override
+    policy = fraud_hold(pipeline)
+    return policy.threshold if policy is not None else LEGACY_FRAUD_THRESHOLD
 
 
 def to_enriched(
@@ -114,14 +149,20 @@ class Enricher(Handler):
         topics: Topics,
         menu: Menu,
         *,
-        fraud_threshold: float,
+        fraud_threshold: float | None = None,
+        target_false_hold_rate: float | None = None,
         reload_every_s: float = 5.0,
         shadow: ScoringPipeline | None = None,
     ) -> None:
+        """``fraud_threshold`` overrides the fraud version's recorded hold threshold;
+        ``target_false_hold_rate`` is the rate the shop expects that threshold was chosen
+        for (a version trained for another is served, with a warning)."""
         self._pipeline = pipeline
         self._topics = topics
         self._menu = menu
-        self._threshold = fraud_threshold
+        self._override = fraud_threshold
+        self._target = target_false_hold_rate
+        self._applied: tuple[int, float] | None = None  # (fraud version, threshold) last logged
         self._reload_every_s = reload_every_s
         self._next_reload = time.monotonic() + reload_every_s
         self._shadow = shadow
@@ -152,9 +193,10 @@ class Enricher(Handler):
         )
         orders = [d.event for d in deliveries if isinstance(d.event, OrderPlaced)]
         scores = await self._pipeline.score_batch(orders)
+        # Read after scoring: the versions that scored this batch are the ones loaded now.
+        threshold = self._threshold()
         enriched = [
-            to_enriched(o, s, self._menu, self._threshold)
-            for o, s in zip(orders, scores, strict=True)
+            to_enriched(o, s, self._menu, threshold) for o, s in zip(orders, scores, strict=True)
         ]
         outputs = [
             d.emit(self._topics.enriched, e) for d, e in zip(deliveries, enriched, strict=True)
@@ -165,7 +207,7 @@ class Enricher(Handler):
                 d.emit(self._topics.enriched, e) for d, e in zip(deliveries, shadowed, strict=True)
             ]
         flags = [
-            d.emit(self._topics.order_events, self._flag(e))
+            d.emit(self._topics.order_events, self._flag(e, threshold))
             for d, e in zip(deliveries, enriched, strict=True)
             if e.flagged
         ]
@@ -173,13 +215,42 @@ class Enricher(Handler):
         self.flagged += len(flags)
         return outputs + flags
 
-    def _flag(self, enriched: OrderEnriched) -> OrderFlagged:
+    def _threshold(self) -> float:
+        """The threshold for this batch; logs when it changes (a new version, say)."""
+        threshold = hold_threshold(self._pipeline, self._override)
+        version = self._pipeline.versions.get("fraud", -1)
+        if self._applied != (version, threshold):
+            self._applied = (version, threshold)
+            policy = fraud_hold(self._pipeline)
+            source = (
+                "setting enricher.fraud_threshold"
+                if self._override is not None
+                else f"fraud-v{version}'s hold policy"
+                if policy is not None
+                else f"fraud-v{version} records none: legacy default"
+            )
+            logger.info("fraud hold threshold %.4f from %s", threshold, source)
+            if (
+                policy is not None
+                and self._target is not None
+                and not math.isclose(policy.target_false_hold_rate, self._target)
+            ):
+                logger.warning(
+                    "fraud-v%d's hold threshold was chosen for a %.4f false-hold rate, "
+                    "enricher.target_false_hold_rate is %.4f: retrain to apply it",
+                    version,
+                    policy.target_false_hold_rate,
+                    self._target,
+                )
+        return threshold
+
+    def _flag(self, enriched: OrderEnriched, threshold: float) -> OrderFlagged:
         lineage = enriched.fraud.lineage
         return OrderFlagged(
             event_id=derived_event_id(enriched.source_event_id, "OrderFlagged"),
             order_id=enriched.order_id,
             fraud_score=enriched.fraud.probability or 0.0,
-            threshold=self._threshold,
+            threshold=threshold,
             model=f"{lineage.model}-v{lineage.version}" if lineage else "unknown",
         )
 

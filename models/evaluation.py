@@ -3,6 +3,12 @@
 Fraud is compared with the Bayes-optimal score (the simulator's true ``fraud_prob``) and with
 a hand-written rule baseline; anomaly with an IsolationForest fitted on the same rows and
 features as the autoencoder. Nothing here feeds back into training.
+
+``hold`` applies the fraud version's recorded hold policy to the held-out period: the
+false-hold rate it achieves on legitimate orders there, recall overall and per fraud scenario
+(``recall_<scenario>``), the same for the orders whose true fraud probability is 0.8 or more
+(``recall_p80_<scenario>``), and, for comparison, the recall the Bayes-optimal score reaches
+at the same target rate (its threshold chosen on the held-out legitimate orders themselves).
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from models._nn import expected_calibration_error
 from models.anomaly import AnomalyModel
 from models.features import FEATURE_NAMES
-from models.fraud import FraudModel
+from models.fraud import FraudModel, hold_rates, hold_threshold
 from models.registry import Registry
-from models.training import Dataset, build_dataset, normal_rows
+from models.simulator import SCENARIOS
+from models.training import DEFAULT_TARGET_FALSE_HOLD_RATE, Dataset, build_dataset, normal_rows
 
 logger = logging.getLogger(__name__)
 _COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -81,6 +88,7 @@ def evaluate(
             "n": float(len(y)),
         },
     }
+    report["hold"] = _evaluate_hold(fraud, p, data, fraud_mv.metadata.metrics)
     ya = truth.is_anomaly[test]
     score, _ = anomaly.predict(x[test])
     forest = IsolationForest(n_estimators=200, random_state=seed)
@@ -95,6 +103,31 @@ def evaluate(
     if upsell is not None:
         report["upsell"] = upsell
     return report
+
+
+def _evaluate_hold(
+    fraud: FraudModel, p: np.ndarray, data: Dataset, trained: dict[str, float]
+) -> dict[str, float]:
+    """The recorded hold policy on the held-out period (see the module docstring)."""
+    truth, test = data.truth, data.test
+    y, scenario = truth.is_fraud[test], truth.scenario[test]
+    if fraud.hold is None:  # a version from before hold policies: the old fixed threshold
+        threshold, target = 0.9, DEFAULT_TARGET_FALSE_HOLD_RATE
+    else:
+        threshold, target = fraud.hold.threshold, fraud.hold.target_false_hold_rate
+    out = {"threshold": threshold, "target_false_hold_rate": target}
+    if "val_false_hold_rate" in trained:
+        out["val_false_hold_rate"] = trained["val_false_hold_rate"]
+    out |= hold_rates(p, y, threshold, scenario, SCENARIOS)
+    # The issue's target: held share of the orders whose true fraud probability is >= 0.8,
+    # whatever their sampled label, per scenario.
+    likely = truth.fraud_prob[test] >= 0.8
+    at_p80 = hold_rates(p[likely], likely[likely], threshold, scenario[likely], SCENARIOS)
+    out |= {k.replace("recall", "recall_p80"): v for k, v in at_p80.items() if "recall" in k}
+    bayes = truth.fraud_prob[test]
+    bayes_rates = hold_rates(bayes, y, hold_threshold(bayes[~y], target), scenario, SCENARIOS)
+    out |= {f"bayes_{k}": v for k, v in bayes_rates.items() if k.startswith("recall")}
+    return out
 
 
 def _evaluate_upsell(registry: Registry, data: Dataset) -> dict[str, float] | None:

@@ -7,6 +7,10 @@ same runner (B x F rows in one call), in logit units.
 
 :class:`FraudScorer` is the model in the enrichment pipeline (``models.scorer``); its wire
 assessment is ``FraudAssessment(probability=...)``.
+
+:class:`HoldPolicy` is when an order is held: probability at or above a threshold chosen at
+training time so that a target share of the validation period's legitimate orders would be held
+(:func:`choose_hold_policy`). It is saved with the model version and applied by the enricher.
 """
 
 from __future__ import annotations
@@ -82,6 +86,87 @@ def top_k(contrib: np.ndarray, k: int) -> Attributions:
     return Attributions(idx, np.take_along_axis(contrib, idx, axis=1).astype(np.float32))
 
 
+@dataclass(frozen=True, slots=True)
+class HoldPolicy:
+    """Hold an order when its fraud probability is at or above ``threshold``, the threshold
+    that held at most ``target_false_hold_rate`` of the legitimate validation orders."""
+
+    threshold: float
+    target_false_hold_rate: float
+
+    def holds(self, probability: np.ndarray) -> np.ndarray:
+        return np.asarray(probability >= self.threshold)
+
+    def params(self) -> dict[str, float]:
+        """The registry params that record it (``FraudModel.save``)."""
+        return {
+            "hold_threshold": self.threshold,
+            "target_false_hold_rate": self.target_false_hold_rate,
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> HoldPolicy | None:
+        """The recorded policy; ``None`` for a version published before policies were."""
+        if "hold_threshold" not in params:
+            return None
+        return cls(float(params["hold_threshold"]), float(params["target_false_hold_rate"]))
+
+
+def hold_threshold(legit: np.ndarray, target_false_hold_rate: float) -> float:
+    """The lowest threshold that holds at most ``target_false_hold_rate`` of ``legit`` (the
+    legitimate orders' scores): just above the (k+1)-th highest, k = floor(rate * n). Ties are
+    never split, so the rate achieved may be lower than the target, never higher."""
+    if not 0.0 < target_false_hold_rate < 1.0:
+        raise ValueError(f"a false-hold rate is in (0, 1), not {target_false_hold_rate}")
+    ranked = np.sort(np.asarray(legit, dtype=np.float64))[::-1]
+    if len(ranked) == 0:
+        raise ValueError("no legitimate orders to choose a hold threshold on")
+    k = int(np.floor(target_false_hold_rate * len(ranked) + 1e-9))
+    if k >= len(ranked):
+        return float(ranked[-1])
+    return float(np.nextafter(ranked[k], np.inf))
+
+
+def hold_rates(
+    probability: np.ndarray,
+    is_fraud: np.ndarray,
+    threshold: float,
+    scenario: np.ndarray | None = None,
+    scenario_names: Sequence[str] = (),
+) -> dict[str, float]:
+    """``false_hold_rate`` (held share of legitimate orders) and ``recall`` (held share of
+    frauds) at ``threshold``; with ``scenario`` (index into ``scenario_names``, 0 is normal),
+    ``recall_<name>`` per fraud scenario present."""
+    held = np.asarray(probability) >= threshold
+    y = np.asarray(is_fraud, dtype=bool)
+    out = {
+        "false_hold_rate": float(held[~y].mean()) if (~y).any() else 0.0,
+        "recall": float(held[y].mean()) if y.any() else 0.0,
+    }
+    if scenario is not None:
+        for i, name in enumerate(scenario_names):
+            rows = y & (np.asarray(scenario) == i)
+            if i > 0 and rows.any():
+                out[f"recall_{name}"] = float(held[rows].mean())
+    return out
+
+
+def choose_hold_policy(
+    probability: np.ndarray, is_fraud: np.ndarray, target_false_hold_rate: float
+) -> tuple[HoldPolicy, dict[str, float]]:
+    """The policy for ``target_false_hold_rate`` on validation scores, and what it achieved
+    there (``val_false_hold_rate``, ``val_recall_at_hold``)."""
+    y = np.asarray(is_fraud, dtype=bool)
+    policy = HoldPolicy(
+        hold_threshold(probability[~y], target_false_hold_rate), target_false_hold_rate
+    )
+    rates = hold_rates(probability, y, policy.threshold)
+    return policy, {
+        "val_false_hold_rate": rates["false_hold_rate"],
+        "val_recall_at_hold": rates["recall"],
+    }
+
+
 class FraudModel(TorchModel):
     name = NAME
 
@@ -93,10 +178,12 @@ class FraudModel(TorchModel):
         version: int = 0,
         onnx_path: Path | None = None,
         prefer_onnx: bool = True,
+        hold: HoldPolicy | None = None,
     ) -> None:
         super().__init__(net, version=version, onnx_path=onnx_path, prefer_onnx=prefer_onnx)
         self.net: FraudNet = net
         self.platt = platt
+        self.hold = hold  # set by training once the validation scores are known
 
     def core(self, x: np.ndarray) -> np.ndarray:
         return self.runner(x)[0]
@@ -129,6 +216,7 @@ class FraudModel(TorchModel):
             "platt_b": self.platt[1],
             "hidden": list(self.net.hidden),
             "feature_names": list(FEATURE_NAMES),
+            **(self.hold.params() if self.hold is not None else {}),
         }
 
     @classmethod
@@ -142,6 +230,7 @@ class FraudModel(TorchModel):
             version=mv.version,
             onnx_path=mv.path / f"{NAME}.onnx",
             prefer_onnx=prefer_onnx,
+            hold=HoldPolicy.from_params(params),
         )
 
     @classmethod
@@ -159,6 +248,11 @@ class FraudScorer(TorchScorer[FraudModel, np.ndarray]):
     @classmethod
     def load(cls, artifact: ModelVersion, *, prefer_onnx: bool = True) -> FraudScorer:
         return cls(FraudModel.load(artifact, prefer_onnx=prefer_onnx))
+
+    @property
+    def hold(self) -> HoldPolicy | None:
+        """The version's recorded hold policy (``None`` if it predates them)."""
+        return self.model.hold
 
     def core(self, inputs: np.ndarray) -> np.ndarray:
         return self.model.core(inputs)
@@ -223,4 +317,15 @@ def train_fraud(
     return FraudModel(net, platt, prefer_onnx=False), {"val_pr_auc": best}
 
 
-__all__ = ["Attributions", "FraudModel", "FraudNet", "FraudScorer", "top_k", "train_fraud"]
+__all__ = [
+    "Attributions",
+    "FraudModel",
+    "FraudNet",
+    "FraudScorer",
+    "HoldPolicy",
+    "choose_hold_policy",
+    "hold_rates",
+    "hold_threshold",
+    "top_k",
+    "train_fraud",
+]

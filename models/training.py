@@ -4,6 +4,11 @@ fraud and anomaly (and upsell, when ``models.upsell`` exists), publish to the re
 The stream is split by time: the first 60% trains, the next 15% validates (early stopping and
 calibration), the last 25% is held out for ``models.evaluation.evaluate`` and never read here.
 The same ``(n_orders, seed)`` always yields the same stream, so evaluation can rebuild it.
+
+The fraud hold threshold is chosen on the validation period too: the lowest that holds at most
+``target_false_hold_rate`` of its legitimate orders. It is published with the fraud version
+(params ``hold_threshold``, ``target_false_hold_rate``; metrics ``val_false_hold_rate``,
+``val_recall_at_hold`` and ``val_recall_<scenario>``), and the enricher applies it.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from models.anomaly import AnomalyModel, train_anomaly
 from models.catalog import load_catalog
 from models.feature_state import features_for_stream
 from models.features import FEATURE_SCHEMA_VERSION
-from models.fraud import FraudModel, train_fraud
+from models.fraud import FraudModel, choose_hold_policy, hold_rates, train_fraud
 from models.registry import ModelVersion, Registry
-from models.simulator import SimulatedStream, simulate
+from models.simulator import SCENARIOS, SimulatedStream, simulate
 
 logger = logging.getLogger(__name__)
 TRAIN_END = 0.60
 VAL_END = 0.75
 DEFAULT_ORDERS = 60_000
+DEFAULT_TARGET_FALSE_HOLD_RATE = 0.005  # of legitimate orders; EnricherSettings has the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +83,10 @@ def train(
     fraud_epochs: int = 30,
     anomaly_epochs: int = 25,
     with_upsell: bool = True,
+    target_false_hold_rate: float = DEFAULT_TARGET_FALSE_HOLD_RATE,
 ) -> TrainReport:
-    """Train and publish every model; returns the new version tags and the seconds spent."""
+    """Train and publish every model; returns the new version tags and the seconds spent.
+    ``target_false_hold_rate`` chooses the fraud hold threshold on the validation period."""
     with _torch_threads(1):
         return _train(
             Registry(registry_root),
@@ -88,6 +96,7 @@ def train(
             fraud_epochs,
             anomaly_epochs,
             with_upsell,
+            target_false_hold_rate,
         )
 
 
@@ -110,6 +119,7 @@ def _train(
     fraud_epochs: int,
     anomaly_epochs: int,
     with_upsell: bool,
+    target_false_hold_rate: float,
 ) -> TrainReport:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -130,6 +140,7 @@ def _train(
         epochs=fraud_epochs,
         progress=progress,
     )
+    fraud_metrics |= _choose_hold(fraud, data, target_false_hold_rate)
     mv = _publish(
         registry,
         fraud,
@@ -164,6 +175,24 @@ def _train(
         skipped["upsell"] = f"{type(exc).__name__}: {exc}"
     logger.info("training done", extra={"versions": versions, "seconds": seconds})
     return TrainReport(versions, seconds, skipped)
+
+
+def _choose_hold(
+    fraud: FraudModel, data: Dataset, target_false_hold_rate: float
+) -> dict[str, float]:
+    """Set ``fraud.hold`` from the validation period; returns what it achieved there."""
+    p = fraud.predict(data.features[data.val])
+    y = data.truth.is_fraud[data.val]
+    fraud.hold, metrics = choose_hold_policy(p, y, target_false_hold_rate)
+    per_scenario = hold_rates(p, y, fraud.hold.threshold, data.truth.scenario[data.val], SCENARIOS)
+    metrics |= {f"val_{k}": v for k, v in per_scenario.items() if k.startswith("recall_")}
+    logger.info(
+        "fraud hold threshold %.4f for a %.2f%% false-hold rate",
+        fraud.hold.threshold,
+        100 * target_false_hold_rate,
+        extra=metrics,
+    )
+    return metrics
 
 
 def normal_rows(data: Dataset, part: slice) -> np.ndarray:
@@ -216,6 +245,7 @@ def _train_upsell(registry: Registry, data: Dataset, seed: int) -> str:
 
 __all__ = [
     "DEFAULT_ORDERS",
+    "DEFAULT_TARGET_FALSE_HOLD_RATE",
     "Dataset",
     "TrainReport",
     "build_dataset",

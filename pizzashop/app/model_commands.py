@@ -39,11 +39,31 @@ def train(
     ] = 60_000,
     seed: Annotated[int, typer.Option(help="simulation and training seed")] = 0,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    target_false_hold_rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0001,
+            max=0.5,
+            help="share of legitimate validation orders the fraud hold may catch "
+            "(default: enricher.target_false_hold_rate)",
+        ),
+    ] = None,
 ) -> None:
-    """Simulate traffic, train fraud + anomaly (+ upsell) and publish new registry versions."""
-    from models.training import train as run
+    """Simulate traffic, train fraud + anomaly (+ upsell) and publish new registry versions.
 
-    report = run(_registry_dir(registry), n_orders=n_orders, seed=seed, progress=progress)
+    The fraud version records the hold threshold chosen for the target false-hold rate."""
+    from models.training import train as run
+    from pizzashop.core.settings import Settings
+
+    if target_false_hold_rate is None:
+        target_false_hold_rate = Settings().enricher.target_false_hold_rate
+    report = run(
+        _registry_dir(registry),
+        n_orders=n_orders,
+        seed=seed,
+        progress=progress,
+        target_false_hold_rate=target_false_hold_rate,
+    )
     for name, tag in report.versions.items():
         typer.echo(f"{name}: {tag} ({report.seconds.get(name, 0.0):.1f}s)")
     for name, why in report.skipped.items():
@@ -56,7 +76,10 @@ def evaluate(
     n_orders: Annotated[int | None, typer.Option(help="default: as trained")] = None,
     seed: Annotated[int | None, typer.Option(help="default: as trained")] = None,
 ) -> None:
-    """Metrics of the latest models on the held-out later period of the simulated stream."""
+    """Metrics of the latest models on the held-out later period of the simulated stream.
+
+    ``hold`` is the fraud version's hold policy there: the false-hold rate it achieves and
+    recall per fraud scenario (``recall_<scenario>``)."""
     from models.evaluation import evaluate as run
 
     report = run(_registry_dir(registry), n_orders=n_orders, seed=seed)
@@ -107,16 +130,17 @@ async def score_lines(
 ) -> int:
     """The body of ``score``: returns the number of bad lines."""
     from enrichers.pipeline import ScoringPipeline
-    from enrichers.worker import to_enriched
+    from enrichers.worker import hold_threshold, to_enriched
     from models.feature_state import InMemoryFeatureState
     from models.upsell.history import InMemoryBasketHistory
     from pizzashop.core.menu import load_menu
     from pizzashop.core.settings import Settings
 
     menu = load_menu()
-    threshold = Settings().enricher.fraud_threshold
     pipeline = ScoringPipeline(registry, InMemoryFeatureState(), history=InMemoryBasketHistory())
     await pipeline.start()
+    # As the enricher: the setting if set, else the fraud version's recorded threshold.
+    threshold = hold_threshold(pipeline, Settings().enricher.fraud_threshold)
     bad = 0
     batch: list[tuple[int, OrderPlaced]] = []
 

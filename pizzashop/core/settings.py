@@ -56,7 +56,20 @@ class ConsumerSettings(BaseModel):
 class EnricherSettings(BaseModel):
     """The enrichment workers: models, thresholds, reloads."""
 
-    fraud_threshold: float = Field(default=0.9, ge=0, le=1, description="hold orders at or above")
+    fraud_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="hold orders at or above this fraud probability; unset: the loaded fraud "
+        "model's recorded threshold (chosen at training for target_false_hold_rate)",
+    )
+    target_false_hold_rate: float = Field(
+        default=0.005,
+        gt=0,
+        lt=1,
+        description="share of legitimate orders a hold may catch: `pizzashop train` chooses the "
+        "threshold for it; the enricher warns when a model was trained for another",
+    )
     reload_every_s: float = Field(default=5.0, gt=0, description="how often to look for new models")
     model_timeout_s: float = Field(default=2.0, gt=0, description="a slower model is degraded")
     model_timeouts: dict[str, float] = Field(
