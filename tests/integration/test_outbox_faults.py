@@ -30,6 +30,7 @@ from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.core.database import Database
 from pizzashop.core.errors import BrokerUnavailable
 from pizzashop.core.settings import HealthSettings, OutboxSettings
+from services.scores import ScoreQueries
 from tests.support.net import TcpProxy
 from tests.support.orders import make_order
 from tests.support.shop import eventually
@@ -164,6 +165,7 @@ async def test_a_database_error_keeps_the_relay_alive_and_health_says_so(
     shop = SimpleNamespace(
         db=database,
         relay=relay,
+        scores=ScoreQueries(database),
         crashed=lambda: [*crashed, *(["outbox-relay"] if task.done() else [])],
         settings=SimpleNamespace(health=HealthSettings(relay_failing_max_s=1.0)),
     )

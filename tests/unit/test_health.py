@@ -15,6 +15,7 @@ from api.health import HealthCheck
 from ingest.outbox import Backlog, RelayState
 from pizzashop.core.database import Database
 from pizzashop.core.settings import HealthSettings
+from services.scores import ScoreQueries
 
 LIMITS = HealthSettings(relay_failing_max_s=30, outbox_max_age_s=120, db_timeout_s=1)
 NOW = 10_000.0
@@ -126,6 +127,7 @@ async def http(
     shop = SimpleNamespace(
         db=db,
         relay=relay,
+        scores=ScoreQueries(db),
         crashed=tasks,
         settings=SimpleNamespace(health=LIMITS),
     )
