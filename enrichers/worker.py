@@ -31,6 +31,7 @@ from ingest.events import (
     AnomalyAssessment,
     Event,
     FraudAssessment,
+    ModelAssessment,
     OrderEnriched,
     OrderFlagged,
     OrderPlaced,
@@ -136,7 +137,24 @@ def to_enriched(
             **({"suggestions": _suggestions(upsell, menu)} if isinstance(upsell, Scored) else {}),
         ),
         flagged=probability is not None and probability >= threshold,
+        others=tuple(
+            _other(name, result)
+            for name, result in scores.results.items()
+            if name not in _OWN_FIELDS
+        ),
     )
+
+
+#: The models ``OrderEnriched`` has a field of its own for; any other lands in ``others``.
+_OWN_FIELDS = frozenset({"fraud", "anomaly", "upsell"})
+
+
+def _other(name: str, result: Scored | Degraded) -> ModelAssessment:
+    if isinstance(result, Degraded):
+        return ModelAssessment(
+            model=name, degraded=True, reason=result.reason, lineage=result.lineage
+        )
+    return ModelAssessment(model=name, values=dict(result.value), lineage=result.lineage)
 
 
 class Enricher(Handler):

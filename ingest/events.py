@@ -300,6 +300,18 @@ class UpsellAssessment(_Part):
     lineage: ScoreLineage | None = Field(default=None, description="where the score came from")
 
 
+class ModelAssessment(_Part):
+    """A plug-in model's view of an order, for models without a field of their own."""
+
+    model: str = Field(min_length=1, max_length=64, description="the scorer's registered name")
+    values: dict[str, float | int | str | bool | None] = Field(
+        default_factory=dict, description="the model's outputs by name (numbers or labels)"
+    )
+    degraded: bool = Field(default=False, description="the model failed or timed out")
+    reason: str | None = Field(default=None, description="why it is degraded")
+    lineage: ScoreLineage | None = Field(default=None, description="where the score came from")
+
+
 class OrderEnriched(Event):
     """An ``OrderPlaced`` with the models' view of it; one per order (same id on a re-run)."""
 
@@ -309,6 +321,9 @@ class OrderEnriched(Event):
     anomaly: AnomalyAssessment = Field(description="anomaly score")
     upsell: UpsellAssessment | None = Field(default=None, description="upsell suggestions")
     flagged: bool = Field(default=False, description="fraud reached the hold threshold")
+    others: tuple[ModelAssessment, ...] = Field(
+        default=(), description="every other registered model's assessment, by model name"
+    )
 
 
 class ScoreShadowed(Event):

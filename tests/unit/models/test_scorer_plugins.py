@@ -128,6 +128,11 @@ async def test_a_new_model_joins_through_its_one_registration(
     enriched = to_enriched(orders[0], scores[0], load_menu(), threshold=0.5)
     assert enriched.fraud.degraded and enriched.fraud.reason == "no fraud model deployed"
     assert enriched.upsell is None
+    # ... and the new model's scores reach the wire too, in ``others``, with their lineage.
+    (toy_wire,) = enriched.others
+    assert toy_wire.model == "toy" and not toy_wire.degraded
+    assert toy_wire.values["size"] == value(toy[0])["size"]
+    assert toy_wire.lineage is not None and toy_wire.lineage.version == 1
     # A new version of it is picked up like any other.
     registry.publish("toy", ToyScorer(weight=5.0).save, training_data_hash="toy", metrics={})
     assert await pipeline.reload_if_newer()
