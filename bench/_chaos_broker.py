@@ -15,11 +15,11 @@ import logging
 import os
 import signal
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from ingest.broker import LocalKafka
 from pizzashop.core.errors import ConfigError
+from pizzashop.core.lifecycle import Resource
 from pizzashop.core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def _has_node_control() -> bool:
     )
 
 
-class ChaosBroker:
+class ChaosBroker(Resource):
     """``async with ChaosBroker(settings, data_dir, nodes=1) as broker: broker.bootstrap``."""
 
     def __init__(self, settings: Settings, data_dir: Path, *, nodes: int = 1) -> None:
@@ -69,13 +69,13 @@ class ChaosBroker:
             options |= {"port": port, "controller_port": controller_port}
         return LocalKafka(**options)
 
-    async def start(self) -> None:
+    async def _start(self) -> None:
         self._kafka = self._new()
         await self._kafka.start()
         if not self.native:
             self._ports = (self._kafka.port, self._kafka.controller_port)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         if self._kafka is not None:
             await self._kafka.stop()
 
@@ -101,15 +101,3 @@ class ChaosBroker:
             return
         self._kafka = self._new(*self._ports)
         await self._kafka.start()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()

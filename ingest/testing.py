@@ -34,10 +34,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 import zlib
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -54,6 +53,7 @@ from ingest.reader import partitions_of
 from ingest.runtime import ConsumerRuntime, ConsumerStats
 from ingest.topics import DLQ_SUFFIX, TopicSpec, ensure_topics
 from ingest.transport import Headers, Partition, Record, Transport
+from pizzashop.core.lifecycle import Resource
 from pizzashop.core.settings import ConsumerSettings
 
 __all__ = ["FAST_SETTINGS", "FlowHarness", "Harness", "KafkaFlowHarness"]
@@ -69,7 +69,7 @@ FAST_SETTINGS = ConsumerSettings(
 )
 
 
-class Harness(ABC):
+class Harness(Resource):
     """One ``ConsumerRuntime`` for ``handler`` in group ``group_id``, run in a background task.
 
     ``processed=None`` runs without the dedupe table, as a flow declared ``dedupe=False`` does.
@@ -113,29 +113,16 @@ class Harness(ABC):
     def stats(self) -> ConsumerStats:
         return self.runtime.stats
 
-    # -- lifecycle -------------------------------------------------------------------------
-    async def __aenter__(self) -> Self:
+    # -- lifecycle (``async with``: ``pizzashop.core.lifecycle.Resource``) -------------------
+    async def _start(self) -> None:
         await self._open()
-        try:
-            await self.runtime.start()
-            self._task = asyncio.create_task(self.runtime.run(), name=f"harness-{self.group_id}")
-            await self._assigned()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
+        await self.runtime.start()
+        self._task = asyncio.create_task(self.runtime.run(), name=f"harness-{self.group_id}")
+        await self._assigned()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Stop as the shop does: stop fetching, drain the batches in hand, close. Idempotent;
-        re-raises what the run loop died of, if it died."""
+    async def _stop(self) -> None:
+        """Stop as the shop does: stop fetching, drain the batches in hand, close; re-raises
+        what the run loop died of, if it died."""
         task, self._task = self._task, None
         try:
             if task is not None:

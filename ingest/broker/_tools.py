@@ -106,6 +106,32 @@ def resolve_jars(cache_dir: Path, version: str) -> Path:
     return lib
 
 
+def run_maven(
+    argv: list[str], cwd: Path, timeout_s: float, what: str
+) -> subprocess.CompletedProcess[str]:
+    """Run Maven to ``what`` (for the message); a time-out is a ``ConfigError`` saying so."""
+    try:
+        return subprocess.run(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ConfigError(
+            f"Maven did not {what} within {timeout_s:.0f}s; check access to Maven Central "
+            "(or your mirror in ~/.m2/settings.xml)"
+        ) from exc
+
+
+def maven_tail(done: subprocess.CompletedProcess[str], lines: int = 30) -> str:
+    """The last lines Maven printed: where its reason is."""
+    return "\n".join((done.stdout + done.stderr).strip().splitlines()[-lines:])
+
+
 def _run_maven(home: Path, lib: Path, version: str) -> None:
     # A partial folder from an interrupted run may hold a truncated jar: start clean.
     shutil.rmtree(lib, ignore_errors=True)
@@ -127,24 +153,10 @@ def _run_maven(home: Path, lib: Path, version: str) -> None:
     ]
     logger.info("resolving Apache Kafka %s jars with Maven into %s", version, lib)
     began = time.monotonic()
-    try:
-        done = subprocess.run(
-            argv,
-            cwd=home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_RESOLVE_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ConfigError(
-            f"Maven did not resolve Apache Kafka {version} within {_RESOLVE_TIMEOUT_S:.0f}s; "
-            "check access to Maven Central (or your mirror in ~/.m2/settings.xml)"
-        ) from exc
+    done = run_maven(argv, home, _RESOLVE_TIMEOUT_S, f"resolve Apache Kafka {version}")
     jars = sorted(p.name for p in lib.glob("*.jar")) if lib.is_dir() else []
     if done.returncode != 0 or f"kafka_2.13-{version}.jar" not in jars:
-        output = "\n".join((done.stdout + done.stderr).strip().splitlines()[-30:])
+        output = maven_tail(done)
         raise ConfigError(
             f"Maven could not resolve org.apache.kafka:kafka_2.13:{version} (exit "
             f"{done.returncode}); check the version and access to Maven Central:\n{output}"

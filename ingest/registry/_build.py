@@ -14,12 +14,11 @@ import hashlib
 import json
 import logging
 import shutil
-import subprocess
 import time
 from importlib import resources
 from pathlib import Path
 
-from ingest.broker._tools import INSTALL_HINT, file_lock, java_executable
+from ingest.broker._tools import INSTALL_HINT, file_lock, java_executable, maven_tail, run_maven
 from pizzashop.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -102,24 +101,10 @@ def _run_maven(home: Path, inputs: dict[str, str]) -> None:
     argv = [mvn, "-B", "-q", "-Dstyle.color=never", "-f", str(home / "pom.xml"), "package"]
     logger.info("building Apicurio Registry %s with Maven in %s", APICURIO_VERSION, home)
     began = time.monotonic()
-    try:
-        done = subprocess.run(
-            argv,
-            cwd=home,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_BUILD_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ConfigError(
-            f"Maven did not build Apicurio Registry within {_BUILD_TIMEOUT_S:.0f}s; "
-            "check access to Maven Central (or your mirror in ~/.m2/settings.xml)"
-        ) from exc
+    done = run_maven(argv, home, _BUILD_TIMEOUT_S, "build Apicurio Registry")
     jar = home / "target" / RUNNER_JAR
     if done.returncode != 0 or not jar.is_file():
-        output = "\n".join((done.stdout + done.stderr).strip().splitlines()[-30:])
+        output = maven_tail(done)
         raise ConfigError(
             f"Maven could not build Apicurio Registry {APICURIO_VERSION} (exit "
             f"{done.returncode}); check access to Maven Central:\n{output}"
