@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import Column, DateTime, String, Table, func, select, update
 
@@ -29,10 +31,12 @@ from ingest.events import (
     RefundIssued,
     RefundNoticeSent,
     derived_event_id,
+    utcnow,
 )
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
 from pizzashop.core.database import Database, chunked, metadata
+from pizzashop.core.errors import DeliveryFailed
 from services.mailer import Mailer
 
 logger = logging.getLogger(__name__)
@@ -45,6 +49,10 @@ email_intents = Table(
     Column("kind", String(32), nullable=False),
     Column("created_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
+    # Who is sending it now, and since when: one sender at a time, even when a rebalance lets
+    # two workers hold the same batch; a claim older than the lease passes on (its holder died).
+    Column("claim", String(36), nullable=True),
+    Column("claimed_at", DateTime(timezone=True), nullable=True),
 )
 
 
@@ -69,32 +77,42 @@ def render_refund(refund: RefundIssued) -> tuple[str, str]:
 class Notifier(Handler):
     event_types = (OrderPlaced, RefundIssued)
 
-    def __init__(self, db: Database, mailer: Mailer, events_topic: str) -> None:
+    def __init__(
+        self, db: Database, mailer: Mailer, events_topic: str, *, claim_lease_s: float = 60.0
+    ) -> None:
         self._db = db
         self._mailer = mailer
         self._topic = events_topic
+        self._lease = timedelta(seconds=claim_lease_s)
 
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         confirmations = {d.event.event_id: _confirmation(d.event) for d in batch}
-        sent = await self._record_intents(batch, confirmations)
+        mine, elsewhere = await self._claim(batch, confirmations)
         results = await asyncio.gather(
             *(
                 self._send(d.event, confirmations[d.event.event_id])
                 for d in batch
-                if confirmations[d.event.event_id].event_id not in sent
+                if confirmations[d.event.event_id].event_id in mine
             ),
             return_exceptions=True,
         )
         failures = [r for r in results if isinstance(r, BaseException)]
+        if elsewhere:
+            # Another worker is sending these right now (it held the batch across a
+            # rebalance): wait for its mark rather than send them a second time.
+            failures.append(
+                DeliveryFailed(f"{len(elsewhere)} mail(s) being sent by another worker")
+            )
         if failures:
             # Those that went out are marked; the runtime retries the rest one by one.
             raise failures[0]
         return [d.emit(self._topic, confirmations[d.event.event_id]) for d in batch]
 
-    async def _record_intents(
+    async def _claim(
         self, batch: Sequence[Delivery], confirmations: dict[str, Event]
-    ) -> set[str]:
-        """Record each message before it is sent; returns the ids already sent."""
+    ) -> tuple[set[str], set[str]]:
+        """Record each message's intent and claim the unsent ones nobody else holds; returns
+        the ids this call may send and those another sender holds (the rest are sent)."""
         rows = [
             {
                 "message_id": confirmations[d.event.event_id].event_id,
@@ -103,17 +121,31 @@ class Notifier(Handler):
             }
             for d in batch
         ]
-        sent: set[str] = set()
+        ids = [r["message_id"] for r in rows]
+        token, now = str(uuid.uuid4()), utcnow()
+        mine: set[str] = set()
+        elsewhere: set[str] = set()
         async with self._db.engine.begin() as conn:
             await conn.execute(self._db.insert_ignore(email_intents), rows)
-            for chunk in chunked([r["message_id"] for r in rows]):
+            for chunk in chunked(ids):
+                await conn.execute(
+                    update(email_intents)
+                    .where(
+                        email_intents.c.message_id.in_(chunk),
+                        email_intents.c.sent_at.is_(None),
+                        (email_intents.c.claim.is_(None))
+                        | (email_intents.c.claimed_at < now - self._lease),
+                    )
+                    .values(claim=token, claimed_at=now)
+                )
                 found = await conn.execute(
-                    select(email_intents.c.message_id).where(
-                        email_intents.c.message_id.in_(chunk), email_intents.c.sent_at.is_not(None)
+                    select(email_intents.c.message_id, email_intents.c.claim).where(
+                        email_intents.c.message_id.in_(chunk), email_intents.c.sent_at.is_(None)
                     )
                 )
-                sent.update(r.message_id for r in found)
-        return sent
+                for row in found:
+                    (mine if row.claim == token else elsewhere).add(row.message_id)
+        return mine, elsewhere
 
     async def _send(self, event: Event, confirmation: Event) -> None:
         if isinstance(event, OrderPlaced):

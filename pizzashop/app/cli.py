@@ -622,6 +622,59 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(subprocess.call([sys.executable, str(suite), *ctx.args]))
 
 
+# -- db -------------------------------------------------------------------------------------
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+    verbose: Verbose = False,
+) -> None:
+    """Migrate the database to the code's schema (or to REVISION); back it up first."""
+    from pizzashop.core import migrations
+
+    settings = _setup(verbose)
+    try:
+        state = asyncio.run(migrations.upgrade(settings.resolved_database_url, revision))
+    except PizzashopError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"at revision {state.current} (head {state.head})")
+
+
+@db_app.command("status")
+def db_status(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Say the database's revision and the code's; exit 3 when an upgrade is due."""
+    from pizzashop.core import migrations
+
+    settings = _setup(verbose)
+    state = asyncio.run(migrations.schema_state(settings.resolved_database_url))
+    if as_json:
+        fields = ("current", "head", "empty", "legacy", "at_head")
+        typer.echo(json.dumps({name: getattr(state, name) for name in fields}))
+    elif state.at_head:
+        typer.echo(f"up to date at revision {state.current}")
+    elif state.empty:
+        typer.echo(f"empty; the first start (or `pizzashop db upgrade`) builds {state.head}")
+    else:
+        where = "tables made before migrations" if state.legacy else f"revision {state.current}"
+        typer.echo(f"at {where}; the code is at {state.head}: run `pizzashop db upgrade`")
+    if not (state.at_head or state.empty):
+        raise typer.Exit(code=3)
+
+
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("--message", "-m", help="what the change does")],
+    verbose: Verbose = False,
+) -> None:
+    """Autogenerate the next migration from the models (developers: see pizzashop.migrations)."""
+    from pizzashop.core import migrations
+
+    _setup(verbose)
+    typer.echo(migrations.new_revision(message))
+
+
 def main() -> None:
     app()
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from ingest.codec import PLAIN_JSON, Serializer, install_schema_source
 from ingest.confluent_transport import ConfluentTransport
 from ingest.dedupe import ProcessedEvents
@@ -33,7 +35,7 @@ from ingest.security import check_credentials, client_options, librdkafka_option
 from ingest.topics import Topics, ensure_topics
 from pizzashop.app.tracing import setup_tracing
 from pizzashop.core.database import Database
-from pizzashop.core.errors import ConfigError
+from pizzashop.core.errors import BrokerUnavailable, ConfigError
 from pizzashop.core.lifecycle import Resource
 from pizzashop.core.menu import Menu, load_menu
 from pizzashop.core.settings import Settings
@@ -132,12 +134,7 @@ class Shop(Resource):
             await self._register_schemas(self.serializer)
         await check_credentials(self.bootstrap, self.client_options)  # a refusal is final
         if self.wiring.create_topics:
-            await ensure_topics(
-                self.bootstrap,
-                self.topics.specs(self.settings.orders_partitions, self.settings.events_partitions),
-                replication_factor=self.settings.topic_replication_factor,
-                client_options=self.client_options,
-            )
+            await self._create_topics()
         # No network yet: the producer connects on its first send, so the API takes orders
         # even while Kafka is away.
         await stack.enter_async_context(self.producer)
@@ -155,6 +152,37 @@ class Shop(Resource):
             self._spawn(self.relay.run(), "outbox-relay", self.relay.request_stop)
         for name, runtime in self.runtimes.items():
             self._spawn(runtime.run(), f"consumer-{name}", runtime.request_stop)
+
+    async def _create_topics(self) -> None:
+        """Create the shop's topics once Kafka answers. A process that runs flows waits for it
+        (a worker started during a broker outage), up to ``kafka_start_wait_s``; one that only
+        serves the API goes on without: it takes orders while Kafka is away."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.kafka_start_wait_s
+        delay = 0.5
+        while True:
+            try:
+                await ensure_topics(
+                    self.bootstrap,
+                    self.topics.specs(
+                        self.settings.orders_partitions, self.settings.events_partitions
+                    ),
+                    replication_factor=self.settings.topic_replication_factor,
+                    client_options=self.client_options,
+                )
+                return
+            except (BrokerUnavailable, KafkaError, OSError) as exc:
+                if not self.flows:
+                    logger.warning("Kafka at %s is away (%r); serving anyway", self.bootstrap, exc)
+                    return
+                if loop.time() + delay > deadline:
+                    raise BrokerUnavailable(
+                        f"Kafka at {self.bootstrap} did not answer within "
+                        f"{self.settings.kafka_start_wait_s:.0f}s: {exc!r}"
+                    ) from exc
+                logger.warning("Kafka at %s is away (%r); waiting", self.bootstrap, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _register_schemas(self, serializer: RegistrySerializer) -> None:
         """Register what the shop publishes (an incompatible change refuses to start) and let

@@ -288,6 +288,11 @@ class Settings(BaseSettings):
         description="a worker process without the API serves /metrics on this port (0: any)",
     )
     cook_seconds: float = Field(default=0.5, ge=0, description="how long the kitchen bakes")
+    kafka_start_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="how long a process with flows waits at start for Kafka to answer",
+    )
     saga_deadline_s: float = Field(
         default=600.0,
         gt=0,
