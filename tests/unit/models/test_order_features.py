@@ -7,18 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from ingest.events import OrderPlaced
 from models.feature_state import (
     FeatureBuilder,
     InMemoryFeatureState,
     SqlFeatureState,
+    customers_table,
+    events_table,
     features_for_stream,
+    links_table,
+    orders_table,
 )
-from models.feature_state import metadata as feature_metadata
 from models.features import FEATURE_NAMES, N_FEATURES, OrderFrame, basket_features
 from models.simulator import SimulatedStream
+from pizzashop.core.database import Database
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -45,10 +48,11 @@ async def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return _url(tmp_path / "fs.db")
     assert POSTGRES_URL is not None
-    engine = create_async_engine(POSTGRES_URL)
-    async with engine.begin() as conn:  # start from empty feature tables
-        await conn.run_sync(feature_metadata.drop_all)
-    await engine.dispose()
+    # One PostgreSQL for the whole run, migrated like the shop's: start from empty feature
+    # tables, never drop them (the shared metadata holds every table of the shop).
+    async with Database(POSTGRES_URL) as db, db.engine.begin() as conn:
+        for table in (orders_table, events_table, customers_table, links_table):
+            await conn.execute(table.delete())
     return POSTGRES_URL
 
 
