@@ -195,4 +195,6 @@ def _confirmation(event: Event) -> Event:
 def notification_flow(ctx: FlowContext) -> Handler:
     mailer = Mailer(ctx.settings.smtp)
     ctx.resources.append(mailer)  # started before consuming, its connections closed after
-    return Notifier(ctx.db, mailer, ctx.topics.order_events)
+    return Notifier(
+        ctx.db, mailer, ctx.topics.order_events, claim_lease_s=ctx.settings.smtp.claim_lease_s
+    )

@@ -179,6 +179,11 @@ class SmtpSettings(BaseModel):
     connections: int = Field(
         default=16, ge=1, description="SMTP connections kept open; as many mails in flight"
     )
+    claim_lease_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="a worker's claim on mails it is sending; a crashed worker's passes on after",
+    )
     max_unconfirmed: int = Field(
         default=1,
         ge=1,

@@ -27,6 +27,8 @@ async def _start_workers(settings: Settings, log: Path) -> asyncio.subprocess.Pr
         log,
         PIZZASHOP_COOK_SECONDS="1.0",
         PIZZASHOP_CONSUMER__BATCH_MAX="5",
+        # The mails the killed worker had claimed pass to its replacement after this.
+        PIZZASHOP_SMTP__CLAIM_LEASE_S="3",
     )
 
 
