@@ -18,11 +18,9 @@ schedule (the moments are relative to the start of the load, the victims chosen 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
-import socket
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from bench._chaos_broker import ChaosBroker
 from bench._chaos_procs import ShopProcesses
 from ingest.producer import EventProducer
 from pizzashop.app.demo import malformed_records
+from pizzashop.core.net import TcpProxy
 from services.mailer import SmtpSink
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ async def under_load(
     procs: ShopProcesses,
     broker: ChaosBroker | None,
     sink: SmtpSink,
-    gate: Gate | None,
+    gate: TcpProxy | None,
     log: FaultLog,
 ) -> None:
     """Run ``load`` while the faults of ``plan`` happen; return when all of them are over.
@@ -244,7 +243,7 @@ async def run_smtp_outage(
 
 
 async def run_db_outage(
-    schedule: Schedule, gate: Gate | None, outage_s: float, began: float, log: FaultLog
+    schedule: Schedule, gate: TcpProxy | None, outage_s: float, began: float, log: FaultLog
 ) -> None:
     if schedule.db_outage_at is None or gate is None:
         return
@@ -258,57 +257,3 @@ async def run_db_outage(
     log.db_outages.append(
         {"at_s": round(started - began, 1), "down_s": round(time.monotonic() - started, 1)}
     )
-
-
-class Gate:
-    """A loopback TCP forwarder to one server; ``close()`` is an outage, ``open()`` ends it.
-
-    Closing cuts every forwarded connection and stops listening, so clients see resets and
-    refused connections, as when the server itself goes away; the port stays the same.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self._target = (target_host, target_port)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def open(self) -> None:
-        if self._server is None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        for task in list(self._pipes):
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            dst.close()
-            with contextlib.suppress(Exception):
-                await dst.wait_closed()

@@ -74,6 +74,7 @@ from bench._chaos_procs import ShopProcesses, roles
 from bench._chaos_settle import Replayed, Settled, replay_dead_letters, settle
 from ingest.topics import Topics, ensure_topics
 from pizzashop.core.database import Database
+from pizzashop.core.net import TcpProxy
 from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
 
@@ -155,10 +156,10 @@ async def run_chaos(settings: Settings, options: ChaosOptions) -> dict[str, Any]
             await stack.enter_async_context(broker)
             bootstrap = broker.bootstrap
         sink = await stack.enter_async_context(SmtpSink(log_path=logs / "smtp.jsonl"))
-        gate: faults.Gate | None = None
+        gate: TcpProxy | None = None
         if postgres and db_url:
             url = make_url(db_url)
-            gate = faults.Gate(url.host or "127.0.0.1", url.port or 5432)
+            gate = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
             await gate.open()
             stack.push_async_callback(gate.close)
             db_url_for_shop = url.set(host="127.0.0.1", port=gate.port).render_as_string(

@@ -1,7 +1,10 @@
-"""Loopback ports for the processes this one starts (Kafka, the schema registry, the SMTP sink)."""
+"""Loopback ports for the processes this one starts (Kafka, the schema registry, the SMTP sink),
+and a TCP forwarder that takes a server away from its clients (fault injection)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 
 
@@ -29,3 +32,57 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to one server; ``close()`` is an outage, ``open()`` ends it.
+
+    Closing cuts every forwarded connection and stops listening, so clients see resets and
+    refused connections, as when the server itself goes away; the port stays the same.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        if server is not None:
+            await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            dst.close()
+            with contextlib.suppress(Exception):
+                await dst.wait_closed()
