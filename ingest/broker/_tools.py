@@ -39,10 +39,16 @@ def java_executable() -> str | None:
     return shutil.which("java")
 
 
-def ensure_tools(*, maven: bool = True) -> str:
+def ensure_tools(
+    *,
+    maven: bool = True,
+    what: str = "The local Kafka broker",
+    otherwise: str = "set PIZZASHOP_KAFKA_BOOTSTRAP to use an existing cluster",
+) -> str:
     """Check that Java (and, unless the jars are cached, Maven) can be run; return ``java``.
 
-    Raises ConfigError naming exactly what is missing and how to install it.
+    Raises ConfigError naming exactly what is missing, how to install it, and ``otherwise``
+    what to do instead (``what`` needs them: the broker, the schema registry).
     """
     java = java_executable()
     missing = []
@@ -52,8 +58,8 @@ def ensure_tools(*, maven: bool = True) -> str:
         missing.append("Maven (the `mvn` command)")
     if missing:
         raise ConfigError(
-            f"The local Kafka broker needs {' and '.join(missing)}, not found on PATH. "
-            f"{INSTALL_HINT}; or set PIZZASHOP_KAFKA_BOOTSTRAP to use an existing cluster."
+            f"{what} needs {' and '.join(missing)}, not found on PATH. "
+            f"{INSTALL_HINT}; or {otherwise}."
         )
     assert java is not None  # for mypy: missing would have raised
     return java

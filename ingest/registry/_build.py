@@ -18,7 +18,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from ingest.broker._tools import INSTALL_HINT, file_lock, java_executable, maven_tail, run_maven
+from ingest.broker._tools import ensure_tools, file_lock, maven_tail, run_maven
 from pizzashop.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -58,19 +58,11 @@ def is_built(cache_dir: Path, version: str = APICURIO_VERSION) -> bool:
 
 def ensure_java(*, maven: bool) -> str:
     """``java`` to run the registry with; ConfigError naming what is missing otherwise."""
-    java = java_executable()
-    missing = []
-    if java is None:
-        missing.append("Java 17+ (the `java` command)")
-    if maven and shutil.which("mvn") is None:
-        missing.append("Maven (the `mvn` command)")
-    if missing:
-        raise ConfigError(
-            f"The local schema registry needs {' and '.join(missing)}, not found on PATH. "
-            f"{INSTALL_HINT}; or set PIZZASHOP_SCHEMA_REGISTRY__URL to use an existing one."
-        )
-    assert java is not None  # for mypy: missing would have raised
-    return java
+    return ensure_tools(
+        maven=maven,
+        what="The local schema registry",
+        otherwise="set PIZZASHOP_SCHEMA_REGISTRY__URL to use an existing one",
+    )
 
 
 def build(cache_dir: Path, version: str = APICURIO_VERSION) -> Path:
