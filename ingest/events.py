@@ -337,20 +337,19 @@ class ScoreShadowed(Event):
     difference: float | None = Field(description="challenger minus champion")
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.event_type: cls
-    for cls in (
-        OrderPlaced,
-        PaymentCaptured,
-        OrderAccepted,
-        OrderRejected,
-        OrderReady,
-        ReceiptSent,
-        RefundIssued,
-        RefundNoticeSent,
-        OrderFlagged,
-        OrderCancelled,
-        OrderEnriched,
-        ScoreShadowed,
-    )
-}
+#: Every fact of an order's life, from placement to its outcome (what its timeline shows).
+ORDER_LIFECYCLE: tuple[type[Event], ...] = (
+    OrderPlaced,
+    PaymentCaptured,
+    OrderAccepted,
+    OrderRejected,
+    OrderReady,
+    ReceiptSent,
+    RefundIssued,
+    RefundNoticeSent,
+    OrderFlagged,
+    OrderCancelled,
+)
+
+_ALL: tuple[type[Event], ...] = (*ORDER_LIFECYCLE, OrderEnriched, ScoreShadowed)
+EVENT_TYPES: dict[str, type[Event]] = {cls.event_type: cls for cls in _ALL}

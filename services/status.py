@@ -17,19 +17,7 @@ from sqlalchemy import Column, DateTime, Numeric, String, Table, Text, func, sel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingest.consumer import Delivery, Handler, Output
-from ingest.events import (
-    Event,
-    OrderAccepted,
-    OrderCancelled,
-    OrderFlagged,
-    OrderPlaced,
-    OrderReady,
-    OrderRejected,
-    PaymentCaptured,
-    ReceiptSent,
-    RefundIssued,
-    RefundNoticeSent,
-)
+from ingest.events import ORDER_LIFECYCLE, Event, OrderPlaced
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
 from pizzashop.core.database import Database, chunked, metadata
@@ -127,18 +115,7 @@ def _timeline_row(event: Event) -> dict[str, Any]:
 
 
 class StatusProjection(Handler):
-    event_types = (
-        OrderPlaced,
-        PaymentCaptured,
-        OrderAccepted,
-        OrderRejected,
-        OrderReady,
-        ReceiptSent,
-        RefundIssued,
-        RefundNoticeSent,
-        OrderFlagged,
-        OrderCancelled,
-    )
+    event_types = ORDER_LIFECYCLE
 
     def __init__(self, db: Database) -> None:
         self._db = db
