@@ -22,7 +22,7 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.controller import Controller
 
-from pizzashop.core.errors import DeliveryFailed, ValidationFailed
+from pizzashop.core.errors import DeliveryFailed, NotSent, ValidationFailed
 from pizzashop.core.lifecycle import Resource, State
 from pizzashop.core.net import free_port
 from pizzashop.core.settings import SmtpSettings
@@ -67,9 +67,15 @@ class Mailer(Resource):
         body: str,
         message_id: str,
         accepted: Callable[[], Awaitable[None]] | None = None,
+        before_data: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Send one message; ``accepted`` runs once the server took it, before anything else
-        may be accepted beyond ``max_unconfirmed``."""
+        may be accepted beyond ``max_unconfirmed``. ``before_data`` runs right before the
+        message is handed over and may veto it by raising ``NotSent``.
+
+        Raises ``NotSent`` when the message certainly did not go out (the connection or the
+        envelope failed, or the server answered the message with an error) and plain
+        ``DeliveryFailed`` when it may have (the connection broke while handing it over)."""
         message = EmailMessage()
         message["From"] = self._settings.sender
         message["To"] = to
@@ -79,22 +85,36 @@ class Mailer(Resource):
         content = message.as_bytes(policy=SMTP_POLICY)
         async with self._slots:
             client = self._idle.pop() if self._idle else None
+            handed_over = False
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
                 await client.mail(self._settings.sender)
                 await client.rcpt(to)
                 async with self._unconfirmed:
+                    if before_data is not None:
+                        await before_data()
+                    handed_over = True
                     await client.data(content)
                     if accepted is not None:
                         await accepted()
             except aiosmtplib.SMTPRecipientRefused as exc:
                 await _close(client)  # type: ignore[arg-type]  # the envelope is half open
                 raise ValidationFailed(f"SMTP server refused recipient {to}: {exc}") from exc
+            except NotSent:
+                await _close(client)  # type: ignore[arg-type]  # the envelope is half open
+                raise
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 if client is not None:
                     await _close(client)
-                raise DeliveryFailed(f"SMTP delivery to {to} failed: {exc}") from exc
+                # An error reply to the message itself (451, 554...) is a refusal; a broken
+                # connection after the hand-over may have come after the server took it.
+                certain = not handed_over or (
+                    isinstance(exc, aiosmtplib.SMTPResponseException)
+                    and not isinstance(exc, aiosmtplib.SMTPServerDisconnected)
+                )
+                kind = NotSent if certain else DeliveryFailed
+                raise kind(f"SMTP delivery to {to} failed: {exc}") from exc
             self._idle.append(client)
 
     async def _connect(self) -> aiosmtplib.SMTP:

@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import Column, DateTime, String, Table, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingest.consumer import Delivery, Handler, Output
 from ingest.events import (
@@ -36,7 +39,7 @@ from ingest.events import (
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
 from pizzashop.core.database import Database, chunked, metadata
-from pizzashop.core.errors import DeliveryFailed
+from pizzashop.core.errors import DeliveryFailed, NotSent
 from services.mailer import Mailer
 
 logger = logging.getLogger(__name__)
@@ -74,25 +77,46 @@ def render_refund(refund: RefundIssued) -> tuple[str, str]:
     return f"Refund for order {refund.order_id}", body
 
 
+@dataclass(slots=True)
+class _Claim:
+    """The mails one call holds (``ids``, those not yet sent), under ``token`` since
+    ``renewed_at`` (monotonic); renewed before a hand-over once older than ``renew_after``."""
+
+    token: str
+    ids: set[str]
+    renewed_at: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class Notifier(Handler):
     event_types = (OrderPlaced, RefundIssued)
 
     def __init__(
-        self, db: Database, mailer: Mailer, events_topic: str, *, claim_lease_s: float = 60.0
+        self,
+        db: Database,
+        mailer: Mailer,
+        events_topic: str,
+        *,
+        claim_lease_s: float = 60.0,
+        smtp_timeout_s: float = 10.0,
     ) -> None:
         self._db = db
         self._mailer = mailer
         self._topic = events_topic
         self._lease = timedelta(seconds=claim_lease_s)
+        # A hand-over checked at this age ends (one SMTP timeout later) before the lease does,
+        # so a sender that was slow (a full batch, a stalled server) never sends a mail whose
+        # claim has passed on to another worker; it renews the claim instead.
+        self._renew_after = max(0.0, claim_lease_s - 1.5 * smtp_timeout_s)
 
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         confirmations = {d.event.event_id: _confirmation(d.event) for d in batch}
-        mine, elsewhere = await self._claim(batch, confirmations)
+        claim, elsewhere = await self._claim(batch, confirmations)
         results = await asyncio.gather(
             *(
-                self._send(d.event, confirmations[d.event.event_id])
+                self._send(d.event, confirmations[d.event.event_id], claim)
                 for d in batch
-                if confirmations[d.event.event_id].event_id in mine
+                if confirmations[d.event.event_id].event_id in claim.ids
             ),
             return_exceptions=True,
         )
@@ -110,9 +134,10 @@ class Notifier(Handler):
 
     async def _claim(
         self, batch: Sequence[Delivery], confirmations: dict[str, Event]
-    ) -> tuple[set[str], set[str]]:
+    ) -> tuple[_Claim, set[str]]:
         """Record each message's intent and claim the unsent ones nobody else holds; returns
-        the ids this call may send and those another sender holds (the rest are sent)."""
+        the claim on those this call may send and the ids another sender holds (the rest are
+        sent)."""
         rows = [
             {
                 "message_id": confirmations[d.event.event_id].event_id,
@@ -121,33 +146,68 @@ class Notifier(Handler):
             }
             for d in batch
         ]
-        ids = [r["message_id"] for r in rows]
-        token, now = str(uuid.uuid4()), utcnow()
-        mine: set[str] = set()
+        claim = _Claim(str(uuid.uuid4()), set(), time.monotonic())
         elsewhere: set[str] = set()
         async with self._db.engine.begin() as conn:
             await conn.execute(self._db.insert_ignore(email_intents), rows)
-            for chunk in chunked(ids):
-                await conn.execute(
-                    update(email_intents)
-                    .where(
-                        email_intents.c.message_id.in_(chunk),
-                        email_intents.c.sent_at.is_(None),
-                        (email_intents.c.claim.is_(None))
-                        | (email_intents.c.claimed_at < now - self._lease),
-                    )
-                    .values(claim=token, claimed_at=now)
-                )
-                found = await conn.execute(
-                    select(email_intents.c.message_id, email_intents.c.claim).where(
-                        email_intents.c.message_id.in_(chunk), email_intents.c.sent_at.is_(None)
-                    )
-                )
-                for row in found:
-                    (mine if row.claim == token else elsewhere).add(row.message_id)
-        return mine, elsewhere
+            unsent = await self._take(conn, claim.token, [r["message_id"] for r in rows])
+            for message_id, holder in unsent.items():
+                (claim.ids if holder == claim.token else elsewhere).add(message_id)
+        return claim, elsewhere
 
-    async def _send(self, event: Event, confirmation: Event) -> None:
+    async def _take(self, conn: AsyncConnection, token: str, ids: list[str]) -> dict[str, str]:
+        """Claim (or renew) the unsent mails among ``ids`` that are free, expired or already
+        ours; returns each unsent mail's holder."""
+        now = utcnow()
+        holders: dict[str, str] = {}
+        for chunk in chunked(ids):
+            await conn.execute(
+                update(email_intents)
+                .where(
+                    email_intents.c.message_id.in_(chunk),
+                    email_intents.c.sent_at.is_(None),
+                    email_intents.c.claim.is_(None)
+                    | (email_intents.c.claim == token)
+                    | (email_intents.c.claimed_at < now - self._lease),
+                )
+                .values(claim=token, claimed_at=now)
+            )
+            found = await conn.execute(
+                select(email_intents.c.message_id, email_intents.c.claim).where(
+                    email_intents.c.message_id.in_(chunk), email_intents.c.sent_at.is_(None)
+                )
+            )
+            holders.update({row.message_id: row.claim for row in found})
+        return holders
+
+    async def _hold(self, claim: _Claim, message_id: str) -> None:
+        """Right before a hand-over: make sure ``message_id`` is still ours, renewing the claim
+        on the whole remainder in one statement when it is getting old."""
+        async with claim.lock:
+            if time.monotonic() - claim.renewed_at >= self._renew_after:
+                async with self._db.engine.begin() as conn:
+                    holders = await self._take(conn, claim.token, sorted(claim.ids))
+                claim.ids = {m for m, holder in holders.items() if holder == claim.token}
+                claim.renewed_at = time.monotonic()
+            if message_id not in claim.ids:
+                raise NotSent(f"mail {message_id} passed to another sender")
+
+    async def _release(self, claim: _Claim, message_id: str) -> None:
+        """Give up the claim on a mail that certainly did not go out, so a retry (by anyone)
+        may send it at once rather than after the lease."""
+        claim.ids.discard(message_id)
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                update(email_intents)
+                .where(
+                    email_intents.c.message_id == message_id,
+                    email_intents.c.claim == claim.token,
+                    email_intents.c.sent_at.is_(None),
+                )
+                .values(claim=None, claimed_at=None)
+            )
+
+    async def _send(self, event: Event, confirmation: Event, claim: _Claim) -> None:
         if isinstance(event, OrderPlaced):
             subject, body = render_receipt(event)
             to = event.customer_email
@@ -155,15 +215,22 @@ class Notifier(Handler):
             assert isinstance(event, RefundIssued)
             subject, body = render_refund(event)
             to = event.customer_email
-        await self._mailer.send(
-            to=to,
-            subject=subject,
-            body=body,
-            message_id=confirmation.event_id,
-            accepted=functools.partial(self._mark_sent, confirmation.event_id),
-        )
+        message_id = confirmation.event_id
+        try:
+            await self._mailer.send(
+                to=to,
+                subject=subject,
+                body=body,
+                message_id=message_id,
+                before_data=functools.partial(self._hold, claim, message_id),
+                accepted=functools.partial(self._mark_sent, claim, message_id),
+            )
+        except NotSent:
+            await self._release(claim, message_id)
+            raise
 
-    async def _mark_sent(self, message_id: str) -> None:
+    async def _mark_sent(self, claim: _Claim, message_id: str) -> None:
+        claim.ids.discard(message_id)
         async with self._db.engine.begin() as conn:
             await conn.execute(
                 update(email_intents)
@@ -195,6 +262,11 @@ def _confirmation(event: Event) -> Event:
 def notification_flow(ctx: FlowContext) -> Handler:
     mailer = Mailer(ctx.settings.smtp)
     ctx.resources.append(mailer)  # started before consuming, its connections closed after
+    smtp = ctx.settings.smtp
     return Notifier(
-        ctx.db, mailer, ctx.topics.order_events, claim_lease_s=ctx.settings.smtp.claim_lease_s
+        ctx.db,
+        mailer,
+        ctx.topics.order_events,
+        claim_lease_s=smtp.claim_lease_s,
+        smtp_timeout_s=smtp.timeout_s,
     )

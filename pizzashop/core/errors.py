@@ -10,6 +10,7 @@ retry-with-backoff or the dead-letter topic by type, never by message::
     │   │   └── ProducerReset           the producer client broke and was replaced: send again
     │   ├── DependencyPending           a fact this step needs has not arrived yet
     │   └── DeliveryFailed              SMTP or another side effect failed for now
+    │       └── NotSent                 ...and certainly did not happen: safe to hand on
     └── PermanentError                  retriable=False: the same input fails the same way
         ├── DecodeError                 bytes that are not a known event
         ├── ValidationFailed(ValueError) an event or request that breaks the contract;
@@ -71,7 +72,13 @@ class DependencyPending(TransientError):
 
 
 class DeliveryFailed(TransientError):
-    """An outbound side effect (an email, say) failed in a way that may pass."""
+    """An outbound side effect (an email, say) failed in a way that may pass. It may also have
+    happened (a connection lost after the message was handed over): the caller cannot tell."""
+
+
+class NotSent(DeliveryFailed):
+    """The side effect certainly did not happen (refused before or at hand-over), so any
+    sender, this one or another, may try it again without repeating it."""
 
 
 class PermanentError(PizzashopError):

@@ -1,5 +1,6 @@
-"""Receipts go out once: a mail already sent is not sent again, and a mail another worker is
-sending (two workers holding one batch across a rebalance) waits for that worker's mark."""
+"""Receipts go out once: a mail already sent is not sent again, a mail another worker is
+sending (two workers holding one batch across a rebalance) waits for that worker's mark, and a
+slow sender whose claim passed on does not send it after all; a refused mail is free at once."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from ingest.consumer import Delivery
+from ingest.events import derived_event_id
 from pizzashop.core.database import Database
-from pizzashop.core.errors import DeliveryFailed
+from pizzashop.core.errors import DeliveryFailed, NotSent
 from services.notification import Notifier
 from tests.support.orders import make_order
 
@@ -23,6 +25,7 @@ class SlowMailer:
         self.gate = asyncio.Event()
         self.gate.set()
         self.entered = asyncio.Event()
+        self.refuse = 0  # the next N sends are refused (certainly not sent)
 
     async def send(
         self,
@@ -32,9 +35,15 @@ class SlowMailer:
         body: str,
         message_id: str,
         accepted: Callable[[], Awaitable[None]] | None = None,
+        before_data: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.entered.set()
         await self.gate.wait()
+        if self.refuse:
+            self.refuse -= 1
+            raise NotSent("451 try again later")
+        if before_data is not None:
+            await before_data()
         self.sent.append(message_id)
         if accepted is not None:
             await accepted()
@@ -83,3 +92,33 @@ async def test_a_claim_of_a_dead_sender_passes_on_after_the_lease(db: Database) 
     live = Notifier(db, live_mailer, "events", claim_lease_s=0.0)  # type: ignore[arg-type]
     await live.handle([delivery()])
     assert len(live_mailer.sent) == 1
+
+
+async def test_a_refused_mail_is_released_for_the_next_sender_at_once(db: Database) -> None:
+    mailer = SlowMailer()
+    mailer.refuse = 1
+    a = Notifier(db, mailer, "events", claim_lease_s=600)  # type: ignore[arg-type]
+    with pytest.raises(NotSent):
+        await a.handle([delivery()])
+    b = Notifier(db, mailer, "events", claim_lease_s=600)  # type: ignore[arg-type]
+    await b.handle([delivery()])  # not "being sent by another worker" for ten minutes
+    assert len(mailer.sent) == 1
+
+
+async def test_a_slow_sender_whose_claim_passed_on_does_not_send(db: Database) -> None:
+    slow_mailer = SlowMailer()
+    slow_mailer.gate.clear()
+    slow = Notifier(db, slow_mailer, "events", claim_lease_s=0.3, smtp_timeout_s=0.1)  # type: ignore[arg-type]
+    stalled = asyncio.create_task(slow.handle([delivery()]))
+    await asyncio.wait_for(slow_mailer.entered.wait(), 5)
+    await asyncio.sleep(0.4)  # its claim has expired: a rebalance hands the batch on
+    mailer = SlowMailer()
+    other = Notifier(db, mailer, "events", claim_lease_s=0.3, smtp_timeout_s=0.1)  # type: ignore[arg-type]
+    await other.handle([delivery()])
+    slow_mailer.gate.set()  # the stalled sender wakes up before handing the mail over
+    with pytest.raises(NotSent, match="another sender"):
+        await stalled
+    assert mailer.sent == [ORDER_RECEIPT_ID] and slow_mailer.sent == []
+
+
+ORDER_RECEIPT_ID = derived_event_id(ORDER.event_id, "ReceiptSent")
