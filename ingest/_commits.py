@@ -47,6 +47,12 @@ class GroupCommitter:
         for part in partitions:
             self._epoch[part] = self._epoch.get(part, 0) + 1
 
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) for the transaction in flight, if any: after a revoke, the
+        partitions' new owner must not read their offsets while it may still write them."""
+        if self._task is not None and not self._task.done():
+            await asyncio.wait({self._task}, timeout=timeout_s)
+
     async def commit(
         self,
         records: Sequence[Outgoing],

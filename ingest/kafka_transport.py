@@ -5,6 +5,10 @@ records and the consumed offsets in ONE Kafka transaction (``send_offsets_to_tra
 crash before the transaction commits leaves neither outputs nor offsets: the records come again
 and the handler, whose other effects are idempotent, produces the same outputs once more.
 
+A newly assigned partition starts from a *stable* committed offset (KIP-447's
+``require_stable``, ``ingest._stable_offsets``): one that no transaction of the previous owner is
+still completing, so the new owner never repeats what that transaction published.
+
 A commit with nothing to write commits the offsets through the consumer, which is cheaper and
 means the same. After any failure inside a transaction the producer is closed and a new one is
 made under the same ``transactional_id``: ``init_transactions`` fences the old epoch and aborts
@@ -29,6 +33,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
+from ingest._stable_offsets import stable_committed
 from ingest.transport import Outgoing, Partition, RebalanceListener, Record
 from pizzashop.core.errors import BrokerUnavailable
 
@@ -77,9 +82,11 @@ class KafkaTransport:
         }
         self._producer: AIOKafkaProducer | None = None
         self._started = False
+        # Long enough for a killed member's open transaction to be aborted by the broker.
+        self._stable_timeout_s = 2 * transaction_timeout_ms / 1000 + 10
 
     async def start(self, topics: Sequence[str], listener: RebalanceListener) -> None:
-        self._consumer.subscribe(list(topics), listener=_Listener(listener))
+        self._consumer.subscribe(list(topics), listener=_Listener(self, listener))
         try:
             await self._consumer.start()
         except KafkaError as exc:
@@ -180,15 +187,35 @@ class KafkaTransport:
             except Exception:  # it is being thrown away; its open transaction gets aborted
                 logger.debug("closing a failed transactional producer raised", exc_info=True)
 
+    async def resume_from_stable_offsets(self, assigned: Sequence[TopicPartition]) -> None:
+        """Start newly assigned partitions from committed offsets that no transaction is still
+        completing (``ingest._stable_offsets``): held paused until those are known."""
+        self._consumer.pause(*assigned)
+        try:
+            offsets = await stable_committed(
+                self._consumer, self._group_id, assigned, timeout_s=self._stable_timeout_s
+            )
+        except BrokerUnavailable as exc:
+            # Not worse than aiokafka alone: its own (possibly unstable) offsets apply.
+            logger.warning("consumer %s: %s; resuming from the last known", self._group_id, exc)
+        else:
+            owned = self._consumer.assignment()
+            for tp, offset in offsets.items():
+                if tp in owned:
+                    self._consumer.seek(tp, offset)
+        self._consumer.resume(*[tp for tp in assigned if tp in self._consumer.assignment()])
+
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, listener: RebalanceListener) -> None:
+    def __init__(self, transport: KafkaTransport, listener: RebalanceListener) -> None:
+        self._transport = transport
         self._listener = listener
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         await self._listener.revoked(frozenset(Partition(tp.topic, tp.partition) for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._transport.resume_from_stable_offsets(assigned)
         await self._listener.assigned(
             frozenset(Partition(tp.topic, tp.partition) for tp in assigned)
         )

@@ -520,8 +520,10 @@ class ConsumerRuntime(Resource):
         tasks = {self._busy[p] for p in partitions if p in self._busy}
         if tasks:
             await asyncio.wait(tasks, timeout=self._settings.shutdown_deadline_s)
-        # A batch still in hand past the wait must not commit (``ingest._commits``).
+        # A batch still in hand past the wait must not commit (``ingest._commits``), and one
+        # already committing must be through before the partitions go.
         self._committer.revoke(partitions)
+        await self._committer.settle(self._settings.shutdown_deadline_s)
         for part in partitions:
             if (handle := self._held.pop(part, None)) is not None:
                 handle.cancel()
