@@ -5,6 +5,13 @@ monotonic integers per model name. A version is written into a temporary directo
 its final place and renamed in one step, so a worker polling ``latest()`` sees either the whole
 version or none of it; a directory without ``metadata.json`` is never listed.
 
+Aliases say which version serves: ``champion`` (what the enrichment workers score with; unset,
+the latest version) and ``challenger`` (scored in the shadow beside it, deciding nothing; unset,
+none). They live in ``<root>/<name>/aliases.json`` with the champions promoted before, so that
+``rollback`` restores the previous one. A change is a read-modify-write under an exclusive
+``flock`` on ``<root>/<name>/.aliases.lock`` and lands by ``os.replace``: two operators cannot
+lose each other's change, and a worker reading between batches sees the old file or the new.
+
 ``SCORERS`` names the class that serves each model (``models.scorer.Scorer``): the one line a
 new model adds. Classes are named as ``"module:Class"`` and imported when first served, so a
 process that never scores never imports torch.
@@ -12,14 +19,16 @@ process that never scores never imports torch.
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +41,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 METADATA = "metadata.json"
+ALIASES = "aliases.json"
+#: Champions remembered for rollback, per model; older ones are dropped.
+ROLLBACK_DEPTH = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,35 @@ class ModelVersion:
     @property
     def version(self) -> int:
         return self.metadata.version
+
+
+@dataclass(frozen=True, slots=True)
+class Aliases:
+    """One model's aliases. ``previous`` holds the champions replaced by ``promote``, latest
+    last; ``None`` there (and as ``champion``) means "the latest version", the state before
+    anything was promoted, so rolling back the first promotion returns to following it."""
+
+    champion: int | None = None
+    challenger: int | None = None
+    previous: tuple[int | None, ...] = ()
+    updated_at: str | None = None  # ISO 8601, UTC, of the last change
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "previous": list(self.previous),
+            "updated_at": self.updated_at,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Aliases:
+        return cls(
+            champion=raw.get("champion"),
+            challenger=raw.get("challenger"),
+            previous=tuple(raw.get("previous", ())),
+            updated_at=raw.get("updated_at"),
+        )
 
 
 def _version_of(path: Path) -> int | None:
@@ -138,6 +179,106 @@ class Registry:
         raw = json.loads((path / METADATA).read_text())
         return ModelVersion(ModelMetadata(**raw), path)
 
+    # -- aliases ----------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Every model with at least one version."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self._versions(p.name))
+
+    def _known(self, name: str) -> list[int]:
+        versions = self._versions(name)
+        if not versions:
+            raise ConfigError(
+                f"no model {name!r} in the registry at {self.root}; known: {self.names()}"
+            )
+        return versions
+
+    def _check(self, name: str, version: int) -> None:
+        versions = self._known(name)
+        if version not in versions:
+            raise ConfigError(f"no version {version} of model {name!r}; it has {versions}")
+
+    def aliases(self, name: str) -> Aliases:
+        """The aliases of ``name`` now (none set: an empty ``Aliases``)."""
+        path = self.root / name / ALIASES
+        try:
+            return Aliases.from_json(json.loads(path.read_text()))
+        except FileNotFoundError:
+            return Aliases()
+
+    @contextmanager
+    def _changing(self, name: str) -> Iterator[Aliases]:
+        """Hold the model's alias lock; yields the aliases now (callers write under it)."""
+        folder = self.root / name
+        with (folder / ".aliases.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self.aliases(name)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _write(self, name: str, aliases: Aliases) -> Aliases:
+        stamped = replace(aliases, updated_at=datetime.now(UTC).isoformat())
+        folder = self.root / name
+        tmp = folder / f".{ALIASES}.{uuid.uuid4().hex}"
+        tmp.write_text(json.dumps(stamped.to_json(), indent=1, sort_keys=True))
+        os.replace(tmp, folder / ALIASES)
+        logger.info(
+            "aliases of %s: champion %s, challenger %s",
+            name,
+            stamped.champion,
+            stamped.challenger,
+            extra={"model": name, "aliases": stamped.to_json()},
+        )
+        return stamped
+
+    def promote(self, name: str, version: int) -> Aliases:
+        """Make ``version`` the champion, remembering the one it replaces for ``rollback``.
+        A challenger promoted stops being the challenger (it would shadow itself)."""
+        self._check(name, version)
+        with self._changing(name) as now:
+            if now.champion == version:
+                return now
+            previous = (*now.previous, now.champion)[-ROLLBACK_DEPTH:]
+            challenger = None if now.challenger == version else now.challenger
+            return self._write(
+                name, replace(now, champion=version, challenger=challenger, previous=previous)
+            )
+
+    def rollback(self, name: str) -> Aliases:
+        """Restore the champion the last ``promote`` replaced (``None``: the latest version)."""
+        self._known(name)
+        with self._changing(name) as now:
+            if not now.previous:
+                raise ConfigError(f"nothing to roll back: {name!r} was never promoted")
+            *rest, restored = now.previous
+            return self._write(name, replace(now, champion=restored, previous=tuple(rest)))
+
+    def shadow(self, name: str, version: int | None) -> Aliases:
+        """Set the challenger to ``version``, or clear it with ``None``."""
+        if version is None:
+            self._known(name)
+        else:
+            self._check(name, version)
+        with self._changing(name) as now:
+            if now.challenger == version:
+                return now
+            return self._write(name, replace(now, challenger=version))
+
+    def champion(self, name: str) -> int | None:
+        """The version to serve: the ``champion`` alias, else the latest; ``None``: no version.
+        Blocking (reads files): call it off the event loop."""
+        aliased = self.aliases(name).champion
+        if aliased is not None:
+            return aliased
+        versions = self._versions(name)
+        return versions[-1] if versions else None
+
+    def challenger(self, name: str) -> int | None:
+        """The version to score in the shadow, if any. Blocking, as ``champion``."""
+        return self.aliases(name).challenger
+
     def list(self) -> list[ModelVersion]:
         if not self.root.is_dir():
             return []
@@ -171,4 +312,12 @@ def scorer_class(name: str) -> type[Scorer[Any, Any]]:
     return found
 
 
-__all__ = ["SCORERS", "ModelMetadata", "ModelVersion", "Registry", "scorer_class"]
+__all__ = [
+    "ALIASES",
+    "SCORERS",
+    "Aliases",
+    "ModelMetadata",
+    "ModelVersion",
+    "Registry",
+    "scorer_class",
+]

@@ -36,6 +36,9 @@ app.command("train")(model_commands.train)
 app.command("evaluate")(model_commands.evaluate)
 app.command("score")(model_commands.score)
 models_app.command("list")(model_commands.list_models)
+models_app.command("promote")(model_commands.promote)
+models_app.command("rollback")(model_commands.rollback)
+models_app.command("shadow")(model_commands.shadow)
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO")]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, TextIO
 
@@ -16,7 +17,8 @@ import typer
 from pydantic import ValidationError
 
 from ingest.events import OrderPlaced
-from models.registry import Registry
+from models.registry import Aliases, Registry
+from pizzashop.core.errors import ConfigError
 
 DEFAULT_REGISTRY: Path | None = None
 RegistryOption = Annotated[
@@ -92,14 +94,78 @@ def evaluate(
 
 
 def list_models(registry: RegistryOption = DEFAULT_REGISTRY) -> None:
-    """Every model version in the registry, oldest first."""
-    for mv in Registry(_registry_dir(registry)).list():
+    """Every model version in the registry, oldest first, with its aliases (the champion the
+    workers serve, the challenger they shadow)."""
+    found = Registry(_registry_dir(registry))
+    champions = {name: found.champion(name) for name in found.names()}
+    challengers = {name: found.challenger(name) for name in found.names()}
+    for mv in found.list():
         meta = mv.metadata
         metrics = " ".join(f"{k}={v:.4f}" for k, v in sorted(meta.metrics.items()))
+        marks = [
+            alias
+            for alias, holder in (("champion", champions), ("challenger", challengers))
+            if holder.get(meta.name) == meta.version
+        ]
         typer.echo(
             f"{meta.tag}\t{meta.created_at}\tfeatures-v{meta.feature_schema_version}\t"
-            f"{meta.training_data_hash}\t{metrics}"
+            f"{meta.training_data_hash}\t{metrics}\t{','.join(marks) or '-'}"
         )
+
+
+ModelName = Annotated[str, typer.Argument(help="model name, e.g. fraud, anomaly, upsell")]
+VersionArg = Annotated[int, typer.Argument(min=1, help="registry version number")]
+
+
+def _describe(name: str, aliases: Aliases, registry: Registry) -> str:
+    champion = (
+        f"v{aliases.champion}"
+        if aliases.champion is not None
+        else f"latest (v{registry.champion(name)})"
+    )
+    challenger = f"v{aliases.challenger}" if aliases.challenger is not None else "none"
+    return f"{name}: champion {champion}, challenger {challenger}"
+
+
+def _change(what: str, run: Callable[[Registry], tuple[str, Aliases]], path: Path | None) -> None:
+    """Run one alias change; a bad model or version is one line on stderr and exit code 1."""
+    found = Registry(_registry_dir(path))
+    try:
+        name, aliases = run(found)
+    except ConfigError as exc:
+        typer.echo(f"error: {what}: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(_describe(name, aliases, found))
+
+
+def promote(
+    name: ModelName, version: VersionArg, registry: RegistryOption = DEFAULT_REGISTRY
+) -> None:
+    """Make VERSION the champion of NAME. Running enrichment workers score with it from their
+    next reload (enricher.reload_every_s), no restart; `rollback` restores the one before."""
+    _change("promote", lambda r: (name, r.promote(name, version)), registry)
+
+
+def rollback(name: ModelName, registry: RegistryOption = DEFAULT_REGISTRY) -> None:
+    """Restore the champion NAME had before its last promotion (before the first: the latest
+    version). Running workers apply it from their next reload."""
+    _change("rollback", lambda r: (name, r.rollback(name)), registry)
+
+
+def shadow(
+    name: ModelName,
+    version: Annotated[
+        int | None, typer.Argument(min=1, help="version to shadow (omit with --clear)")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="stop shadowing NAME")] = False,
+    registry: RegistryOption = DEFAULT_REGISTRY,
+) -> None:
+    """Score VERSION of NAME as the challenger beside the champion on running workers: its
+    scores go out as ScoreShadowed and decide nothing. --clear stops it."""
+    if clear == (version is not None):
+        typer.echo("error: shadow: give a VERSION or --clear, not both or neither", err=True)
+        raise typer.Exit(code=2)
+    _change("shadow", lambda r: (name, r.shadow(name, None if clear else version)), registry)
 
 
 def score(
@@ -171,10 +237,25 @@ async def score_lines(
     return bad
 
 
-app = typer.Typer(help="Models: train, evaluate, list, score.", no_args_is_help=True)
+app = typer.Typer(
+    help="Models: train, evaluate, list, score, promote, rollback, shadow.", no_args_is_help=True
+)
 app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("list")(list_models)
 app.command("score")(score)
+app.command("promote")(promote)
+app.command("rollback")(rollback)
+app.command("shadow")(shadow)
 
-__all__ = ["app", "evaluate", "list_models", "score", "score_lines", "train"]
+__all__ = [
+    "app",
+    "evaluate",
+    "list_models",
+    "promote",
+    "rollback",
+    "score",
+    "score_lines",
+    "shadow",
+    "train",
+]
