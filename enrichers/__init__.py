@@ -7,7 +7,9 @@ from pizzashop.core.lazy import lazy_exports
 _EXPORTS = {
     "Enricher": "enrichers.worker",
     "OrderScores": "enrichers.pipeline",
+    "PreparedBatch": "enrichers.pipeline",
     "ScoringPipeline": "enrichers.pipeline",
+    "shadow_events": "enrichers.worker",
     "to_enriched": "enrichers.worker",
 }
 

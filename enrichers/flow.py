@@ -31,11 +31,12 @@ def enricher_flow(ctx: FlowContext) -> Handler:
     }
     names = [name for name in SCORERS if cfg.with_upsell or name != "upsell"]
     pipeline = ScoringPipeline(registry, store, names=names, history=history, **options)
-    shadow = None
-    if cfg.shadow_fraud_version is not None:
-        shadow = ScoringPipeline.challenger(
-            registry, store, name="fraud", version=cfg.shadow_fraud_version, **options
-        )
+    # The challengers follow the registry's aliases (`pizzashop models shadow`); the setting,
+    # when set, pins fraud's over its alias. Empty until a challenger is set: it costs nothing.
+    pinned = {} if cfg.shadow_fraud_version is None else {"fraud": cfg.shadow_fraud_version}
+    shadow = ScoringPipeline.shadow(
+        registry, store, names=names, pinned=pinned, history=history, **options
+    )
     # Started before the runtime consumes and stopped after it.
     ctx.resources += [store, history]
     return Enricher(

@@ -17,8 +17,15 @@ holds one thread at most. A failure to read or write the feature state is not a 
 it raises ``TransientError`` so the runtime retries the batch, and since the state is
 idempotent by order id the retry counts nothing twice.
 
-Scorers are loaded from the registry by name (``models.registry.SCORERS``) and swapped as one
-set by ``reload_if_newer()``, so a batch never mixes versions.
+Scorers are loaded from the registry by name (``models.registry.SCORERS``) at the version its
+alias names (``champion``: the one that decides, else the latest; ``challenger``: a shadow
+pipeline's), and swapped as one set by ``reload()`` whenever the registry names another version,
+newer or older (a promote or a rollback), so a batch never mixes versions. A version that will
+not load leaves the one serving in place; with none serving, that model's scores are degraded
+under the lineage of the version that was tried.
+
+A shadow pipeline scores the champion's batch (``prepare`` once, ``score`` by both), so the
+challengers see exactly the champion's features and histories and nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, is_dataclass, replace
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from ingest.events import FeatureContribution, OrderPlaced, ScoreLineage
 from models.feature_state import FeatureBuilder, FeatureStateStore
@@ -41,6 +48,10 @@ from pizzashop.core.errors import ConfigError, TransientError
 logger = logging.getLogger(__name__)
 
 AnyScorer: TypeAlias = Scorer[Any, Any]
+Alias: TypeAlias = Literal["champion", "challenger"]
+
+#: ``ScoreLineage.backend`` of a version that was tried but would not load.
+UNLOADED = "unloaded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +79,26 @@ class OrderScores:
                 value = {key: _plain(item) for key, item in result.value.items()}
                 out[name] = {**value, "degraded": False, "reason": None, "lineage": lineage}
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch with its features (and histories) built, ready for any pipeline to score."""
+
+    batch: ScoringBatch
+    feature_ms: float  # counted in every score's latency
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unloaded:
+    """A version that was tried and would not load, with nothing else serving its name."""
+
+    version: int
+    reason: str
+    feature_schema_version: int
 
 
 def _plain(value: object) -> object:
@@ -104,11 +135,14 @@ class ScoringPipeline:
         prefer_onnx: bool = True,
         history: BasketHistory | None = None,
         pinned: Mapping[str, int] | None = None,
+        alias: Alias = "champion",
     ) -> None:
         """``names``: the registered scorers to serve (default: all of ``SCORERS``), loaded
-        from ``registry``; or ``scorers``: given instances (tests, notebooks; never reloaded).
-        ``pinned`` fixes a version per name (a shadow pipeline). ``timeouts`` overrides
-        ``timeout_s`` per scorer name; ``threads`` bounds the pool that runs ``core``."""
+        from ``registry`` at the version ``alias`` names (``"challenger"``: a shadow pipeline,
+        which serves only the names that have one); or ``scorers``: given instances (tests,
+        notebooks; never reloaded). ``pinned`` fixes a version per name over the alias.
+        ``timeouts`` overrides ``timeout_s`` per scorer name; ``threads`` bounds the pool that
+        runs ``core``."""
         if threads < 1:
             raise ConfigError("a scoring pipeline needs at least one thread")
         self.registry = registry
@@ -119,6 +153,7 @@ class ScoringPipeline:
         self.explain_k = explain_k
         self.prefer_onnx = prefer_onnx
         self.pinned = dict(pinned or {})
+        self.alias = alias
         # Without a history store, a scorer that needs histories sees none (upsell: basket only).
         self.history = history
         self._scorers = tuple(scorers) if scorers is not None else None
@@ -126,6 +161,7 @@ class ScoringPipeline:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scorer")
         self._running: dict[str, Future[Any]] = {}
         self._failed: dict[str, int] = {}  # a version that would not load is not tried again
+        self._unloaded: dict[str, _Unloaded] = {}
         self._stopped = False
 
     @classmethod
@@ -139,12 +175,28 @@ class ScoringPipeline:
     def challenger(
         cls, registry: Registry, store: FeatureStateStore, *, name: str, version: int, **kwargs: Any
     ) -> ScoringPipeline:
-        """A shadow pipeline: one scorer at a pinned version, nothing else, never reloaded.
+        """A shadow pipeline: one scorer at a pinned version, nothing else.
 
         Sharing the champion's feature store is safe: features are stored per order id, so the
         challenger reads exactly the features the champion computed.
         """
-        return cls(registry, store, names=(name,), pinned={name: version}, **kwargs)
+        return cls(
+            registry, store, names=(name,), pinned={name: version}, alias="challenger", **kwargs
+        )
+
+    @classmethod
+    def shadow(
+        cls,
+        registry: Registry,
+        store: FeatureStateStore,
+        *,
+        names: Sequence[str] | None = None,
+        pinned: Mapping[str, int] | None = None,
+        **kwargs: Any,
+    ) -> ScoringPipeline:
+        """The challengers of ``names``, as the registry's ``challenger`` aliases name them
+        (``pinned`` overrides), followed by ``reload()``; empty while none is set."""
+        return cls(registry, store, names=names, pinned=pinned, alias="challenger", **kwargs)
 
     @property
     def scorers(self) -> tuple[AnyScorer, ...]:
@@ -152,7 +204,17 @@ class ScoringPipeline:
 
     @property
     def versions(self) -> dict[str, int]:
+        """The version serving each loaded name (a name whose version would not load is out)."""
         return {s.name: s.version for s in self.scorers}
+
+    @property
+    def tried(self) -> dict[str, int]:
+        """Per name, the version scoring or, when none loaded, the version tried."""
+        return {**{n: u.version for n, u in self._unloaded.items()}, **self.versions}
+
+    @property
+    def needs_history(self) -> bool:
+        return any(s.needs_history for s in self.scorers)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -161,7 +223,7 @@ class ScoringPipeline:
         if self._scorers is None:
             if self.registry is None:
                 raise ConfigError("a pipeline needs a registry or scorers")
-            self._scorers = await self._load(self._newest(), {})
+            self._scorers = await self._load(await asyncio.to_thread(self._wanted), {})
         else:
             await self._warm_up(self._scorers)
         logger.info("scoring pipeline ready", extra={"versions": self.versions})
@@ -171,96 +233,155 @@ class ScoringPipeline:
         self._stopped = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _newest(self) -> dict[str, int]:
-        """Registry version to serve per name (pinned or latest); blocking, call off the loop."""
-        assert self.registry is not None
+    def _wanted(self) -> dict[str, int]:
+        """Registry version to serve per name (pinned, else as the alias names it); blocking
+        (reads files), call it off the loop."""
+        registry = self.registry
+        assert registry is not None
+        pick = registry.champion if self.alias == "champion" else registry.challenger
         found: dict[str, int] = {}
         for name in self.names:
-            if name in self.pinned:
-                found[name] = self.pinned[name]
-            elif (mv := self.registry.latest(name)) is not None:
-                found[name] = mv.version
+            version = self.pinned.get(name)
+            if version is None:
+                version = pick(name)
+            if version is not None:
+                found[name] = version
         return found
 
     async def _load(
         self, wanted: Mapping[str, int], current: Mapping[str, AnyScorer]
     ) -> tuple[AnyScorer, ...]:
         """Load the wanted versions not loaded yet; keep the current scorer of a name whose
-        new version fails to load (a missing model's score is degraded by the worker)."""
+        new version fails to load; a name with none is remembered in ``_unloaded``, so its
+        scores are degraded under the tried version's lineage."""
         registry = self.registry
         assert registry is not None
         loaded: list[AnyScorer] = []
         fresh: list[AnyScorer] = []
+        unloaded: dict[str, _Unloaded] = {}
         for name, version in wanted.items():
             kept = current.get(name)
             if kept is not None and kept.version == version:
                 loaded.append(kept)
                 continue
             if self._failed.get(name) == version:
-                loaded += [kept] if kept is not None else []
+                if kept is not None:
+                    loaded.append(kept)
+                elif name in self._unloaded:
+                    unloaded[name] = self._unloaded[name]
                 continue
+            schema = 0
             try:
                 cls = scorer_class(name)
                 mv = await asyncio.to_thread(registry.load, name, version)
+                schema = mv.metadata.feature_schema_version
                 scorer = await asyncio.to_thread(cls.load, mv, prefer_onnx=self.prefer_onnx)
-            except Exception:
-                logger.warning("scorer %s v%d not loaded", name, version, exc_info=True)
+            except Exception as exc:
+                logger.warning(
+                    "scorer %s v%d not loaded%s",
+                    name,
+                    version,
+                    f"; v{kept.version} keeps serving" if kept is not None else "",
+                    exc_info=True,
+                )
                 self._failed[name] = version
-                loaded += [kept] if kept is not None else []
+                if kept is not None:
+                    loaded.append(kept)
+                else:
+                    reason = f"{name} v{version} not loaded: {type(exc).__name__}: {exc}"
+                    unloaded[name] = _Unloaded(version, reason, schema)
                 continue
             loaded.append(scorer)
             fresh.append(scorer)
         await self._warm_up(fresh)
+        self._unloaded = unloaded
         return tuple(loaded)
 
     async def _warm_up(self, scorers: Iterable[AnyScorer]) -> None:
         loop = asyncio.get_running_loop()
         await asyncio.gather(*(loop.run_in_executor(self._pool, s.warm_up) for s in scorers))
 
-    async def reload_if_newer(self) -> bool:
-        """Swap in newer registry versions, if any. True when something changed."""
+    async def reload(self) -> bool:
+        """Serve the versions the registry names now (an alias moved either way, a newer latest,
+        a challenger set or cleared). Call it between batches. True when something changed."""
         if self.registry is None or self._fixed:
             return False
         if self._scorers is None:
             await self.start()
             return True
         current = {s.name: s for s in self._scorers}
-        newest = await asyncio.to_thread(self._newest)
-        if all(name in current and current[name].version >= v for name, v in newest.items()):
+        wanted = await asyncio.to_thread(self._wanted)
+        if wanted == self.versions:
             return False
-        before = self.versions
-        self._scorers = await self._load(newest, current)
-        if self.versions == before:
+        before, tried = self.versions, self.tried
+        self._scorers = await self._load(wanted, current)
+        if self.versions == before and self.tried == tried:
             return False
-        logger.info("models reloaded", extra={"versions": self.versions, "was": before})
+        logger.info(
+            "%s models reloaded: %s (was %s)",
+            self.alias,
+            self.versions,
+            before,
+            extra={"versions": self.versions, "was": before, "alias": self.alias},
+        )
         return True
+
+    async def reload_if_newer(self) -> bool:
+        """The name this had when only newer versions were applied: ``reload()``."""
+        return await self.reload()
 
     # -- scoring --------------------------------------------------------------------------------
     async def score_batch(self, orders: Sequence[OrderPlaced]) -> list[OrderScores]:
         if not orders:
             return []
+        return await self.score(await self.prepare(orders))
+
+    async def prepare(
+        self, orders: Sequence[OrderPlaced], *, histories: bool | None = None
+    ) -> PreparedBatch:
+        """Features (state read then updated) and, if ``histories`` (default: when a scorer
+        of this pipeline wants them), basket histories. Once per batch: both are recorded."""
         if self._scorers is None:
             await self.start()
-        scorers = self.scorers  # one set per batch, even if a reload lands meanwhile
+        if histories is None:
+            histories = self.needs_history
         t0 = time.perf_counter()
         try:
             features = await self.features.transform(orders)
-            histories = (
+            found = (
                 await self.history.before(orders)
-                if self.history is not None and any(s.needs_history for s in scorers)
+                if self.history is not None and histories and orders
                 else None
             )
         except Exception as exc:
             raise TransientError(f"feature state unavailable: {exc}") from exc
-        batch = ScoringBatch(orders, features, histories)
-        feature_ms = _ms(t0)
-        per_scorer = await asyncio.gather(*(self._score(s, batch, feature_ms) for s in scorers))
-        return [
-            OrderScores(
-                order.order_id,
-                {s.name: results[i] for s, results in zip(scorers, per_scorer, strict=True)},
+        return PreparedBatch(ScoringBatch(orders, features, found), _ms(t0))
+
+    async def score(self, prepared: PreparedBatch) -> list[OrderScores]:
+        """Every scorer of this pipeline over a prepared batch (this one's or another's)."""
+        if self._scorers is None:
+            await self.start()
+        scorers = self.scorers  # one set per batch, even if a reload lands meanwhile
+        unloaded = dict(self._unloaded)
+        batch = prepared.batch
+        per_scorer = await asyncio.gather(
+            *(self._score(s, batch, prepared.feature_ms) for s in scorers)
+        )
+        results: dict[str, list[Result]] = {
+            s.name: r for s, r in zip(scorers, per_scorer, strict=True)
+        }
+        for name, missing in unloaded.items():
+            lineage = ScoreLineage(
+                model=name,
+                version=missing.version,
+                feature_schema_version=missing.feature_schema_version,
+                backend=UNLOADED,
+                latency_ms=0.0,
             )
-            for i, order in enumerate(orders)
+            results[name] = [Degraded(missing.reason, lineage)] * len(batch)
+        return [
+            OrderScores(o.order_id, {name: found[i] for name, found in results.items()})
+            for i, o in enumerate(batch.orders)
         ]
 
     async def _score(
@@ -345,4 +466,4 @@ class ScoringPipeline:
         ]
 
 
-__all__ = ["OrderScores", "ScoringPipeline"]
+__all__ = ["OrderScores", "PreparedBatch", "ScoringPipeline"]

@@ -8,15 +8,26 @@ An order whose fraud probability reaches the hold threshold also yields ``OrderF
 ``order-events``, which the kitchen and the saga act on. The threshold is the loaded fraud
 version's recorded hold policy (chosen at training for a target false-hold rate), unless the
 ``enricher.fraud_threshold`` setting overrides it; it is read per batch, so a reloaded version
-brings its own, and ``OrderFlagged.threshold`` carries the one applied. A shadow (challenger)
-fraud model, when configured, scores the same batches; its differences go out as
-``ScoreShadowed`` and decide nothing.
+brings its own, and ``OrderFlagged.threshold`` carries the one applied.
+
+Between batches (every ``reload_every_s``) the worker asks the registry which versions to serve:
+``pizzashop models promote|rollback`` move the ``champion`` alias and the next batch is scored by
+the version it names, in either direction, without a restart. ``pizzashop models shadow`` sets a
+model's ``challenger``: from the next batch it scores the same prepared batch (same features,
+same histories) beside the champion, and each of its scores goes out as ``ScoreShadowed`` on
+``orders.enriched`` and decides nothing. What a shadow event compares, per model: fraud the
+probability, anomaly the percentile (comparable across versions, unlike the raw error), upsell
+the first suggestion's ranker score, any other model its first numeric output.
+
+Upsell has no feature attributions: the reason of each suggestion is its explanation, so its
+lineage on the wire carries them as ``top_features`` (``"<reason>:<sku>"``, the ranker score).
 
 The core flows never wait for this worker: they consume ``orders`` in their own groups.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -29,19 +40,20 @@ from enrichers.pipeline import OrderScores, ScoringPipeline
 from ingest.consumer import Delivery, Handler, Output
 from ingest.events import (
     AnomalyAssessment,
-    Event,
+    FeatureContribution,
     FraudAssessment,
     ModelAssessment,
     OrderEnriched,
     OrderFlagged,
     OrderPlaced,
+    ScoreLineage,
     ScoreShadowed,
     UpsellAssessment,
     UpsellSuggestion,
     derived_event_id,
 )
 from ingest.topics import Topics
-from models.scorer import Degraded, Scored
+from models.scorer import Degraded, Result, Scored
 from models.upsell.model import Suggestion
 from pizzashop.core.menu import Menu
 
@@ -75,7 +87,7 @@ def _assessment(
         return kind(degraded=True, reason=f"no {name} model deployed")
     if isinstance(result, Degraded):
         return kind(degraded=True, reason=result.reason, lineage=result.lineage)
-    return kind.model_validate({**result.value, **fields, "lineage": result.lineage})
+    return kind.model_validate({**result.value, "lineage": result.lineage, **fields})
 
 
 def _suggestions(result: Scored, menu: Menu) -> tuple[UpsellSuggestion, ...]:
@@ -86,6 +98,19 @@ def _suggestions(result: Scored, menu: Menu) -> tuple[UpsellSuggestion, ...]:
         )
         for s in found
     )
+
+
+def _with_reasons(result: Scored) -> ScoreLineage | None:
+    """Upsell's lineage with each suggestion's reason as an attribution, unless it has some."""
+    lineage = result.lineage
+    if lineage is None or lineage.top_features:
+        return lineage
+    found: tuple[Suggestion, ...] = result.value["suggestions"]
+    reasons = tuple(
+        FeatureContribution(name=f"{s.reason}:{s.sku}", contribution=round(s.score, 6))
+        for s in found
+    )
+    return lineage.model_copy(update={"top_features": reasons})
 
 
 @runtime_checkable
@@ -134,7 +159,11 @@ def to_enriched(
             UpsellAssessment,
             scores,
             "upsell",
-            **({"suggestions": _suggestions(upsell, menu)} if isinstance(upsell, Scored) else {}),
+            **(
+                {"suggestions": _suggestions(upsell, menu), "lineage": _with_reasons(upsell)}
+                if isinstance(upsell, Scored)
+                else {}
+            ),
         ),
         flagged=probability is not None and probability >= threshold,
         others=tuple(
@@ -147,6 +176,57 @@ def to_enriched(
 
 #: The models ``OrderEnriched`` has a field of its own for; any other lands in ``others``.
 _OWN_FIELDS = frozenset({"fraud", "anomaly", "upsell"})
+
+
+def _headline(name: str, result: Result | None) -> float | None:
+    """The one number a shadow event compares for model ``name`` (see the module docstring)."""
+    if not isinstance(result, Scored):
+        return None
+    value = result.value
+    if name == "fraud":
+        return _number(value.get("probability"))
+    if name == "anomaly":
+        return _number(value.get("percentile"))
+    if name == "upsell":
+        found: Sequence[Suggestion] = value.get("suggestions", ())
+        return float(found[0].score) if found else None
+    return next((n for v in value.values() if (n := _number(v)) is not None), None)
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _version(result: Result | None) -> int:
+    """The version that gave (or was tried for) ``result``; 0 when no model was deployed."""
+    return result.lineage.version if result is not None and result.lineage is not None else 0
+
+
+def shadow_events(
+    order: OrderPlaced, champion: OrderScores, challenger: OrderScores
+) -> list[ScoreShadowed]:
+    """One ``ScoreShadowed`` per model the challengers scored ``order`` with. Fraud's keeps the
+    id it had when only fraud was shadowed; each other model's id names the model."""
+    out: list[ScoreShadowed] = []
+    for name, theirs in challenger.results.items():
+        mine = champion.get(name)
+        a, b = _headline(name, mine), _headline(name, theirs)
+        cause = "ScoreShadowed" if name == "fraud" else f"ScoreShadowed:{name}"
+        out.append(
+            ScoreShadowed(
+                event_id=derived_event_id(order.event_id, cause),
+                order_id=order.order_id,
+                model=name,
+                champion_version=_version(mine),
+                challenger_version=_version(theirs),
+                champion_score=a,
+                challenger_score=b,
+                difference=(b - a) if a is not None and b is not None else None,
+            )
+        )
+    return out
 
 
 def _other(name: str, result: Scored | Degraded) -> ModelAssessment:
@@ -174,7 +254,8 @@ class Enricher(Handler):
     ) -> None:
         """``fraud_threshold`` overrides the fraud version's recorded hold threshold;
         ``target_false_hold_rate`` is the rate the shop expects that threshold was chosen
-        for (a version trained for another is served, with a warning)."""
+        for (a version trained for another is served, with a warning). ``shadow`` is the
+        challengers' pipeline (``ScoringPipeline.shadow``), reloaded with the champions."""
         self._pipeline = pipeline
         self._topics = topics
         self._menu = menu
@@ -203,14 +284,29 @@ class Enricher(Handler):
         # Reload between batches only, so one batch is scored by one set of versions.
         if time.monotonic() >= self._next_reload:
             self._next_reload = time.monotonic() + self._reload_every_s
-            await self._pipeline.reload_if_newer()
+            await self._pipeline.reload()
+            if self._shadow is not None:
+                await self._shadow.reload()
         # Features see each customer's orders in the order they were placed.
         deliveries = sorted(
             (d for d in batch if isinstance(d.event, OrderPlaced)),
             key=lambda d: (d.event.placed_at, d.event.order_id),  # type: ignore[attr-defined]
         )
         orders = [d.event for d in deliveries if isinstance(d.event, OrderPlaced)]
-        scores = await self._pipeline.score_batch(orders)
+        if not orders:
+            return []
+        shadow = self._shadow if self._shadow is not None and self._shadow.tried else None
+        # One prepared batch for both: features and histories are read and recorded once.
+        prepared = await self._pipeline.prepare(
+            orders,
+            histories=self._pipeline.needs_history or (shadow is not None and shadow.needs_history),
+        )
+        if shadow is None:
+            scores, challenged = await self._pipeline.score(prepared), None
+        else:
+            scores, challenged = await asyncio.gather(
+                self._pipeline.score(prepared), shadow.score(prepared)
+            )
         # Read after scoring: the versions that scored this batch are the ones loaded now.
         threshold = self._threshold()
         enriched = [
@@ -219,10 +315,11 @@ class Enricher(Handler):
         outputs = [
             d.emit(self._topics.enriched, e) for d, e in zip(deliveries, enriched, strict=True)
         ]
-        if self._shadow is not None:
-            shadowed = await self._shadow_scores(orders, enriched)
+        if challenged is not None:
             outputs += [
-                d.emit(self._topics.enriched, e) for d, e in zip(deliveries, shadowed, strict=True)
+                d.emit(self._topics.enriched, e)
+                for d, o, mine, theirs in zip(deliveries, orders, scores, challenged, strict=True)
+                for e in shadow_events(o, mine, theirs)
             ]
         flags = [
             d.emit(self._topics.order_events, self._flag(e, threshold))
@@ -271,26 +368,3 @@ class Enricher(Handler):
             threshold=threshold,
             model=f"{lineage.model}-v{lineage.version}" if lineage else "unknown",
         )
-
-    async def _shadow_scores(
-        self, orders: Sequence[OrderPlaced], champion: Sequence[OrderEnriched]
-    ) -> list[Event]:
-        assert self._shadow is not None
-        challenger = await self._shadow.score_batch(orders)
-        out: list[Event] = []
-        for order, mine, scores in zip(orders, champion, challenger, strict=True):
-            theirs = _assessment(FraudAssessment, scores, "fraud")
-            a, b = mine.fraud.probability, theirs.probability
-            out.append(
-                ScoreShadowed(
-                    event_id=derived_event_id(order.event_id, "ScoreShadowed"),
-                    order_id=order.order_id,
-                    model="fraud",
-                    champion_version=mine.fraud.lineage.version if mine.fraud.lineage else 0,
-                    challenger_version=theirs.lineage.version if theirs.lineage else 0,
-                    champion_score=a,
-                    challenger_score=b,
-                    difference=(b - a) if a is not None and b is not None else None,
-                )
-            )
-        return out

@@ -70,7 +70,11 @@ class EnricherSettings(BaseModel):
         description="share of legitimate orders a hold may catch: `pizzashop train` chooses the "
         "threshold for it; the enricher warns when a model was trained for another",
     )
-    reload_every_s: float = Field(default=5.0, gt=0, description="how often to look for new models")
+    reload_every_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often, between batches, to apply new versions and alias changes",
+    )
     model_timeout_s: float = Field(default=2.0, gt=0, description="a slower model is degraded")
     model_timeouts: dict[str, float] = Field(
         default_factory=dict, description="per-model overrides of model_timeout_s, by name"
@@ -81,7 +85,10 @@ class EnricherSettings(BaseModel):
     prefer_onnx: bool = True
     with_upsell: bool = True
     shadow_fraud_version: int | None = Field(
-        default=None, description="a fraud model version to run as a challenger (decides nothing)"
+        default=None,
+        description="a fraud model version to run as a challenger (decides nothing), pinned "
+        "over the registry's challenger alias; unset: `pizzashop models shadow` decides, for "
+        "every model",
     )
 
 
