@@ -31,6 +31,7 @@ __all__ = [
     "DeliveryFailed",
     "DependencyPending",
     "ModelError",
+    "NotSent",
     "PermanentError",
     "PizzashopError",
     "Problem",

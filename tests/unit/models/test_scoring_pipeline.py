@@ -226,7 +226,7 @@ async def test_the_enricher_emits_one_enrichment_per_order_with_and_without_a_sh
     shadowed = Enricher(pipeline(), topics, load_menu(), fraud_threshold=1.0, shadow=pipeline())
     outputs = await shadowed.handle(deliveries)
     shadows = [o.event for o in outputs if isinstance(o.event, ScoreShadowed)]
-    assert len(outputs) == 12 and len(shadows) == 6
+    assert len(outputs) == 18 and len(shadows) == 12  # fraud and anomaly each
     assert all(s.difference == 0.0 and s.challenger_version == 0 for s in shadows)
     for enricher in (plain, shadowed):
         await enricher.stop()
