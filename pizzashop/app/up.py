@@ -65,6 +65,22 @@ def with_fresh_key(settings: Settings) -> tuple[Settings, str]:
     return settings.model_copy(update={"api": api}), secret
 
 
+def api_config(app: Any, host: str, port: int, *, log_level: str = "warning") -> uvicorn.Config:
+    """How every entry point serves the API: httptools parses HTTP (uvicorn's pure-Python h11
+    parser cost 13% of the order API's profile) and the event loop is uvloop's. uvicorn applies
+    ``loop`` only when it creates the loop itself (``Server.run``); a caller that awaits
+    ``serve()`` runs it on its own loop, so start that with ``uvloop.run``."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        lifespan="off",
+        http="httptools",
+        loop="uvloop",
+    )
+
+
 class SignalFreeServer(uvicorn.Server):
     """uvicorn without its own signal handling: the caller's ``stop`` event decides. (uvicorn's
     handlers see a signal beside the event loop's, then raise it once more after serving, which
@@ -86,13 +102,7 @@ async def run_up(settings: Settings, stop: asyncio.Event, echo: Callable[[str], 
         SmtpSink(smtp.host, smtp.port, log_path=mail_log(settings)),
         Shop(settings, bootstrap, Wiring()) as shop,
     ):
-        config = uvicorn.Config(
-            create_app(shop),
-            host=settings.api_host,
-            port=settings.api_port,
-            log_level="warning",
-            lifespan="off",
-        )
+        config = api_config(create_app(shop), settings.api_host, settings.api_port)
         server = SignalFreeServer(config)
         serving = asyncio.ensure_future(server.serve())
         stopping = asyncio.ensure_future(stop.wait())
