@@ -7,7 +7,9 @@ and the handler, whose other effects are idempotent, produces the same outputs o
 
 A newly assigned partition starts from a *stable* committed offset (KIP-447's
 ``require_stable``, ``ingest._stable_offsets``): one that no transaction of the previous owner is
-still completing, so the new owner never repeats what that transaction published.
+still completing, so the new owner never repeats what that transaction published. And the
+offsets of a transaction carry the member's generation (KIP-447, ``ingest._fenced_commit``): a
+member the group has dropped meanwhile cannot commit its batch after the new owner took over.
 
 A commit with nothing to write commits the offsets through the consumer, which is cheaper and
 means the same. After any failure inside a transaction the producer is closed and a new one is
@@ -33,6 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
+from ingest._fenced_commit import fence_offsets_by_generation
 from ingest._stable_offsets import stable_committed
 from ingest.transport import Outgoing, Partition, RebalanceListener, Record
 from pizzashop.core.errors import BrokerUnavailable
@@ -176,6 +179,7 @@ class KafkaTransport:
             except KafkaError as exc:
                 await producer.stop()
                 raise BrokerUnavailable(f"transactional producer cannot start: {exc!r}") from exc
+            fence_offsets_by_generation(producer, self._consumer)
             self._producer = producer
         return self._producer
 

@@ -1,5 +1,6 @@
-"""A new partition owner starts from a stable committed offset: while a transaction that commits
-a later offset is still open, ``stable_committed`` does not answer with the older one."""
+"""A partition changes owner without a repeat: the new owner starts from a stable committed
+offset (while a transaction that commits a later offset is still open, ``stable_committed`` does
+not answer with the older one), and a member the group dropped cannot commit its transaction."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError
 
+from ingest._fenced_commit import fence_offsets_by_generation
 from ingest._stable_offsets import stable_committed
 from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.core.errors import BrokerUnavailable
@@ -50,4 +53,82 @@ async def test_an_offset_a_transaction_is_committing_is_not_read_until_it_is_don
         assert await asyncio.wait_for(reading, 30) == {tp: 3}
     finally:
         await consumer.stop()
+        await producer.stop()
+
+
+class _StuckInRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Holds the member in its revoke callback, as a member busy with a batch is held."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked:
+            self.entered.set()
+            await self.release.wait()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
+
+
+async def test_a_member_the_group_dropped_cannot_commit_its_transaction(
+    kafka_bootstrap: str,
+) -> None:
+    topic, group = f"zombie-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    out = f"{topic}-out"
+    tp = TopicPartition(topic, 0)
+    await ensure_topics(kafka_bootstrap, [TopicSpec(topic, partitions=1), TopicSpec(out, 1)])
+    stuck = _StuckInRevoke()
+    zombie = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=500,
+        rebalance_timeout_ms=2000,
+    )
+    zombie.subscribe([topic], listener=stuck)
+    successor = AIOKafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{group}", acks="all"
+    )
+    await zombie.start()
+    await producer.start()
+    fence_offsets_by_generation(producer, zombie)
+    try:
+        while tp not in zombie.assignment():
+            await zombie.getmany(timeout_ms=200)
+        successor.subscribe([topic])
+        await successor.start()
+        # The successor's join sends the zombie into its revoke callback, where it stays past
+        # the rebalance timeout: the group completes without it and gives the successor tp.
+        await asyncio.wait_for(stuck.entered.wait(), 30)
+        async with asyncio.timeout(60):
+            while tp not in successor.assignment():
+                await successor.getmany(timeout_ms=200)
+
+        await producer.begin_transaction()
+        await producer.send_and_wait(out, b"late")
+        with pytest.raises(CommitFailedError, match="newer generation"):
+            await producer.send_offsets_to_transaction({tp: 5}, group)
+        await producer.abort_transaction()
+        assert await stable_committed(successor, group, [tp], timeout_s=10) == {}
+        reader = AIOKafkaConsumer(
+            out,
+            bootstrap_servers=kafka_bootstrap,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+        )
+        await reader.start()
+        try:
+            assert await reader.getmany(timeout_ms=2000) == {}
+        finally:
+            await reader.stop()
+    finally:
+        stuck.release.set()
+        await successor.stop()
+        await zombie.stop()
         await producer.stop()
