@@ -163,7 +163,9 @@ end
 async def load(url: str, seconds: float, connections: int, script: Path) -> dict[str, Any]:
     if shutil.which("wrk"):
         duration = f"-d{max(1, round(seconds))}s"  # whole seconds only
-        argv = ["wrk", "-t1", f"-c{connections}", duration, "-s", str(script), url]
+        # A slow answer is latency, not an error: wrk's default timeout (2 s) would count it so.
+        argv = ["wrk", "-t1", f"-c{connections}", duration, "--timeout", "30s"]
+        argv += ["-s", str(script), url]
     else:  # a Python load process: slower, so it caps what it can show
         orders = int(seconds * 1000)
         peers = str(REPO / "bench/_peers/http_load.py")
