@@ -73,11 +73,6 @@ class GroupCommitter(Generic[T, R]):
         # Not shielded on purpose: cancelling this wait leaves the group to commit.
         return await future
 
-    async def drain(self) -> None:
-        """Wait until every item submitted so far has been answered."""
-        while (flusher := self._flusher) is not None:
-            await asyncio.shield(flusher)
-
     async def _flush(self) -> None:
         try:
             while self._queue:

@@ -119,7 +119,6 @@ async def test_groups_are_capped_at_max_group() -> None:
     store.gate.set()
     await asyncio.gather(*tasks)
     assert [len(g) for g in store.groups] == [4, 4, 2]
-    await committer.drain()
 
 
 async def test_a_commit_answering_the_wrong_number_of_items_fails_the_group() -> None:
