@@ -65,16 +65,21 @@ def with_fresh_key(settings: Settings) -> tuple[Settings, str]:
     return settings.model_copy(update={"api": api}), secret
 
 
-def api_config(app: Any, host: str, port: int, *, log_level: str = "warning") -> uvicorn.Config:
+def api_config(
+    app: Any, host: str, port: int, *, log_level: str = "warning", access_log: bool = False
+) -> uvicorn.Config:
     """How every entry point serves the API: httptools parses HTTP (uvicorn's pure-Python h11
     parser cost 13% of the order API's profile) and the event loop is uvloop's. uvicorn applies
     ``loop`` only when it creates the loop itself (``Server.run``); a caller that awaits
-    ``serve()`` runs it on its own loop, so start that with ``uvloop.run``."""
+    ``serve()`` runs it on its own loop, so start that with ``uvloop.run``. No access log by
+    default: a log line per order is work on the hot path, and ``/metrics`` already counts and
+    times every request."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
+        access_log=access_log,
         lifespan="off",
         http="httptools",
         loop="uvloop",
