@@ -84,8 +84,16 @@ class Customer:
 class Population:
     """Creates customers on first use from one seeded stream, so a run is reproducible."""
 
-    def __init__(self, catalog: Catalog, rng: random.Random, np_rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        rng: random.Random,
+        np_rng: np.random.Generator,
+        *,
+        habit: tuple[float, float] = (3.0, 2.0),
+    ) -> None:
         self._catalog = catalog
+        self._habit = habit
         self._rng = rng
         self._np_rng = np_rng
         self._customers: dict[str, Customer] = {}
@@ -130,7 +138,7 @@ class Population:
             pizza_cum_weights=list(accumulate(weights.tolist())),
             pizza_positions=[int(p) for p in pizzas],
             favourites=favourites,
-            p_habit=float(nrng.beta(3.0, 2.0)),
+            p_habit=float(nrng.beta(*self._habit)),
             p_side=float(nrng.beta(1.2, 3.0)),
             p_drink=float(nrng.beta(1.5, 2.0)),
             p_dessert=float(nrng.beta(0.8, 4.0)),

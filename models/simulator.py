@@ -44,6 +44,38 @@ DEFAULT_START = datetime(2025, 1, 6, tzinfo=UTC)  # a Monday
 
 
 @dataclass(frozen=True, slots=True)
+class WorldParams:
+    """The numbers a generator could have chosen otherwise: basket sizes, timings, hours,
+    habits and how each fraud scenario plays out. The defaults are the project's own world;
+    ``models._worlds.sample_config`` draws others. The *form* of each scenario's true fraud
+    probability stays fixed (it is what fraud means here); its intercept moves per world."""
+
+    pizzas_scale: float = 1.0  # multiplies the pizzas in an ordinary order
+    hour_shift_h: float = 0.0  # the shop's day moved by this many hours
+    habit: tuple[float, float] = (3.0, 2.0)  # Beta of a customer's habit strength
+    benign_change: tuple[float, float, float] = (0.02, 0.012, 0.02)  # new device, address, card
+    new_account_share: float = 0.7  # fraud sessions on a fresh account, else a known one
+    night_share: float = 0.55  # card-testing and stolen-card sessions started late at night
+    night_start_h: float = 22.5
+    testing_size: tuple[int, int] = (4, 12)
+    testing_gap_s: tuple[float, float] = (20.0, 150.0)
+    stolen_size: tuple[int, int] = (1, 3)
+    stolen_gap_s: tuple[float, float] = (300.0, 2400.0)
+    stolen_pizzas: tuple[int, int] = (3, 12)
+    stolen_drinks: tuple[int, int] = (0, 6)
+    ato_size: tuple[int, int] = (1, 2)
+    ato_gap_s: tuple[float, float] = (600.0, 3600.0)
+    ato_pizzas: tuple[int, int] = (3, 9)
+    ato_drinks: tuple[int, int] = (1, 6)
+    ato_new_device: float = 0.8
+    ato_new_address: float = 0.7
+    ato_new_card: float = 0.4
+    promo_size: tuple[int, int] = (4, 10)
+    promo_gap_s: tuple[float, float] = (300.0, 2400.0)
+    intercept_shift: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # per scenario
+
+
+@dataclass(frozen=True, slots=True)
 class SimulationConfig:
     orders_per_day: int = 400
     customers_per_order: float = 0.15  # distinct customers per ordinary order
@@ -51,6 +83,7 @@ class SimulationConfig:
     anomaly_share: float = 0.012
     scenario_mix: tuple[float, float, float, float] = (0.35, 0.25, 0.2, 0.2)
     start: datetime = DEFAULT_START
+    world: WorldParams = WorldParams()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +165,11 @@ class _Generator:
         self.n = n_orders
         self.seed = seed
         self.cfg = config
+        self.w = config.world
         self.cat: Catalog = load_catalog()
         self.rng = random.Random(seed)
         self.np_rng = np.random.default_rng(seed)
-        self.pop = Population(self.cat, self.rng, self.np_rng)
+        self.pop = Population(self.cat, self.rng, self.np_rng, habit=self.w.habit)
         self.days = max(1, math.ceil(n_orders / config.orders_per_day))
         n_customers = max(20, int(n_orders * config.customers_per_order))
         activity = self.np_rng.lognormal(0.0, 1.2, n_customers)
@@ -150,7 +184,8 @@ class _Generator:
     def _normal_times(self, k: int) -> np.ndarray:
         day = self.np_rng.choice(self.days, size=k, p=self.day_weights)
         secs = self.np_rng.choice(self.cat.seconds_of_day, size=k)
-        secs = np.clip(secs + self.np_rng.uniform(-300, 300, size=k), 0, 86_399)
+        shift = self.w.hour_shift_h * 3600.0
+        secs = np.clip(secs + shift + self.np_rng.uniform(-300, 300, size=k), 0, 86_399)
         return np.asarray(day * 86_400.0 + secs, dtype=np.float64)
 
     def _slots(self) -> list[_Slot]:
@@ -158,20 +193,24 @@ class _Generator:
         slots: list[_Slot] = []
         session = 0
         attack_orders = 0
+        w = self.w
+        mix = np.asarray(self.cfg.scenario_mix, dtype=np.float64)
+        mix = mix / mix.sum()
+        shapes = {
+            1: (w.testing_size, w.testing_gap_s),
+            2: (w.stolen_size, w.stolen_gap_s),
+            3: (w.ato_size, w.ato_gap_s),
+            4: (w.promo_size, w.promo_gap_s),
+        }
         while attack_orders < n_attack:
-            scenario = 1 + int(self.np_rng.choice(4, p=np.array(self.cfg.scenario_mix)))
-            if scenario == 1:
-                size, gap = self.rng.randint(4, 12), (20.0, 150.0)
-            elif scenario == 2:
-                size, gap = self.rng.randint(1, 3), (300.0, 2400.0)
-            elif scenario == 3:
-                size, gap = self.rng.randint(1, 2), (600.0, 3600.0)
-            else:
-                size, gap = self.rng.randint(4, 10), (300.0, 2400.0)
+            scenario = 1 + int(self.np_rng.choice(4, p=mix))
+            sizes, gap = shapes[scenario]
+            size = self.rng.randint(*sizes)
             start = float(self._normal_times(1)[0])
-            if scenario in (1, 2) and self.rng.random() < 0.55:  # late at night
+            if scenario in (1, 2) and self.rng.random() < w.night_share:  # late at night
+                night = w.night_start_h * 3600
                 start = self.rng.randrange(self.days) * 86_400.0 + self.rng.uniform(
-                    22.5 * 3600, 25.5 * 3600
+                    night, night + 3 * 3600
                 )
             ts = start
             for position in range(size):
@@ -283,12 +322,15 @@ class _Generator:
         cid = rng.choices(self.customer_ids, cum_weights=self.customer_cum, k=1)[0]
         customer = self.pop.get(cid)
         n_pizzas = min(15, int(rng.choice(self.cat.pizzas_per_order)))
+        if self.w.pizzas_scale != 1.0:
+            n_pizzas = max(1, min(15, round(n_pizzas * self.w.pizzas_scale)))
         basket = self.pop.basket(customer, n_pizzas)
         channel = self.pop.channel(customer)
         # benign changes: a new phone, a move, a new card; they look like fraud signals
-        new_device = rng.random() < 0.02
-        new_address = rng.random() < 0.012
-        new_card = rng.random() < 0.02
+        p_device, p_address, p_card = self.w.benign_change
+        new_device = rng.random() < p_device
+        new_address = rng.random() < p_address
+        new_card = rng.random() < p_card
         if new_device:
             customer.devices.append(random_device(rng))
         if new_address:
@@ -349,7 +391,7 @@ class _Generator:
         if sess.customer is None:
             sess.customer = (
                 self._new_account()
-                if rng.random() < 0.7
+                if rng.random() < self.w.new_account_share
                 else self.pop.get(rng.choice(self.customer_ids))
             )
             sess.card, sess.device = random_card(rng), random_device(rng)
@@ -358,7 +400,7 @@ class _Generator:
     def _attack(
         self, i: int, placed_at: datetime, sess: _Session, slot: _Slot
     ) -> tuple[OrderPlaced, float]:
-        rng, cat, pop = self.rng, self.cat, self.pop
+        rng, cat, pop, w = self.rng, self.cat, self.pop, self.w
         hour = placed_at.hour + placed_at.minute / 60.0
         odd_hour = float(hour >= 22.5 or hour < 6)
         k = slot.position
@@ -367,40 +409,47 @@ class _Generator:
             pool = pop.drinks + pop.sides + pop.desserts
             basket = {rng.choice(pool): 1}
             channel = rng.choice(("web", "app"))
-            logit = -1.6 + 0.65 * k + 0.4 * odd_hour + rng.gauss(0, 0.4)
+            logit = -1.6 + 0.65 * k + 0.4 * odd_hour + rng.gauss(0, 0.4) + w.intercept_shift[0]
         elif slot.scenario == 2:  # stolen card
             self._open_session(sess)
             big = [p for p in pop.pizzas.tolist() if cat.size[p] >= 2]
             basket = {}
-            for pos in rng.choices(big, k=rng.randint(3, 12)):
+            for pos in rng.choices(big, k=rng.randint(*w.stolen_pizzas)):
                 basket[pos] = basket.get(pos, 0) + 1
-            for pos in rng.choices(pop.drinks[-3:], k=rng.randint(0, 6)):
+            for pos in rng.choices(pop.drinks[-3:], k=rng.randint(*w.stolen_drinks)):
                 basket[pos] = basket.get(pos, 0) + 1
             channel = rng.choice(("web", "app"))
             total = self._total(cat, basket)
             logit = (
                 -1.7 + 1.1 * math.log(total / 60.0) + 1.2 * odd_hour + 0.3 * k + rng.gauss(0, 0.4)
-            )
+            ) + w.intercept_shift[1]
         elif slot.scenario == 3:  # account takeover
             if sess.customer is None:
                 victims = pop.with_history(3)
                 sess.customer = rng.choice(victims) if victims else self._new_account()
+                # one draw for device and address: most takeovers change both, some one of them
                 change = rng.random()
                 sess.device = (
-                    random_device(rng) if change < 0.8 else rng.choice(sess.customer.devices)
+                    random_device(rng)
+                    if change < w.ato_new_device
+                    else rng.choice(sess.customer.devices)
                 )
                 sess.address = (
-                    random_address(rng) if change > 0.3 else rng.choice(sess.customer.addresses)
+                    random_address(rng)
+                    if change > 1.0 - w.ato_new_address
+                    else rng.choice(sess.customer.addresses)
                 )
                 sess.card = (
-                    rng.choice(sess.customer.cards) if rng.random() < 0.6 else (random_card(rng))
+                    random_card(rng)
+                    if rng.random() < w.ato_new_card
+                    else rng.choice(sess.customer.cards)
                 )
             customer = sess.customer
             usual = customer.usual_spend
             basket = {}
-            for pos in rng.choices(pop.pizzas.tolist(), k=rng.randint(3, 9)):
+            for pos in rng.choices(pop.pizzas.tolist(), k=rng.randint(*w.ato_pizzas)):
                 basket[pos] = basket.get(pos, 0) + 1
-            for pos in rng.choices(pop.drinks[-2:], k=rng.randint(1, 6)):
+            for pos in rng.choices(pop.drinks[-2:], k=rng.randint(*w.ato_drinks)):
                 basket[pos] = basket.get(pos, 0) + 1
             channel = rng.choice(("web", "app"))
             total = self._total(cat, basket)
@@ -414,6 +463,7 @@ class _Generator:
                 + 0.6 * new_card
                 + 0.9 * math.log(total / usual)
                 + rng.gauss(0, 0.4)
+                + w.intercept_shift[2]
             )
         else:  # promo abuse: a fresh account per order, one device and one address
             if sess.device is None:
@@ -423,7 +473,7 @@ class _Generator:
             sess.customer = self._new_account()
             basket = pop.basket(sess.customer, rng.randint(1, 2))
             channel = "app"
-            logit = -1.9 + 0.55 * k + rng.gauss(0, 0.4)
+            logit = -1.9 + 0.55 * k + rng.gauss(0, 0.4) + w.intercept_shift[3]
         assert sess.customer is not None
         customer = sess.customer
         if sess.voucher:
@@ -455,6 +505,7 @@ __all__ = [
     "GroundTruth",
     "SimulatedStream",
     "SimulationConfig",
+    "WorldParams",
     "baskets",
     "simulate",
 ]

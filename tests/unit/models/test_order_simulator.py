@@ -82,3 +82,35 @@ def test_baskets_for_upsell(stream: SimulatedStream) -> None:
     # repeat customers exist, so histories mean something
     customers = [b.customer_id for b in baskets]
     assert len(set(customers)) < 0.8 * len(customers)
+
+
+def test_worlds_of_the_family_differ_and_repeat() -> None:
+    from models._worlds import sample_config
+    from models.simulator import SimulationConfig
+
+    a, b = sample_config(1), sample_config(1)
+    assert a == b  # the same seed, the same world
+    assert a != sample_config(2)
+    assert a.world != SimulationConfig().world  # not the project's own numbers
+    own = simulate(3000, seed=3)
+    other = simulate(3000, seed=3, config=sample_config(5))
+    assert not np.array_equal(own.truth.fraud_prob, other.truth.fraud_prob)
+    # held-out worlds take some knobs outside the training box: gaps, sizes, shares
+    train_gaps = [sample_config(s).world.testing_gap_s[0] for s in range(200)]
+    held_gaps = [sample_config(s, held_out=True).world.testing_gap_s[0] for s in range(200)]
+    assert max(held_gaps) > max(train_gaps) and min(held_gaps) < min(train_gaps)
+    for seed in range(50):  # every drawn world is one the simulator can run
+        w = sample_config(seed, held_out=True).world
+        for lo, hi in (w.testing_size, w.stolen_size, w.ato_size, w.promo_size):
+            assert 1 <= lo <= hi
+        assert 0 < w.ato_new_device < 1 and 0 < w.night_share < 1
+
+
+def test_a_world_can_leave_a_scenario_out() -> None:
+    from models._worlds import sample_config
+
+    config = sample_config(4, exclude=("account_takeover",))
+    s = simulate(4000, seed=9, config=config)
+    present = set(np.unique(s.truth.scenario).tolist())
+    assert SCENARIOS.index("account_takeover") not in present
+    assert SCENARIOS.index("card_testing") in present
