@@ -22,9 +22,11 @@ import numpy as np
 from ingest.events import Address, OrderPlaced
 from models.catalog import CATEGORIES, load_catalog
 
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
 WINDOW_SHORT_S = 600.0
+WINDOW_HOUR_S = 3_600.0
 WINDOW_LONG_S = 86_400.0
+_GAP_CAP_MIN = WINDOW_LONG_S / 60.0  # "no earlier order within the window" reads as a day
 CHANNELS: tuple[str, ...] = ("web", "app", "phone", "walk_in")
 
 BASKET_FEATURES: tuple[str, ...] = (
@@ -71,12 +73,72 @@ STATEFUL_FEATURES: tuple[str, ...] = (
     "new_card_for_customer",
     "new_address_for_customer",
     "new_device_for_customer",
+    # schema 2: velocities and gaps per card and device, the customer's own rhythm
+    "card_orders_1h",
+    "card_log_gap_min",
+    "device_orders_1h",
+    "device_orders_24h",
+    "device_log_gap_min",
+    "address_orders_24h",
+    "cust_log_gap_min",
+    "new_links_for_customer",
+    "cust_novel_orders_24h",
+    "cust_novel_log_gap_min",
 )
 FEATURE_NAMES: tuple[str, ...] = BASKET_FEATURES + STATEFUL_FEATURES
 N_FEATURES = len(FEATURE_NAMES)
 _N_BASKET = len(BASKET_FEATURES)
 
-ENTITY_KINDS: tuple[str, ...] = ("customer", "card", "device", "address")
+# Features that mean the same thing in any world, by what they describe. The fraud model reads
+# only these: basket mix, channel and weekday describe one shop's menu and customers (a stolen
+# card buying large pizzas is this simulator's habit, not fraud's), and a model that learned
+# them failed on another generator's traffic. The anomaly model reads every feature.
+FRAUD_FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "order": ("log_total", "hour_sin", "hour_cos", "has_address", "has_device"),
+    "payment": ("pay_card", "pay_voucher"),
+    "history": ("cust_prior_orders", "new_customer"),
+    "novelty": (
+        "new_card_for_customer",
+        "new_address_for_customer",
+        "new_device_for_customer",
+        "new_links_for_customer",
+        "cust_novel_orders_24h",
+        "cust_novel_log_gap_min",
+    ),
+    "relative_spend": ("spend_vs_usual",),
+    "velocity": (
+        "cust_orders_10m",
+        "cust_spend_10m",
+        "cust_orders_24h",
+        "cust_spend_24h",
+        "cust_log_gap_min",
+        "card_orders_10m",
+        "card_spend_10m",
+        "card_orders_1h",
+        "card_orders_24h",
+        "card_spend_24h",
+        "card_log_gap_min",
+        "device_orders_1h",
+        "device_orders_24h",
+        "device_log_gap_min",
+        "address_orders_24h",
+    ),
+    "sharing": (
+        "card_other_customers_24h",
+        "device_other_customers_24h",
+        "address_other_customers_24h",
+    ),
+}
+FRAUD_FEATURES: tuple[str, ...] = tuple(
+    name for group in FRAUD_FEATURE_GROUPS.values() for name in group
+)
+
+ENTITY_KINDS: tuple[str, ...] = ("customer", "card", "device", "address", "novel")
+# "novel" events are keyed by customer id and record only the orders that brought the customer a
+# card, device or address it had not used before: a takeover's *second* order no longer looks
+# new (the first one linked its device), but it follows a novel order by minutes. Kept in the
+# same entity-event tables as the others, so neither store's schema changes.
+NOVEL = "novel"
 LINK_KINDS: tuple[str, ...] = ("card", "device", "address")
 
 
@@ -258,7 +320,10 @@ def _entities(frame: OrderFrame, i: int) -> tuple[tuple[str, str], ...]:
 
 
 def state_query(frame: OrderFrame) -> StateQuery:
-    entities = sorted({key for i in range(len(frame)) for key in _entities(frame, i)})
+    entities = sorted(
+        {key for i in range(len(frame)) for key in _entities(frame, i)}
+        | {(NOVEL, cid) for cid in frame.customer_id}
+    )
     since = float(frame.ts.min()) - WINDOW_LONG_S if len(frame) else 0.0
     return StateQuery(
         order_ids=tuple(sorted(set(frame.order_id))),
@@ -276,6 +341,13 @@ def _window(events: list[EntityEvent], t: float, span: float) -> tuple[int, floa
             spend += e.total
             who.add(e.customer_id)
     return n, spend, who
+
+
+def _log_gap(events: list[EntityEvent], t: float) -> float:
+    """log1p of the minutes since the entity's latest earlier order within the long window."""
+    last = max((e.ts for e in events if t - WINDOW_LONG_S < e.ts <= t), default=None)
+    minutes = _GAP_CAP_MIN if last is None else min((t - last) / 60.0, _GAP_CAP_MIN)
+    return math.log1p(minutes)
 
 
 def stateful_features(
@@ -334,6 +406,12 @@ def stateful_features(
             if value is not None:
                 links.append((kind, value))
                 row[j] = prior > 0 and (cid, kind, value) not in snap.links
+        _rhythm(row, col + 17, snap, frame, i, t, cust)
+        novel_events = snap.events.get((NOVEL, cid), [])
+        row[col + 25] = _window(novel_events, t, WINDOW_LONG_S)[0]
+        row[col + 26] = _log_gap(novel_events, t)
+        if row[col + 24] > 0:
+            entities += ((NOVEL, cid),)
         fact = OrderFacts(
             order_id=oid,
             customer_id=cid,
@@ -346,6 +424,34 @@ def stateful_features(
         apply_to_snapshot(snap, fact)
         facts.append(fact)
     return out, facts
+
+
+def _rhythm(
+    row: np.ndarray,
+    col: int,
+    snap: StateSnapshot,
+    frame: OrderFrame,
+    i: int,
+    t: float,
+    cust: list[EntityEvent],
+) -> None:
+    """The schema-2 columns: velocity and gaps per card and device, counts in minutes and hours
+    rather than a burst's particular spacing, and how many of the order's links are new."""
+
+    def events(kind: str, value: str | None) -> list[EntityEvent]:
+        return [] if value is None else snap.events.get((kind, value), [])
+
+    card_events = events("card", frame.card[i])
+    device_events = events("device", frame.device[i])
+    address_events = events("address", frame.address[i])
+    row[col] = _window(card_events, t, WINDOW_HOUR_S)[0]
+    row[col + 1] = _log_gap(card_events, t)
+    row[col + 2] = _window(device_events, t, WINDOW_HOUR_S)[0]
+    row[col + 3] = _window(device_events, t, WINDOW_LONG_S)[0]
+    row[col + 4] = _log_gap(device_events, t)
+    row[col + 5] = _window(address_events, t, WINDOW_LONG_S)[0]
+    row[col + 6] = _log_gap(cust, t)
+    row[col + 7] = row[col - 3] + row[col - 2] + row[col - 1]
 
 
 def apply_to_snapshot(snap: StateSnapshot, fact: OrderFacts) -> None:
@@ -363,6 +469,8 @@ __all__ = [
     "BASKET_FEATURES",
     "FEATURE_NAMES",
     "FEATURE_SCHEMA_VERSION",
+    "FRAUD_FEATURES",
+    "FRAUD_FEATURE_GROUPS",
     "N_FEATURES",
     "STATEFUL_FEATURES",
     "EntityEvent",

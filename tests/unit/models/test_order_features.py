@@ -141,3 +141,28 @@ async def test_sql_prune_keeps_idempotence(stream: SimulatedStream, tmp_path: Pa
         assert removed >= len(orders)  # every order had at least its customer event
         again = await builder.transform(orders)  # redelivered after the prune
     np.testing.assert_array_equal(again, first)
+
+
+def test_a_takeovers_second_order_still_follows_a_novel_one(stream: SimulatedStream) -> None:
+    """The second order on a new device no longer has a new device (the first linked it), but
+    the customer's novel order minutes before says what changed; velocities count per card."""
+    base = stream.orders[0].model_copy(update={"customer_id": "c-ato"})
+    usual = _order(base, "a1", 0, device_id="own-phone")
+    taken = _order(base, "a2", 90, device_id="attacker-phone")
+    again = _order(base, "a3", 100, device_id="attacker-phone")
+    later = _order(base, "a4", 100 + 25 * 60, device_id="attacker-phone")  # a day on
+    x = features_for_stream([usual, taken, again, later])
+    assert x[1, COL["new_device_for_customer"]] == 1
+    assert x[1, COL["new_links_for_customer"]] == 1
+    assert x[1, COL["cust_novel_orders_24h"]] == 0  # its own novelty is not before it
+    assert x[2, COL["new_device_for_customer"]] == 0
+    assert x[2, COL["cust_novel_orders_24h"]] == 1
+    assert x[2, COL["cust_novel_log_gap_min"]] == pytest.approx(np.log1p(10.0), rel=1e-5)
+    assert x[2, COL["device_orders_1h"]] == 1  # the attacker's phone, a2 only
+    assert x[2, COL["device_log_gap_min"]] == pytest.approx(np.log1p(10.0), rel=1e-5)
+    assert x[2, COL["cust_log_gap_min"]] == pytest.approx(np.log1p(10.0), rel=1e-5)
+    if base.payment.card_fingerprint is not None:
+        assert x[2, COL["card_orders_1h"]] == 1  # a1 is 100 minutes old
+        assert x[2, COL["card_orders_24h"]] == 2
+    assert x[3, COL["cust_novel_orders_24h"]] == 0  # the novelty is older than a day
+    assert x[3, COL["cust_novel_log_gap_min"]] == pytest.approx(np.log1p(24 * 60.0), rel=1e-5)
