@@ -36,7 +36,7 @@ from models._nn import (
     fit_standardizer,
     sigmoid,
 )
-from models.features import FEATURE_NAMES, N_FEATURES
+from models.features import FEATURE_NAMES, FRAUD_FEATURES, N_FEATURES
 from models.registry import ModelVersion
 from models.scorer import Degraded, Result, Scored, ScoringBatch, TopFeatures
 
@@ -45,15 +45,28 @@ NAME = "fraud"
 
 
 class FraudNet(nn.Module):
-    def __init__(self, n_features: int = N_FEATURES, hidden: Sequence[int] = (64, 32)) -> None:
+    """Standardises the full feature vector, then reads only ``columns`` (names in
+    FEATURE_NAMES; default FRAUD_FEATURES). The input stays the full vector, so the pipeline
+    and the .onnx contract do not change with the columns a version reads."""
+
+    def __init__(
+        self,
+        n_features: int = N_FEATURES,
+        hidden: Sequence[int] = (64, 32),
+        columns: Sequence[str] = FRAUD_FEATURES,
+    ) -> None:
         super().__init__()
         self.hidden = tuple(hidden)
+        self.columns = tuple(columns)
         self.mean: torch.Tensor
         self.std: torch.Tensor
+        self.cols: torch.Tensor
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("std", torch.ones(n_features))
+        index = [FEATURE_NAMES.index(name) for name in self.columns]
+        self.register_buffer("cols", torch.tensor(index, dtype=torch.long), persistent=False)
         layers: list[nn.Module] = []
-        width = n_features
+        width = len(index)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
@@ -62,7 +75,7 @@ class FraudNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = torch.clamp((x - self.mean) / self.std, -10.0, 10.0)
-        logits: torch.Tensor = self.mlp(z)
+        logits: torch.Tensor = self.mlp(z.index_select(-1, self.cols))
         return logits.squeeze(-1)
 
 
@@ -216,13 +229,15 @@ class FraudModel(TorchModel):
             "platt_b": self.platt[1],
             "hidden": list(self.net.hidden),
             "feature_names": list(FEATURE_NAMES),
+            "columns": list(self.net.columns),
             **(self.hold.params() if self.hold is not None else {}),
         }
 
     @classmethod
     def load(cls, mv: ModelVersion, *, prefer_onnx: bool = True) -> FraudModel:
         params = mv.metadata.params
-        net = FraudNet(hidden=params["hidden"])
+        # a version from before column selection read every feature
+        net = FraudNet(hidden=params["hidden"], columns=params.get("columns", FEATURE_NAMES))
         net.load_state_dict(torch.load(mv.path / f"{NAME}.pt", weights_only=True))
         return cls(
             net,
@@ -277,11 +292,14 @@ def train_fraud(
     seed: int = 0,
     epochs: int = 30,
     progress: bool = True,
+    columns: Sequence[str] = FRAUD_FEATURES,
 ) -> tuple[FraudModel, dict[str, float]]:
-    """Fit the MLP (best epoch by validation PR-AUC), then Platt-calibrate on validation."""
+    """Fit the MLP (best epoch by validation PR-AUC), then Platt-calibrate on validation.
+    ``y_train`` may be labels or probabilities (soft targets); ``y_val`` are labels.
+    ``columns`` are the features it reads (the ablations drop groups of them)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = FraudNet()
+    net = FraudNet(columns=columns)
     mean, std = fit_standardizer(x_train)
     net.mean.copy_(torch.from_numpy(mean))
     net.std.copy_(torch.from_numpy(std))

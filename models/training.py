@@ -1,9 +1,14 @@
-"""Training: simulate a labelled stream, build features through the serving code path, fit
-fraud and anomaly (and upsell, when ``models.upsell`` exists), publish to the registry.
+"""Training: simulate labelled streams from a family of worlds, build features through the
+serving code path, fit fraud and anomaly (and upsell, when ``models.upsell`` exists), publish
+to the registry.
 
-The stream is split by time: the first 60% trains, the next 15% validates (early stopping and
-calibration), the last 25% is held out for ``models.evaluation.evaluate`` and never read here.
-The same ``(n_orders, seed)`` always yields the same stream, so evaluation can rebuild it.
+A dataset is ``n_worlds`` streams: world 0 is the project's own simulator, the others are
+drawn from the family (``models._worlds.sample_config``: other rates, basket sizes, timings,
+hours, habits), so the fraud model cannot lean on one world's particular numbers. Each world
+keeps its own feature state and is split by time: the first 60% trains, the next 15%
+validates (early stopping and calibration), the last 25% is held out for
+``models.evaluation.evaluate`` and never read here. The same ``(n_orders, seed, n_worlds)``
+always yields the same dataset, so evaluation can rebuild it.
 
 The fraud hold threshold is chosen on the validation period too: the lowest that holds at most
 ``target_false_hold_rate`` of its legitimate orders. It is published with the fraud version
@@ -25,39 +30,106 @@ from typing import Any
 import numpy as np
 import torch
 
+from models._worlds import sample_config
 from models.anomaly import AnomalyModel, train_anomaly
 from models.catalog import load_catalog
 from models.feature_state import features_for_stream
 from models.features import FEATURE_SCHEMA_VERSION
 from models.fraud import FraudModel, choose_hold_policy, hold_rates, train_fraud
 from models.registry import ModelVersion, Registry
-from models.simulator import SCENARIOS, SimulatedStream, simulate
+from models.simulator import SCENARIOS, GroundTruth, SimulatedStream, SimulationConfig, simulate
 
 logger = logging.getLogger(__name__)
 TRAIN_END = 0.60
 VAL_END = 0.75
-DEFAULT_ORDERS = 60_000
+DEFAULT_ORDERS = 100_000
+DEFAULT_WORLDS = 10  # of 10,000 orders each: customers need a few weeks to build history
 DEFAULT_TARGET_FALSE_HOLD_RATE = 0.005  # of legitimate orders; EnricherSettings has the same
 
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
-    stream: SimulatedStream
-    features: np.ndarray  # float32 [n, N_FEATURES], computed over the whole stream in order
-    train: slice
-    val: slice
-    test: slice
+    """Several worlds' streams end to end; ``train``/``val``/``test`` index rows of every world
+    (each world split by its own time)."""
+
+    streams: tuple[SimulatedStream, ...]
+    features: np.ndarray  # float32 [n, N_FEATURES], each world computed over its stream in order
+    truth: GroundTruth  # the worlds' ground truth, concatenated like ``features``
+    world: np.ndarray  # int16 [n], index into ``streams``
+    train: np.ndarray  # int64 row indices
+    val: np.ndarray
+    test: np.ndarray
 
     @property
-    def truth(self):  # type: ignore[no-untyped-def]
-        return self.stream.truth
+    def stream(self) -> SimulatedStream:
+        """World 0, the project's own simulator (the upsell model trains on its baskets)."""
+        return self.streams[0]
+
+    def bounds(self, world: int) -> tuple[int, int, int]:
+        """World ``world``'s rows as (first row, first validation row, first test row)."""
+        rows = np.flatnonzero(self.world == world)
+        n = len(rows)
+        start = int(rows[0])
+        return start, start + int(n * TRAIN_END), start + int(n * VAL_END)
 
 
-def build_dataset(n_orders: int = DEFAULT_ORDERS, seed: int = 0) -> Dataset:
-    stream = simulate(n_orders, seed)
-    features = features_for_stream(stream.orders)
-    a, b = int(n_orders * TRAIN_END), int(n_orders * VAL_END)
-    return Dataset(stream, features, slice(0, a), slice(a, b), slice(b, n_orders))
+def world_configs(seed: int, n_worlds: int, *, held_out: bool = False) -> list[SimulationConfig]:
+    """The worlds of a dataset: the project's own first (not for held-out sets), then draws."""
+    first = [] if held_out else [SimulationConfig()]
+    return first + [
+        sample_config(seed * 1000 + k, held_out=held_out) for k in range(len(first), n_worlds)
+    ]
+
+
+def world_seed(seed: int, k: int, *, held_out: bool = False) -> int:
+    """World 0 of a training set is ``simulate(n, seed)`` itself; the others and every held-out
+    world get seeds of their own (so their customer and order ids never collide)."""
+    if k == 0 and not held_out:
+        return seed
+    return (2_000_000 if held_out else 1_000_000) + seed * 1000 + k
+
+
+def concat_truth(truths: list[GroundTruth]) -> GroundTruth:
+    return GroundTruth(
+        order_id=np.concatenate([t.order_id for t in truths]),
+        fraud_prob=np.concatenate([t.fraud_prob for t in truths]),
+        is_fraud=np.concatenate([t.is_fraud for t in truths]),
+        scenario=np.concatenate([t.scenario for t in truths]),
+        is_anomaly=np.concatenate([t.is_anomaly for t in truths]),
+        anomaly_kind=np.concatenate([t.anomaly_kind for t in truths]),
+    )
+
+
+def build_dataset(
+    n_orders: int = DEFAULT_ORDERS,
+    seed: int = 0,
+    n_worlds: int = DEFAULT_WORLDS,
+    *,
+    held_out: bool = False,
+) -> Dataset:
+    """``n_orders`` split evenly over ``n_worlds`` worlds; ``held_out`` draws worlds from
+    outside the training family's box (``models._worlds``) with seeds training never uses."""
+    per_world = max(1, n_orders // n_worlds)
+    configs = world_configs(seed, n_worlds, held_out=held_out)
+    streams = tuple(
+        simulate(per_world, world_seed(seed, k, held_out=held_out), config)
+        for k, config in enumerate(configs)
+    )
+    # one feature state per world: worlds share no customers, cards or devices
+    features = np.concatenate([features_for_stream(s.orders) for s in streams])
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    offset = 0
+    for s in streams:
+        n = len(s)
+        a, b = offset + int(n * TRAIN_END), offset + int(n * VAL_END)
+        parts[0].append(np.arange(offset, a))
+        parts[1].append(np.arange(a, b))
+        parts[2].append(np.arange(b, offset + n))
+        offset += n
+    world = np.concatenate([np.full(len(s), k, dtype=np.int16) for k, s in enumerate(streams)])
+    train, val, test = (np.concatenate(p) for p in parts)
+    truth = concat_truth([s.truth for s in streams])
+    return Dataset(streams, features, truth, world, train, val, test)
 
 
 def data_hash(*arrays: np.ndarray) -> str:
@@ -84,14 +156,20 @@ def train(
     anomaly_epochs: int = 25,
     with_upsell: bool = True,
     target_false_hold_rate: float = DEFAULT_TARGET_FALSE_HOLD_RATE,
+    n_worlds: int = DEFAULT_WORLDS,
+    data: Dataset | None = None,
 ) -> TrainReport:
     """Train and publish every model; returns the new version tags and the seconds spent.
-    ``target_false_hold_rate`` chooses the fraud hold threshold on the validation period."""
-    with _torch_threads(1):
+    ``target_false_hold_rate`` chooses the fraud hold threshold on the validation period.
+    ``data``, if given, must be ``build_dataset(n_orders, seed, n_worlds)`` (a caller that
+    evaluates too builds it once); the registry records those three numbers."""
+    with torch_threads(1):
         return _train(
             Registry(registry_root),
+            data or build_dataset(n_orders, seed, n_worlds),
             n_orders,
             seed,
+            n_worlds,
             progress,
             fraud_epochs,
             anomaly_epochs,
@@ -101,7 +179,7 @@ def train(
 
 
 @contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
+def torch_threads(n: int) -> Iterator[None]:
     """Tiny MLPs train faster on one thread, and the 2-core box has other work to do."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -113,8 +191,10 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 def _train(
     registry: Registry,
+    data: Dataset,
     n_orders: int,
     seed: int,
+    n_worlds: int,
     progress: bool,
     fraud_epochs: int,
     anomaly_epochs: int,
@@ -122,18 +202,25 @@ def _train(
     target_false_hold_rate: float,
 ) -> TrainReport:
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data = build_dataset(n_orders, seed)
-    seconds["data"] = time.perf_counter() - t0
     x, truth = data.features, data.truth
-    sim = {"sim_seed": seed, "sim_n_orders": n_orders, "train_end": TRAIN_END, "val_end": VAL_END}
+    sim = {
+        "sim_seed": seed,
+        "sim_n_orders": n_orders,
+        "sim_n_worlds": n_worlds,
+        "train_end": TRAIN_END,
+        "val_end": VAL_END,
+    }
     versions: dict[str, str] = {}
 
     t0 = time.perf_counter()
     y = truth.is_fraud
+    # The fit's target is the simulator's true fraud probability, not the label drawn from it:
+    # a takeover is one or two orders per session, and a coin flip per order left the model a
+    # few dozen noisy examples of it. Early stopping, calibration and the hold threshold use
+    # the drawn labels, as they would with chargebacks.
     fraud, fraud_metrics = train_fraud(
         x[data.train],
-        y[data.train],
+        truth.fraud_prob[data.train],
         x[data.val],
         y[data.val],
         seed=seed,
@@ -146,7 +233,7 @@ def _train(
         fraud,
         fraud_metrics,
         sim,
-        data_hash(x[data.train], y[data.train], x[data.val], y[data.val]),
+        data_hash(x[data.train], truth.fraud_prob[data.train], x[data.val], y[data.val]),
     )
     versions["fraud"] = mv.metadata.tag
     seconds["fraud"] = time.perf_counter() - t0
@@ -195,7 +282,7 @@ def _choose_hold(
     return metrics
 
 
-def normal_rows(data: Dataset, part: slice) -> np.ndarray:
+def normal_rows(data: Dataset, part: np.ndarray) -> np.ndarray:
     """Indices of ordinary, non-anomalous orders in ``part``: the autoencoder's diet."""
     idx = np.arange(len(data.features))[part]
     truth = data.truth
@@ -225,7 +312,8 @@ def _train_upsell(registry: Registry, data: Dataset, seed: int) -> str:
     """Fit ``models.upsell`` on the training + validation baskets (never the held-out ones)."""
     from models.upsell import train_upsell
 
-    baskets = data.stream.baskets()[: data.val.stop]
+    _, _, test_start = data.bounds(0)
+    baskets = data.stream.baskets()[:test_start]
     model = train_upsell(
         [b.skus for b in baskets], [b.customer_id for b in baskets], load_catalog().menu, seed=seed
     )
@@ -246,10 +334,14 @@ def _train_upsell(registry: Registry, data: Dataset, seed: int) -> str:
 __all__ = [
     "DEFAULT_ORDERS",
     "DEFAULT_TARGET_FALSE_HOLD_RATE",
+    "DEFAULT_WORLDS",
     "Dataset",
     "TrainReport",
     "build_dataset",
+    "concat_truth",
     "data_hash",
     "normal_rows",
+    "torch_threads",
     "train",
+    "world_configs",
 ]

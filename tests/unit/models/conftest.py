@@ -25,5 +25,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainReport
         fraud_epochs=8,
         anomaly_epochs=8,
         with_upsell=False,
+        n_worlds=2,  # the project's own world and one drawn from the family
     )
     return root, report

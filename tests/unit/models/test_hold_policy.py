@@ -49,7 +49,9 @@ def test_training_records_a_threshold_that_meets_the_target_on_validation(
     assert params["target_false_hold_rate"] == DEFAULT_TARGET_FALSE_HOLD_RATE
     assert 0.0 < params["hold_threshold"] < 1.0
     # Rebuild the validation period the version was trained on and score it as served (ONNX).
-    data = build_dataset(int(params["sim_n_orders"]), int(params["sim_seed"]))
+    data = build_dataset(
+        int(params["sim_n_orders"]), int(params["sim_seed"]), int(params["sim_n_worlds"])
+    )
     y = data.truth.is_fraud[data.val]
     p = FraudModel.load(mv).predict(data.features[data.val])
     rates = hold_rates(p, y, params["hold_threshold"])
@@ -57,7 +59,7 @@ def test_training_records_a_threshold_that_meets_the_target_on_validation(
     target = DEFAULT_TARGET_FALSE_HOLD_RATE
     assert target - one_order <= metrics["val_false_hold_rate"] <= target
     # ONNX and eager torch may differ in the last bits: one order's worth of tolerance.
-    assert abs(rates["false_hold_rate"] - metrics["val_false_hold_rate"]) <= one_order
+    assert abs(rates["false_hold_rate"] - metrics["val_false_hold_rate"]) <= one_order + 1e-12
     assert abs(rates["recall"] - metrics["val_recall_at_hold"]) <= 1 / int(y.sum())
     assert metrics["val_recall_at_hold"] > rates["false_hold_rate"]  # better than chance
 

@@ -35,6 +35,35 @@ def test_evaluate_reports_floats_on_the_held_out_period(trained: tuple[Path, Tra
     assert report["fraud"]["roc_auc"] > 0.8
     assert report["fraud"]["pr_auc"] > report["fraud"]["rules_pr_auc"]
     assert report["anomaly"]["roc_auc"] > 0.9
+    # worlds held out from training: three of them, each against its own Bayes-optimal score
+    held_out = report["held_out"]
+    assert held_out["n"] == 3 * (8000 // 3)  # as many orders as trained on, in three worlds
+    for k in range(3):
+        assert 0 < held_out[f"ratio_w{k}"] <= 1.2
+        assert held_out[f"bayes_pr_auc_w{k}"] > 0
+    assert held_out["min_ratio"] > 0.5
+    assert "leave_one_out" not in report  # only with extended=True
+
+
+def test_extended_evaluation_retrains_without_a_scenario_and_a_feature_group(
+    trained: tuple[Path, TrainReport],
+) -> None:
+    from models._held_out import ablation_variants
+
+    report = evaluate(trained[0], extended=True, extended_epochs=3)
+    loo = report["leave_one_out"]
+    assert {k.rsplit("_min_ratio", 1)[0] for k in loo if k.endswith("_min_ratio")} == {
+        "card_testing",
+        "stolen_card",
+        "account_takeover",
+        "promo_abuse",
+    }
+    ablation = report["ablation"]
+    for variant in ablation_variants():
+        assert 0 < ablation[f"{variant}_in_ratio"] <= 1.5
+        assert 0 <= ablation[f"{variant}_min_recall_p80"] <= 1
+    # the model without any velocity or sharing feature loses card testing and promo abuse
+    assert ablation["without_velocity_held_out_min_ratio"] < ablation["all_held_out_min_ratio"]
 
 
 def test_rules_fire_on_card_testing(stream: SimulatedStream) -> None:
