@@ -20,7 +20,10 @@ go" cannot deadlock.
 
 librdkafka keeps a partition paused by the application across a rebalance, where Kafka's own
 clients (and aiokafka) start a newly assigned partition unpaused, as the runtime expects: a
-partition paused when it was revoked is resumed when it comes back.
+partition paused when it was revoked is resumed when it comes back. The assign callback assigns
+the whole new assignment itself: the eager protocol of librdkafka's default assignors (a
+``cooperative-sticky`` ``partition.assignment.strategy`` in ``client_options`` would need
+``incremental_assign`` there).
 
 Failures. After any failure inside a transaction the producer is dropped and a new one is made
 under the same ``transactional.id``: ``init_transactions`` fences the old epoch and aborts
