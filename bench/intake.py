@@ -14,7 +14,8 @@ report is the median of the runs with their min and max.
 * ``before``: the standard asyncio loop, uvicorn's pure-Python h11 parser, one transaction per
   order; with ``--before REF`` the code of that git commit (checked out into a temporary
   worktree) instead of this one's one-transaction path;
-* ``after``: uvloop, httptools, orders grouped into shared commits (``services.group_intake``);
+* ``after``: uvloop, httptools, orders grouped into shared commits (``services.group_intake``),
+  the start-up heap frozen (``pizzashop.app.up.api_config``, ``freeze_startup_heap``);
 * ``http-only`` (only when asked for): ``after`` with an intake that validates and builds each
   order but stores none, the HTTP stack's own ceiling in this process.
 
@@ -72,6 +73,7 @@ async def serve(variant: str, home: Path, bootstrap: str, port: int, database_ur
     import uvicorn
 
     from api.app import create_app
+    from pizzashop.app import up
     from pizzashop.app.shop import Shop, Wiring
     from pizzashop.core.settings import Settings
 
@@ -91,15 +93,19 @@ async def serve(variant: str, home: Path, bootstrap: str, port: int, database_ur
             app = create_app(shop, group_commit=variant == "after")
         else:
             app = create_app(shop)
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            http="httptools" if after else "h11",
-        )
+        if after:  # served as pizzashop.app.up serves it
+            config = up.api_config(app, "127.0.0.1", port)
+            up.freeze_startup_heap()
+        else:  # as before this work (an older commit has no api_config)
+            config = uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                http="h11",
+            )
         await uvicorn.Server(config).serve()
 
 
