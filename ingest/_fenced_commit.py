@@ -7,16 +7,19 @@ another member; when it then commits, its transaction goes through, and the part
 owner, which started from the older offset, publishes the same outputs a second time (the
 default chaos run counted a whole batch of 500 ``ReceiptSent`` twice).
 
-TxnOffsetCommit v3 carries the member id and the generation the member had when it committed;
-the coordinator refuses it (``ILLEGAL_GENERATION``, ``UNKNOWN_MEMBER_ID``) once the group has
-moved on, and the transaction is aborted with its records. ``fence_offsets_by_generation`` puts
-that request in place of aiokafka's for one producer, with the generation read from its
-consumer at the moment of the commit.
+TxnOffsetCommit v3 carries the member id and the generation of the member's assignment; the
+coordinator refuses it (``ILLEGAL_GENERATION``, ``UNKNOWN_MEMBER_ID``) once the group has moved
+on, and the transaction is aborted with its records. ``fence_offsets_by_generation`` puts that
+request in place of aiokafka's for one producer. The generation is the one the partitions were
+assigned in (``Membership``), not the consumer's current one: aiokafka resets that to -1 when it
+learns it was dropped, and the coordinator takes a transactional commit without a generation
+from anyone (for producers older than KIP-447), which let a dropped member's batch through.
 """
 
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -113,16 +116,26 @@ class _V0Errors(NamedTuple):
     errors: list[tuple[str, list[tuple[int, int]]]]
 
 
+@dataclass(slots=True)
+class Membership:
+    """The member id and generation of the consumer's latest assignment."""
+
+    generation: int = -1
+    member_id: str = ""
+
+    def joined(self, consumer: AIOKafkaConsumer) -> None:
+        """Called once partitions are assigned: the generation they belong to."""
+        coordinator: Any = consumer._coordinator
+        self.generation, self.member_id = coordinator.generation, coordinator.member_id
+
+
 class _FencedHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
-    def __init__(
-        self, sender: Any, offsets: Any, group_id: str, consumer: AIOKafkaConsumer
-    ) -> None:
+    def __init__(self, sender: Any, offsets: Any, group_id: str, membership: Membership) -> None:
         super().__init__(sender, offsets, group_id)
-        self._consumer = consumer
+        self._membership = membership
 
     def create_request(self) -> _TxnOffsetCommit:
         txn = self._sender._txn_manager
-        coordinator: Any = self._consumer._coordinator
         by_topic: dict[str, list[tuple[int, int, int, str, dict[int, bytes]]]] = (
             collections.defaultdict(list)
         )
@@ -137,8 +150,8 @@ class _FencedHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
                 self._group_id,
                 txn.producer_id,
                 txn.producer_epoch,
-                coordinator.generation,
-                coordinator.member_id,
+                self._membership.generation,
+                self._membership.member_id,
                 None,
                 topics,
                 {},
@@ -150,12 +163,16 @@ class _FencedHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
             for partition, error, _ptags in partitions:
                 if error in _FENCED:
                     # The group moved on without this member: its transaction must not commit.
-                    self._sender._txn_manager.error_transaction(
+                    txn = self._sender._txn_manager
+                    txn.error_transaction(
                         CommitFailedError(
                             f"{topic}[{partition}] belongs to a newer generation of "
                             f"{self._group_id} (error code {error}): transaction aborted"
                         )
                     )
+                    # The caller hears of it from send_offsets_to_transaction; nothing awaits
+                    # the transaction's own waiter, which would log it as never retrieved.
+                    txn._transaction_waiter.add_done_callback(_retrieved)
                     return None
         errors = [
             (topic, [(partition, error) for partition, error, _ in partitions])
@@ -165,16 +182,20 @@ class _FencedHandler(TxnOffsetCommitHandler):  # type: ignore[misc]
         return result
 
 
-def fence_offsets_by_generation(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer) -> None:
-    """Make ``producer``'s ``send_offsets_to_transaction`` carry ``consumer``'s member id and
-    generation, so a commit from a member the group has dropped fails and aborts."""
+def _retrieved(future: Any) -> None:
+    future.exception()
+
+
+def fence_offsets_by_generation(producer: AIOKafkaProducer, membership: Membership) -> None:
+    """Make ``producer``'s ``send_offsets_to_transaction`` carry the member id and generation of
+    ``membership``, so a commit from a member the group has dropped fails and aborts."""
     sender: Any = producer._sender
 
     async def commit(offsets: Any, group_id: str) -> None:
         if not offsets:
             return
         node_id = await sender._find_coordinator(_GROUP_COORDINATION, group_id)
-        await _FencedHandler(sender, offsets, group_id, consumer).do(node_id)
+        await _FencedHandler(sender, offsets, group_id, membership).do(node_id)
 
     # aiokafka's sender calls this method by name for every transactional offset commit.
     sender._do_txn_offset_commit = commit

@@ -35,7 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from ingest._fenced_commit import fence_offsets_by_generation
+from ingest._fenced_commit import Membership, fence_offsets_by_generation
 from ingest._stable_offsets import stable_committed
 from ingest.transport import Outgoing, Partition, RebalanceListener, Record
 from pizzashop.core.errors import BrokerUnavailable
@@ -69,6 +69,10 @@ class KafkaTransport:
             session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=heartbeat_interval_ms,
             max_poll_interval_ms=max_poll_interval_ms,
+            # How long the group waits for members to rejoin; aiokafka's default is the
+            # session timeout (10 s), shorter than a revoke that commits its batches in hand:
+            # a member that overran it was dropped, and the group ping-ponged its partitions.
+            rebalance_timeout_ms=max(session_timeout_ms, min(max_poll_interval_ms, 60_000)),
             isolation_level="read_committed",
             **common,
         )
@@ -85,6 +89,7 @@ class KafkaTransport:
         }
         self._producer: AIOKafkaProducer | None = None
         self._started = False
+        self._membership = Membership()
         # Long enough for a killed member's open transaction to be aborted by the broker.
         self._stable_timeout_s = 2 * transaction_timeout_ms / 1000 + 10
 
@@ -179,7 +184,7 @@ class KafkaTransport:
             except KafkaError as exc:
                 await producer.stop()
                 raise BrokerUnavailable(f"transactional producer cannot start: {exc!r}") from exc
-            fence_offsets_by_generation(producer, self._consumer)
+            fence_offsets_by_generation(producer, self._membership)
             self._producer = producer
         return self._producer
 
@@ -194,6 +199,7 @@ class KafkaTransport:
     async def resume_from_stable_offsets(self, assigned: Sequence[TopicPartition]) -> None:
         """Start newly assigned partitions from committed offsets that no transaction is still
         completing (``ingest._stable_offsets``): held paused until those are known."""
+        self._membership.joined(self._consumer)
         self._consumer.pause(*assigned)
         try:
             offsets = await stable_committed(

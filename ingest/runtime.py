@@ -154,6 +154,9 @@ class ConsumerRuntime(Resource):
         self._stopping = asyncio.Event()
         self._busy: dict[Partition, asyncio.Task[None]] = {}
         self._held: dict[Partition, asyncio.TimerHandle] = {}
+        # Partitions being revoked: the batches in hand stop at their next record, so the
+        # revoke finishes within the group's rebalance timeout (or this member is dropped).
+        self._revoking: set[Partition] = set()
         self._failing: dict[tuple[Partition, int], _Failing] = {}
         self._committer = GroupCommitter(transport, name=name)
         self._handler_started = False
@@ -309,6 +312,10 @@ class ConsumerRuntime(Resource):
         for group in groups:
             if not group:
                 continue
+            if any(_part(d) in self._revoking for d in group):
+                for delivery in group:  # left for the partitions' next owner
+                    work.holds.setdefault(_part(delivery), _Hold(delivery.offset, 0.0))
+                continue
             if len(group) == 1:
                 # A batch of one is its own one-by-one: trying it twice in a row would repeat
                 # its side effects and count its failure twice, with no backoff in between.
@@ -420,6 +427,9 @@ class ConsumerRuntime(Resource):
     async def _one_by_one(self, part: Partition, deliveries: list[Delivery], work: _Work) -> None:
         settings = self._settings
         for delivery in deliveries:
+            if part in self._revoking:
+                work.holds[part] = _Hold(delivery.offset, 0.0)  # the next owner goes on
+                return
             key = (part, delivery.offset)
             try:
                 outputs = await self._call([delivery])  # a span per try
@@ -516,14 +526,19 @@ class ConsumerRuntime(Resource):
 
     # -- rebalances (RebalanceListener) ------------------------------------------------------
     async def revoked(self, partitions: frozenset[Partition]) -> None:
-        # Finish and commit the batches in hand before the partitions go to another member.
-        tasks = {self._busy[p] for p in partitions if p in self._busy}
-        if tasks:
-            await asyncio.wait(tasks, timeout=self._settings.shutdown_deadline_s)
-        # A batch still in hand past the wait must not commit (``ingest._commits``), and one
-        # already committing must be through before the partitions go.
-        self._committer.revoke(partitions)
-        await self._committer.settle(self._settings.shutdown_deadline_s)
+        # Commit what the batches in hand have done (they stop at their next record) before
+        # the partitions go to another member.
+        self._revoking |= partitions
+        try:
+            tasks = {self._busy[p] for p in partitions if p in self._busy}
+            if tasks:
+                await asyncio.wait(tasks, timeout=self._settings.shutdown_deadline_s)
+            # A batch still in hand past the wait must not commit (``ingest._commits``), and
+            # one already committing must be through before the partitions go.
+            self._committer.revoke(partitions)
+            await self._committer.settle(self._settings.shutdown_deadline_s)
+        finally:
+            self._revoking -= partitions
         for part in partitions:
             if (handle := self._held.pop(part, None)) is not None:
                 handle.cancel()

@@ -7,11 +7,14 @@ the in-memory broker can provoke: a rebalance at a chosen moment.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
+from ingest.consumer import Delivery, Output
 from ingest.testing import FlowHarness
 from ingest.transport import Partition
+from pizzashop.core.errors import TransientError
 from tests.support.runtime_cases import Recorder, RuntimeHoldsCases, order_on, outputs, part
 
 IN, OUT = "orders", "order-events"
@@ -71,3 +74,34 @@ async def test_nothing_is_fetched_while_a_rebalance_is_in_progress() -> None:
         await h.drained()
     assert handler.seen() == [slow.order_id, other.order_id]
     assert sorted(outputs(h)) == sorted([slow.order_id, other.order_id])
+
+
+class _FailsWhole(Recorder):
+    """A batch of several fails (so it goes one by one); ``gates`` hold single records only."""
+
+    async def handle(self, batch: Sequence[Delivery]) -> Sequence[Output]:
+        if len(batch) > 1:
+            self.calls.append(list(batch))
+            raise TransientError("the batch fails as a whole")
+        return await super().handle(batch)
+
+
+async def test_a_revoke_stops_a_batch_going_one_by_one_at_its_next_record() -> None:
+    handler = _FailsWhole(OUT)
+    async with FlowHarness(handler, topics=[IN], outputs=[OUT]) as h:
+        a, b, c = order_on(h, 0), order_on(h, 0), order_on(h, 0)
+        gate = handler.gates[b.order_id] = asyncio.Event()
+        later = handler.gates[c.order_id] = asyncio.Event()  # c would hold the revoke up
+        for order in (a, b, c):
+            await h.send(IN, order)
+        await handler.called(3)  # the batch of three, a, then b held at its gate
+        rebalance = asyncio.create_task(h.transport.rebalance())
+        await asyncio.sleep(0)
+        gate.set()
+        # The revoke does not wait for c's turn: a and b are committed, c is the next owner's.
+        await asyncio.wait_for(rebalance, 1)  # well within the 2 s the revoke would wait
+        later.set()
+        await h.drained()
+    calls = [[d.event.order_id for d in call] for call in handler.calls]
+    assert calls == [[a.order_id, b.order_id, c.order_id], [a.order_id], [b.order_id], [c.order_id]]
+    assert sorted(outputs(h)) == sorted([a.order_id, b.order_id, c.order_id])
