@@ -375,6 +375,20 @@ class ConfluentTransport:
         return self._consumer
 
     # -- committing ------------------------------------------------------------------------
+    async def committed(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """librdkafka asks for stable offsets (KIP-447) when reading ``read_committed``."""
+        consumer = self._ready_consumer()
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        try:
+            found = await self._on_consumer_thread(consumer.committed, tps, self._call_timeout_s)
+        except (_Stuck, KafkaException) as exc:
+            raise BrokerUnavailable(f"consumer {self._group_id}: committed offsets: {exc}") from exc
+        return {
+            Partition(tp.topic, tp.partition): tp.offset
+            for tp in found
+            if tp.offset is not None and tp.offset >= 0
+        }
+
     async def commit(self, records: Sequence[Outgoing], offsets: Mapping[Partition, int]) -> None:
         """One transaction, offsets alone included (a consumer commit would have to wait for
         the consumer thread, which may be inside a rebalance callback waiting for this)."""

@@ -150,6 +150,13 @@ class KafkaTransport:
         wanted = [TopicPartition(p.topic, p.partition) for p in partitions]
         return [tp for tp in wanted if tp in assigned]
 
+    async def committed(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        offsets = await stable_committed(
+            self._consumer, self._group_id, tps, timeout_s=self._stable_timeout_s
+        )
+        return {Partition(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
+
     async def commit(self, records: Sequence[Outgoing], offsets: Mapping[Partition, int]) -> None:
         kafka_offsets = {TopicPartition(p.topic, p.partition): o for p, o in offsets.items()}
         if not records:

@@ -25,6 +25,9 @@ class MemoryBroker:
     committed: dict[tuple[str, Partition], int] = field(default_factory=dict)
     #: How many commits from now on fail (``BrokerUnavailable``), as when Kafka is away.
     fail_commits: int = 0
+    #: How many commits from now on go through but answer with a failure, as when the answer
+    #: is lost to a broker restart after the coordinator committed.
+    lose_commit_answers: int = 0
     commits: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -161,6 +164,10 @@ class MemoryTransport:
     def assignment(self) -> frozenset[Partition]:
         return self._assigned
 
+    async def committed(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        committed = self._broker.committed
+        return {p: committed[self._group, p] for p in partitions if (self._group, p) in committed}
+
     async def commit(self, records: Sequence[Outgoing], offsets: Mapping[Partition, int]) -> None:
         broker = self._broker
         async with broker._changed:
@@ -175,3 +182,6 @@ class MemoryTransport:
                 broker.committed[(self._group, part)] = offset
             broker.commits += 1
             broker._changed.notify_all()
+            if broker.lose_commit_answers > 0:
+                broker.lose_commit_answers -= 1
+                raise BrokerUnavailable("in-memory broker: commit answer lost (injected fault)")

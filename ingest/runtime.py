@@ -288,8 +288,12 @@ class ConsumerRuntime(Resource):
                 exc,
             )
             delay = self._settings.rewind_delay_s
+            rewind = await self._rewind_offsets(batches, epochs)
+            if rewind is None:
+                return  # revoked or stopping: the next owner or run starts from the commit
             for part, records in batches.items():
-                self._release(part, _Hold(records[0].offset, delay * random.uniform(0.5, 1.0)))
+                offset = rewind.get(part, records[0].offset)
+                self._release(part, _Hold(offset, delay * random.uniform(0.5, 1.0)))
             return
         self.stats.commits = self._committer.commits
         self.stats.handled += len(work.handled)
@@ -297,6 +301,25 @@ class ConsumerRuntime(Resource):
         await self._mark(work.handled)
         for part in batches:
             self._release(part, work.holds.get(part))
+
+    async def _rewind_offsets(
+        self, batches: Batches, epochs: Mapping[Partition, int]
+    ) -> dict[Partition, int] | None:
+        """Where a batch whose commit failed goes on from: the committed offsets, read back
+        once stable. A commit can fail and still have happened (its answer lost to a broker
+        restart); going back to the batch's start would then publish it twice. ``None`` when
+        the partitions were revoked or the runtime stops before that is known."""
+        while not self._stopping.is_set() and self._committer.epochs(batches) == epochs:
+            try:
+                return await self._transport.committed(batches)
+            except Exception as exc:
+                logger.warning(
+                    "consumer %s: reading back the committed offsets failed (%r); retrying",
+                    self.name,
+                    exc,
+                )
+                await self._sleep(self._settings.rewind_delay_s)
+        return None
 
     async def _handle(self, batches: Batches) -> _Work:
         work = _Work()

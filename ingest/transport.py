@@ -83,7 +83,12 @@ class Transport(Protocol):
     async def commit(self, records: Sequence[Outgoing], offsets: Mapping[Partition, int]) -> None:
         """Write ``records`` and commit ``offsets`` (next offset to read) all or nothing.
 
-        Raises on failure; then nothing of it is visible to ``read_committed`` readers and the
-        offsets are where they were.
+        Raises on failure. The commit may still have happened (its answer was lost, a timeout
+        while the coordinator committed it): ``committed`` tells which, once it is decided.
         """
+        ...
+
+    async def committed(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """The committed offsets of ``partitions`` that have one, once no commit is still
+        completing on them; raises ``BrokerUnavailable`` if that cannot be known now."""
         ...
