@@ -43,7 +43,10 @@ logger = logging.getLogger(__name__)
 TRAIN_END = 0.60
 VAL_END = 0.75
 DEFAULT_ORDERS = 100_000
-DEFAULT_WORLDS = 10  # of 10,000 orders each: customers need a few weeks to build history
+# A world needs about 10,000 orders (25 days) for its customers to build the history that
+# takeovers and relative spend are about; more orders buy more worlds, not longer ones.
+ORDERS_PER_WORLD = 10_000
+DEFAULT_WORLDS = DEFAULT_ORDERS // ORDERS_PER_WORLD
 DEFAULT_TARGET_FALSE_HOLD_RATE = 0.005  # of legitimate orders; EnricherSettings has the same
 
 
@@ -71,6 +74,10 @@ class Dataset:
         n = len(rows)
         start = int(rows[0])
         return start, start + int(n * TRAIN_END), start + int(n * VAL_END)
+
+
+def worlds_for(n_orders: int) -> int:
+    return max(1, n_orders // ORDERS_PER_WORLD)
 
 
 def world_configs(seed: int, n_worlds: int, *, held_out: bool = False) -> list[SimulationConfig]:
@@ -103,12 +110,14 @@ def concat_truth(truths: list[GroundTruth]) -> GroundTruth:
 def build_dataset(
     n_orders: int = DEFAULT_ORDERS,
     seed: int = 0,
-    n_worlds: int = DEFAULT_WORLDS,
+    n_worlds: int | None = None,
     *,
     held_out: bool = False,
 ) -> Dataset:
-    """``n_orders`` split evenly over ``n_worlds`` worlds; ``held_out`` draws worlds from
-    outside the training family's box (``models._worlds``) with seeds training never uses."""
+    """``n_orders`` split evenly over ``n_worlds`` worlds (default: one per ORDERS_PER_WORLD);
+    ``held_out`` draws worlds from outside the training family's box (``models._worlds``) with
+    seeds training never uses."""
+    n_worlds = n_worlds or worlds_for(n_orders)
     per_world = max(1, n_orders // n_worlds)
     configs = world_configs(seed, n_worlds, held_out=held_out)
     streams = tuple(
@@ -156,13 +165,14 @@ def train(
     anomaly_epochs: int = 25,
     with_upsell: bool = True,
     target_false_hold_rate: float = DEFAULT_TARGET_FALSE_HOLD_RATE,
-    n_worlds: int = DEFAULT_WORLDS,
+    n_worlds: int | None = None,
     data: Dataset | None = None,
 ) -> TrainReport:
     """Train and publish every model; returns the new version tags and the seconds spent.
     ``target_false_hold_rate`` chooses the fraud hold threshold on the validation period.
     ``data``, if given, must be ``build_dataset(n_orders, seed, n_worlds)`` (a caller that
     evaluates too builds it once); the registry records those three numbers."""
+    n_worlds = n_worlds or worlds_for(n_orders)
     with torch_threads(1):
         return _train(
             Registry(registry_root),
@@ -335,6 +345,7 @@ __all__ = [
     "DEFAULT_ORDERS",
     "DEFAULT_TARGET_FALSE_HOLD_RATE",
     "DEFAULT_WORLDS",
+    "ORDERS_PER_WORLD",
     "Dataset",
     "TrainReport",
     "build_dataset",
@@ -344,4 +355,5 @@ __all__ = [
     "torch_threads",
     "train",
     "world_configs",
+    "worlds_for",
 ]
