@@ -56,7 +56,8 @@ class RebalanceListener(Protocol):
         """Called before ``partitions`` go to another member: finish and commit their work."""
 
     async def assigned(self, partitions: frozenset[Partition]) -> None:
-        """Called once ``partitions`` are ours; fetching resumes from their committed offsets."""
+        """Called once ``partitions`` are ours; fetching resumes from their committed offsets,
+        unpaused whatever their state under an earlier ownership (the runtime relies on it)."""
 
 
 class Transport(Protocol):
