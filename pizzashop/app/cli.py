@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import uvloop
 
 from pizzashop.app import model_commands
 from pizzashop.core.errors import PizzashopError
@@ -191,7 +192,7 @@ def run(
     settings = _setup(verbose)
     chosen = None if workers is None else tuple(w for w in workers.split(",") if w)
     try:
-        asyncio.run(_run(settings, chosen, api))
+        uvloop.run(_run(settings, chosen, api))
     except PizzashopError as exc:
         raise _fail(exc) from exc
 
@@ -221,12 +222,10 @@ def _on_signals(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
 
 
 async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -> None:
-    import uvicorn
-
     from api.app import create_app
     from pizzashop.app.kafka import running_bootstrap
     from pizzashop.app.shop import Shop, Wiring
-    from pizzashop.app.up import SignalFreeServer
+    from pizzashop.app.up import SignalFreeServer, api_config, freeze_startup_heap
 
     stop = _on_signals(asyncio.get_running_loop())
     bootstrap = running_bootstrap(settings)
@@ -237,11 +236,12 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
             ",".join(shop.runtimes),
             bootstrap,
         )
+        freeze_startup_heap()
         if not api:
             await _serve_worker_metrics(settings, shop, stop)
             return
-        config = uvicorn.Config(
-            create_app(shop), host=settings.api_host, port=settings.api_port, log_level="info"
+        config = api_config(
+            create_app(shop), settings.api_host, settings.api_port, log_level="info"
         )
         # The CLI's handlers, not uvicorn's, take SIGINT/SIGTERM: the first sets `stop`, the
         # server and then the shop shut down in order, and one more signal exits at once.
@@ -332,7 +332,7 @@ def up(verbose: Verbose = False) -> None:
         await run_up(settings, _on_signals(asyncio.get_running_loop()), _say)
 
     try:
-        asyncio.run(main())
+        uvloop.run(main())
     except PizzashopError as exc:
         raise _fail(exc) from exc
 

@@ -37,8 +37,12 @@ def _registry_dir(registry: Path | None) -> Path:
 def train(
     registry: RegistryOption = DEFAULT_REGISTRY,
     n_orders: Annotated[
-        int, typer.Option(help="simulated orders (60% train, 15% validation)")
-    ] = 60_000,
+        int | None,
+        typer.Option(
+            help="simulated orders over a family of worlds, 10,000 each (60% train, 15% "
+            "validation); default: models.training.DEFAULT_ORDERS (100,000)"
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="simulation and training seed")] = 0,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     target_false_hold_rate: Annotated[
@@ -54,6 +58,7 @@ def train(
     """Simulate traffic, train fraud + anomaly (+ upsell) and publish new registry versions.
 
     The fraud version records the hold threshold chosen for the target false-hold rate."""
+    from models.training import DEFAULT_ORDERS
     from models.training import train as run
     from pizzashop.core.settings import Settings
 
@@ -61,7 +66,7 @@ def train(
         target_false_hold_rate = Settings().enricher.target_false_hold_rate
     report = run(
         _registry_dir(registry),
-        n_orders=n_orders,
+        n_orders=n_orders or DEFAULT_ORDERS,
         seed=seed,
         progress=progress,
         target_false_hold_rate=target_false_hold_rate,
