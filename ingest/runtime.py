@@ -245,6 +245,11 @@ class ConsumerRuntime(Resource):
         for part in parts:
             if self._busy.get(part) is task:
                 del self._busy[part]
+                # A hold that came due before this callback ran (a delay of ~0: uvloop runs
+                # due timers before callbacks already queued) found the partition busy and
+                # left it paused; nothing else would resume it.
+                if part not in self._held and not self._stopping.is_set():
+                    self._transport.resume([part])
         if not task.cancelled() and task.exception() is not None:
             logger.error("consumer %s: batch task failed", self.name, exc_info=task.exception())
 
