@@ -18,6 +18,8 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
 from api.asyncapi import router as asyncapi_router
 from api.health import HealthCheck, HealthOut, Verdict
@@ -169,6 +171,24 @@ def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
         problems = [ProblemOut(loc=["body", *p.loc], msg=p.msg, type=p.type) for p in exc.problems]
         return _invalid(problems)
 
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(SQLAlchemyTimeout)
+    @app.exception_handler(OSError)
+    async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database is away (an outage, a full pool): say so, and when to try again, rather
+        # than a bare 500. Nothing was confirmed; a commit cut off mid-way may still have
+        # stored the order, so a client that must not place it twice sends its own order_id.
+        logger.warning(
+            "%s %s: the database is unavailable: %r", request.method, request.url.path, exc
+        )
+        body = ErrorOut(
+            detail="the order store is unavailable; nothing was confirmed: retry, with the "
+            "same order_id to be sure it is placed once"
+        )
+        return JSONResponse(
+            status_code=503, content=body.model_dump(), headers={"Retry-After": "1"}
+        )
+
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
@@ -184,6 +204,7 @@ def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
     place_responses: dict[int | str, dict[str, Any]] = {
         400: _error("the body could not be read (not UTF-8, say)"),
         413: _error(f"the body is over {api_settings.max_body_bytes} bytes"),
+        503: _error("the order store is unavailable (`Retry-After`); nothing was confirmed"),
         422: INVALID,
         429: {
             "model": ErrorOut,

@@ -10,11 +10,13 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from api.app import create_app
 from ingest.outbox import outbox
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.settings import Settings
+from services.group_intake import GroupIntake
 from services.status import orders
 from tests.support.net import dead_port
 from tests.support.orders import body
@@ -68,3 +70,26 @@ async def test_a_repeated_client_order_id_is_one_order_and_a_duplicate(shop: Sho
     async with shop.db.engine.connect() as conn:
         rows = (await conn.execute(select(func.count()).select_from(orders))).scalar_one()
     assert rows == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("INSERT", {}, ConnectionError("connection was closed")),
+        ConnectionRefusedError(111, "Connection refused"),
+    ],
+    ids=["dbapi", "refused"],
+)
+async def test_an_unavailable_database_is_a_503_with_retry_after(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    async def down(*_args: object, **_kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(GroupIntake, "place", down)
+    transport = httpx.ASGITransport(app=create_app(shop), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop") as http:
+        response = await http.post("/orders", json=body(customer_id="c-down"))
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "1"
+    assert "unavailable" in response.json()["detail"]
