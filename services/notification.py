@@ -108,6 +108,9 @@ class Notifier(Handler):
         # so a sender that was slow (a full batch, a stalled server) never sends a mail whose
         # claim has passed on to another worker; it renews the claim instead.
         self._renew_after = max(0.0, claim_lease_s - 1.5 * smtp_timeout_s)
+        # Mails the server took whose sent mark could not be written (the database away):
+        # written before anything else, and no mail is handed over while they cannot be.
+        self._unmarked: set[str] = set()
 
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         confirmations = {d.event.event_id: _confirmation(d.event) for d in batch}
@@ -150,9 +153,12 @@ class Notifier(Handler):
         elsewhere: set[str] = set()
         async with self._db.engine.begin() as conn:
             await conn.execute(self._db.insert_ignore(email_intents), rows)
+            pending = set(self._unmarked)
+            await self._write_marks(conn, pending)
             unsent = await self._take(conn, claim.token, [r["message_id"] for r in rows])
-            for message_id, holder in unsent.items():
-                (claim.ids if holder == claim.token else elsewhere).add(message_id)
+        self._unmarked -= pending
+        for message_id, holder in unsent.items():
+            (claim.ids if holder == claim.token else elsewhere).add(message_id)
         return claim, elsewhere
 
     async def _take(self, conn: AsyncConnection, token: str, ids: list[str]) -> dict[str, str]:
@@ -184,6 +190,17 @@ class Notifier(Handler):
         """Right before a hand-over: make sure ``message_id`` is still ours, renewing the claim
         on the whole remainder in one statement when it is getting old."""
         async with claim.lock:
+            if self._unmarked:
+                pending = set(self._unmarked)
+                try:
+                    async with self._db.engine.begin() as conn:
+                        await self._write_marks(conn, pending)
+                except Exception as exc:
+                    raise NotSent(
+                        f"{len(pending)} sent mark(s) cannot be written ({exc!r}): no mail is "
+                        "handed over until they are"
+                    ) from exc
+                self._unmarked -= pending
             if time.monotonic() - claim.renewed_at >= self._renew_after:
                 async with self._db.engine.begin() as conn:
                     holders = await self._take(conn, claim.token, sorted(claim.ids))
@@ -226,15 +243,26 @@ class Notifier(Handler):
                 accepted=functools.partial(self._mark_sent, claim, message_id),
             )
         except NotSent:
-            await self._release(claim, message_id)
+            try:
+                await self._release(claim, message_id)
+            except Exception:  # the database is away: the claim lapses after its lease
+                logger.warning("releasing the claim on mail %s failed", message_id, exc_info=True)
             raise
 
     async def _mark_sent(self, claim: _Claim, message_id: str) -> None:
         claim.ids.discard(message_id)
-        async with self._db.engine.begin() as conn:
+        try:
+            async with self._db.engine.begin() as conn:
+                await self._write_marks(conn, {message_id})
+        except Exception:
+            self._unmarked.add(message_id)  # sent: recorded as soon as the database answers
+            raise
+
+    async def _write_marks(self, conn: AsyncConnection, message_ids: set[str]) -> None:
+        for chunk in chunked(sorted(message_ids)):
             await conn.execute(
                 update(email_intents)
-                .where(email_intents.c.message_id == message_id)
+                .where(email_intents.c.message_id.in_(chunk), email_intents.c.sent_at.is_(None))
                 .values(sent_at=func.now())
             )
 

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ingest.consumer import Delivery
 from ingest.events import derived_event_id
@@ -26,6 +27,7 @@ class SlowMailer:
         self.gate.set()
         self.entered = asyncio.Event()
         self.refuse = 0  # the next N sends are refused (certainly not sent)
+        self._unconfirmed = asyncio.Lock()
 
     async def send(
         self,
@@ -42,11 +44,12 @@ class SlowMailer:
         if self.refuse:
             self.refuse -= 1
             raise NotSent("451 try again later")
-        if before_data is not None:
-            await before_data()
-        self.sent.append(message_id)
-        if accepted is not None:
-            await accepted()
+        async with self._unconfirmed:  # as the real mailer: one between hand-over and mark
+            if before_data is not None:
+                await before_data()
+            self.sent.append(message_id)
+            if accepted is not None:
+                await accepted()
 
 
 def delivery(offset: int = 0) -> Delivery:
@@ -122,3 +125,31 @@ async def test_a_slow_sender_whose_claim_passed_on_does_not_send(db: Database) -
 
 
 ORDER_RECEIPT_ID = derived_event_id(ORDER.event_id, "ReceiptSent")
+
+
+async def test_a_mark_the_database_could_not_take_stops_sending_and_is_written_first(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailer = SlowMailer()
+    notifier = Notifier(db, mailer, "events", claim_lease_s=0.0)  # type: ignore[arg-type]
+    write = notifier._write_marks
+    down = True
+
+    async def flaky(conn: AsyncConnection, message_ids: set[str]) -> None:
+        if down and message_ids:
+            raise OSError("the database is away")
+        await write(conn, message_ids)
+
+    monkeypatch.setattr(notifier, "_write_marks", flaky)
+    first, second = make_order(), make_order()
+    batch = [Delivery("orders", 0, 0, first, [], 0), Delivery("orders", 0, 1, second, [], 0)]
+    with pytest.raises((OSError, NotSent)):
+        await notifier.handle(batch)
+    # One mail went out and could not be marked; the other was not handed over after it.
+    assert len(mailer.sent) == 1
+    down = False
+    confirmed = await notifier.handle(batch)  # the mark is written first: no second copy
+    assert sorted(mailer.sent) == sorted(
+        derived_event_id(o.event_id, "ReceiptSent") for o in (first, second)
+    )
+    assert len(confirmed) == 2
