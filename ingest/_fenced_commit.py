@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import CoordinationType
 from aiokafka.errors import CommitFailedError
 from aiokafka.producer.sender import TxnOffsetCommitHandler
 from aiokafka.protocol.api import Request, RequestStruct, Response
@@ -194,17 +195,8 @@ def fence_offsets_by_generation(producer: AIOKafkaProducer, membership: Membersh
     async def commit(offsets: Any, group_id: str) -> None:
         if not offsets:
             return
-        node_id = await sender._find_coordinator(_GROUP_COORDINATION, group_id)
+        node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)
         await _FencedHandler(sender, offsets, group_id, membership).do(node_id)
 
     # aiokafka's sender calls this method by name for every transactional offset commit.
     sender._do_txn_offset_commit = commit
-
-
-def _group_coordination() -> Any:
-    from aiokafka.client import CoordinationType
-
-    return CoordinationType.GROUP
-
-
-_GROUP_COORDINATION = _group_coordination()
