@@ -304,6 +304,9 @@ class KafkaFlowHarness(Harness):
     latency_s = 1.5
     #: How often ``until`` re-reads the topics and committed offsets.
     poll_s: ClassVar[float] = 0.05
+    #: The transport under the runtime, built with ``KafkaTransport``'s arguments (a subclass
+    #: may name another Kafka client's transport).
+    transport_class: ClassVar[Callable[..., Transport]] = KafkaTransport
 
     def __init__(
         self,
@@ -320,7 +323,7 @@ class KafkaFlowHarness(Harness):
         name: str = "test",
     ) -> None:
         client_id = f"{group_id}-{uuid.uuid4().hex[:6]}"
-        self.transport = KafkaTransport(
+        self.transport = self.transport_class(
             bootstrap=bootstrap,
             group_id=group_id,
             client_id=client_id,

@@ -66,6 +66,8 @@ class MemoryHarnesses:
 class KafkaHarnesses:
     """``KafkaFlowHarness`` on the session's broker, with topics and a group of this test's own."""
 
+    harness_class: type[KafkaFlowHarness] = KafkaFlowHarness
+
     def __init__(self, bootstrap: str) -> None:
         run = uuid.uuid4().hex[:8]
         self.bootstrap = bootstrap
@@ -81,7 +83,7 @@ class KafkaHarnesses:
         settings: ConsumerSettings = FAST_SETTINGS,
         processed: ProcessedEvents | None = None,
     ) -> KafkaFlowHarness:
-        return KafkaFlowHarness(
+        return self.harness_class(
             handler,
             bootstrap=self.bootstrap,
             topics=[self.source],
