@@ -27,7 +27,6 @@ The core flows never wait for this worker: they consume ``orders`` in their own 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -301,12 +300,11 @@ class Enricher(Handler):
             orders,
             histories=self._pipeline.needs_history or (shadow is not None and shadow.needs_history),
         )
-        if shadow is None:
-            scores, challenged = await self._pipeline.score(prepared), None
-        else:
-            scores, challenged = await asyncio.gather(
-                self._pipeline.score(prepared), shadow.score(prepared)
-            )
+        scores = await self._pipeline.score(prepared)
+        # The challengers score after the champions, not beside them: on two cores a fresh
+        # challenger competing for the CPU pushed champions past their timeouts (degraded
+        # scores in CI), and a shadow must never change what the champions decide.
+        challenged = await shadow.score(prepared) if shadow is not None else None
         # Read after scoring: the versions that scored this batch are the ones loaded now.
         threshold = self._threshold()
         enriched = [

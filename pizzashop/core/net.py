@@ -5,15 +5,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import socket
+from pathlib import Path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` nobody listens on right now (the caller's server binds it later)."""
+    """A port on ``host`` nobody uses right now (the caller's server binds it later).
+
+    Chosen below the kernel's ephemeral range, where connect() never picks a source port: a
+    broker node that dies must get its port back, and a port from bind(0) is in that range, so
+    any client's connection made while the node is down can take it as its source and keep it
+    for a minute in TIME_WAIT (CI once failed to restart a killed node that way).
+    """
+    ephemeral = _ephemeral_ports()
+    if ephemeral.start > _LOWEST_SERVER_PORT:
+        for _ in range(200):
+            port = _LOWEST_SERVER_PORT + secrets.randbelow(ephemeral.start - _LOWEST_SERVER_PORT)
+            if _unused(port, host):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+_LOWEST_SERVER_PORT = 10_000  # clear of the well-known and most registered ports
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's source-port range for outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32_768, 61_000)
+
+
+def _unused(port: int, host: str) -> bool:
+    """No socket at all on ``port``, not even one lingering in TIME_WAIT."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

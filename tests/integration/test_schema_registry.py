@@ -144,12 +144,15 @@ async def test_side_by_side_rollout_of_an_optional_field(
     total = len(plain) + len(old) + len(new)
 
     await _produce(kafka_bootstrap, topic, PLAIN_JSON, plain)
-    old_read, new_read, *_ = await asyncio.gather(
-        _consume(kafka_bootstrap, topic, EVENT_TYPES, total),
-        _consume(kafka_bootstrap, topic, NEW_TYPES, total),
-        _produce(kafka_bootstrap, topic, old_writer, old),
-        _produce(kafka_bootstrap, topic, new_writer, new),
-    )
+    # The old writers registered their schema before the new ones were deployed: registered the
+    # other way round, the older schema narrows the newer and is refused, as it should be.
+    await _produce(kafka_bootstrap, topic, old_writer, old[:1])
+    async with asyncio.TaskGroup() as group:  # a failure stops (and closes) the readers too
+        old_reader = group.create_task(_consume(kafka_bootstrap, topic, EVENT_TYPES, total))
+        new_reader = group.create_task(_consume(kafka_bootstrap, topic, NEW_TYPES, total))
+        group.create_task(_produce(kafka_bootstrap, topic, old_writer, old[1:]))
+        group.create_task(_produce(kafka_bootstrap, topic, new_writer, new))
+    old_read, new_read = old_reader.result(), new_reader.result()
 
     subject = subject_name(topic, "OrderRejected")
     assert client.versions(subject) == [1, 2]

@@ -28,7 +28,7 @@ from ingest.broker import (
 from ingest.broker._config import ClusterLayout, Layout, port_holder
 from ingest.topics import Topics
 from pizzashop.core.errors import ConfigError
-from pizzashop.core.net import port_is_free
+from pizzashop.core.net import free_port, port_is_free
 
 ONE = NodeAddress(1, 19092, 19093)
 THREE = (NodeAddress(1, 19092, 19093), NodeAddress(2, 19094, 19095), NodeAddress(3, 19096, 19097))
@@ -304,6 +304,15 @@ def test_a_port_in_time_wait_is_free_for_kafka() -> None:
     with socket.socket() as plain, pytest.raises(OSError, match="in use"):
         plain.bind(("127.0.0.1", port))
     assert port_is_free(port)
+
+
+def test_server_ports_are_chosen_below_the_ephemeral_range() -> None:
+    # A client's outgoing connection takes its source port from the ephemeral range; a killed
+    # node's port chosen there can be taken by one and the node cannot start on it again.
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert all(10_000 <= port < low for port in ports)
+    assert len(set(ports)) > 40  # random, so processes starting servers at once rarely collide
 
 
 def test_a_listening_port_is_taken_and_its_holder_named() -> None:
