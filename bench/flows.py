@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from ingest.topics import Topics, ensure_topics
 from models.simulator import simulate
 from pizzashop.app.kafka import kafka
 from pizzashop.app.shop import Shop, Wiring
+from pizzashop.core.net import free_port
 from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,12 +96,6 @@ async def run_flow(settings: Settings, bootstrap: str, flow: str, n: int, home: 
     finally:
         server.terminate()
         await server.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def passthrough(settings: Settings, bootstrap: str, n: int) -> float:

@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from pizzashop.core.net import free_port
 
 if __package__ in (None, ""):  # run as a script: make the repository importable, after
     # PYTHONPATH, which names the code `before` runs (an older commit's worktree)
@@ -135,10 +136,6 @@ def serve_main(args: argparse.Namespace) -> None:
 
 
 # -- one variant, once ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ import httpx
 from bench.flows import preload
 from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.app.kafka import kafka
+from pizzashop.core.net import free_port
 from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,12 +60,6 @@ RESULTS = Path(__file__).parent / "RESULTS.md"
 SECTIONS = ("ceiling", "peers", "ours", "latency", "api")
 #: The peers' pinned versions, installed into their own virtualenvs.
 PEER_PACKAGES = {"quix": "quixstreams==3.28.1", "faust": "faust-streaming==0.15.3"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def peer_python(name: str) -> Path:
@@ -433,7 +427,18 @@ def write_results(
             lines += [f"**{path.stem}** (`bench/profiles/{path.name}`):", ""]
             lines += [f"- {share:.1%} {frame}" for frame, share in _hot_frames(path)]
             lines.append("")
-    RESULTS.write_text("\n".join(lines) + "\n")
+    RESULTS.write_text("\n".join(lines) + "\n" + _kept_by_hand())
+
+
+#: Below this line RESULTS.md holds analyses written by hand (the API's before/after runs, say),
+#: which a new run of the suite keeps instead of dropping.
+KEPT_MARKER = "<!-- written by hand below: bench/suite.py keeps it -->"
+
+
+def _kept_by_hand() -> str:
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    _, found, kept = text.partition(KEPT_MARKER)
+    return f"\n{KEPT_MARKER}{kept}" if found else f"\n{KEPT_MARKER}\n"
 
 
 def _ratios(median: dict[str, Any]) -> list[tuple[str, str, float]]:
