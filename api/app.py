@@ -25,8 +25,10 @@ from api.asyncapi import router as asyncapi_router
 from api.health import HealthCheck, HealthOut, Verdict
 from api.health import body as health_body
 from api.metrics import CONTENT_TYPE, RequestMetrics, ShopMetrics, flow_groups
+from api.model_monitor import ModelMonitor
 from api.schemas import (
     ErrorOut,
+    ModelsOut,
     OrderConfirmed,
     OrderStatusOut,
     ProblemOut,
@@ -40,13 +42,15 @@ from ingest.events import OrderEnriched
 from ingest.outbox import OutboxRelay
 from ingest.topics import Topics
 from ingest.tracing import current_traceparent
+from models.registry import Registry
 from pizzashop.core.database import Database
 from pizzashop.core.errors import Problem, ValidationFailed
 from pizzashop.core.menu import Menu
 from pizzashop.core.pii import masked
-from pizzashop.core.settings import ApiSettings, Settings
+from pizzashop.core.settings import ApiSettings, EnricherSettings, MonitorSettings, Settings
 from services.group_intake import GroupIntake
 from services.intake import OrderIntake, OrderRequest, Placed
+from services.labels import LabelQueries
 from services.scores import ScoreQueries
 from services.status import StatusQueries
 
@@ -157,6 +161,16 @@ def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
         client_options=getattr(shop, "client_options", None),
     )
     app.state.metrics = metrics
+    # A stand-in shop (health tests) may have no registry: then no models.
+    registry_dir = getattr(shop.settings, "resolved_registry_dir", None)
+    monitor = ModelMonitor(
+        Registry(registry_dir) if registry_dir is not None else None,
+        shop.scores,
+        getattr(shop, "labels", None) or LabelQueries(shop.db),
+        getattr(shop.settings, "monitor", None) or MonitorSettings(),
+        getattr(shop.settings, "enricher", None) or EnricherSettings(),
+    )
+    metrics.registry.register(monitor)
     # A stream's duration is how long someone watched, not a latency.
     app.add_middleware(RequestMetrics, metrics=metrics, skip=frozenset({"/scores/stream"}))
     # A server span per request, from the installed tracer provider (a no-op until the
@@ -304,6 +318,14 @@ def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
         summary = await shop.scores.summary()
         return {field: getattr(summary, field) for field in summary.__slots__}
 
+    @app.get("/models", response_model=ModelsOut, responses=INSPECT, dependencies=inspect)
+    async def models() -> ModelsOut:
+        """Every model in the registry with its aliases (champion, challenger) and, per
+        version: training metrics, drift of its latest scored orders against its training
+        data (PSI per score and input, with the alert threshold), and for fraud its online
+        precision and recall from chargebacks, as champion and in the shadow."""
+        return await monitor.report()
+
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> str:
         return DASHBOARD
@@ -352,6 +374,10 @@ def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
                 metrics.observe_score(enriched)
         except Exception as exc:  # a stand-in shop without scores, a database away
             logger.warning("metrics: reading new scores failed: %r", exc)
+        try:
+            await monitor.report()  # the model gauges show the last report
+        except Exception as exc:
+            logger.warning("metrics: reading the models' drift and labels failed: %r", exc)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     checks = HealthCheck(

@@ -17,6 +17,8 @@ The lag and the backlog need I/O: ``refresh()`` reads them (the API calls it bef
 ``/metrics``; a worker process's metrics port, served from a thread, shows the last
 ``run_refresher()`` pass). ``RequestMetrics`` (ASGI middleware) times API requests by route
 template and status; ``observe_score()`` feeds the score distributions per model version.
+The models' drift and online precision/recall gauges are ``api.model_monitor``'s, registered on
+the same registry.
 
 Every name starts with ``pizzashop_``; ``METRIC_NAMES`` lists them.
 """
@@ -43,6 +45,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from starlette import types as asgi
 
+from api.model_monitor import METRIC_NAMES as MODEL_METRIC_NAMES
 from ingest.events import OrderEnriched
 from ingest.flows import FLOWS
 from ingest.outbox import Backlog, OutboxRelay
@@ -92,6 +95,7 @@ METRIC_NAMES = (
     "pizzashop_model_latency_seconds",
     "pizzashop_scores_degraded",
     "pizzashop_orders_flagged",
+    *MODEL_METRIC_NAMES,
 )
 
 

@@ -337,6 +337,19 @@ class ScoreShadowed(Event):
     difference: float | None = Field(description="challenger minus champion")
 
 
+# -- labels ----------------------------------------------------------------------------------
+class ChargebackReported(Event):
+    """The card processor reports that the cardholder disputed the order's charge as fraud.
+
+    It comes days or weeks after the order (the label delay) from outside the shop, on its own
+    topic; it is the fraud label the models are judged by online."""
+
+    reported_at: AwareDatetime = Field(description="when the processor reported it (UTC)")
+    reason: str = Field(
+        min_length=1, max_length=200, description="the dispute's reason, e.g. fraud_card_absent"
+    )
+
+
 #: Every fact of an order's life, from placement to its outcome (what its timeline shows).
 ORDER_LIFECYCLE: tuple[type[Event], ...] = (
     OrderPlaced,
@@ -351,5 +364,10 @@ ORDER_LIFECYCLE: tuple[type[Event], ...] = (
     OrderCancelled,
 )
 
-_ALL: tuple[type[Event], ...] = (*ORDER_LIFECYCLE, OrderEnriched, ScoreShadowed)
+_ALL: tuple[type[Event], ...] = (
+    *ORDER_LIFECYCLE,
+    OrderEnriched,
+    ScoreShadowed,
+    ChargebackReported,
+)
 EVENT_TYPES: dict[str, type[Event]] = {cls.event_type: cls for cls in _ALL}

@@ -2,7 +2,8 @@
 
 ``orders`` carries ``OrderPlaced``; ``order-events`` carries every later fact of an order's life
 (payment, kitchen, receipts, refunds). Both are keyed by order id. Each consumed topic has a
-``.dlq`` twin. Creating the topics twice is harmless.
+``.dlq`` twin. ``chargebacks`` is the card processor's feed of disputed charges (the fraud
+labels, days after the orders). Creating the topics twice is harmless.
 
 Replication: every topic gets at least the cluster's own ``default.replication.factor`` (3 on
 a three-node local cluster, 1 on a single node), or more when asked, and ``min.insync.replicas``
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 ORDERS = "orders"
 ORDER_EVENTS = "order-events"
 ENRICHED = "orders.enriched"
+CHARGEBACKS = "chargebacks"
 DLQ_SUFFIX = ".dlq"
 
 SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
@@ -62,6 +64,10 @@ class Topics:
     def enriched(self) -> str:
         return self.name(ENRICHED)
 
+    @property
+    def chargebacks(self) -> str:
+        return self.name(CHARGEBACKS)
+
     @staticmethod
     def dlq(topic: str) -> str:
         return topic + DLQ_SUFFIX
@@ -73,13 +79,16 @@ class Topics:
             TopicSpec(self.orders, orders_partitions, durable),
             TopicSpec(self.order_events, events_partitions, durable),
             TopicSpec(self.enriched, orders_partitions, durable),
+            TopicSpec(self.chargebacks, events_partitions, durable),
         ]
         # Dead letters wait for a human: keep them four weeks, one partition keeps them in order.
         dlq_cfg = {"retention.ms": str(4 * SEVEN_DAYS_MS), "cleanup.policy": "delete"}
         return main + [TopicSpec(self.dlq(spec.name), 1, dlq_cfg) for spec in main]
 
     def dlq_topics(self) -> list[str]:
-        return [self.dlq(t) for t in (self.orders, self.order_events, self.enriched)]
+        return [
+            self.dlq(t) for t in (self.orders, self.order_events, self.enriched, self.chargebacks)
+        ]
 
 
 async def cluster_replication_factor(admin: AIOKafkaAdminClient) -> int:

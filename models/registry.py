@@ -55,6 +55,9 @@ class ModelMetadata:
     training_data_hash: str
     metrics: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # model-specific, e.g. calibration
+    #: Histograms of the training data's scores and inputs (``models.drift.ModelReference``),
+    #: what serving traffic is compared with; empty for versions trained before they were kept.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tag(self) -> str:
@@ -128,8 +131,10 @@ class Registry:
         training_data_hash: str,
         metrics: Mapping[str, float],
         feature_schema_version: int = FEATURE_SCHEMA_VERSION,
+        reference: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
-        """Write a new version: ``write(tmp_dir)`` saves the files and returns its params."""
+        """Write a new version: ``write(tmp_dir)`` saves the files and returns its params.
+        ``reference``: the drift reference to keep in its metadata (``models.drift``)."""
         folder = self.root / name
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-{uuid.uuid4().hex}"
@@ -146,6 +151,7 @@ class Registry:
                     training_data_hash=training_data_hash,
                     metrics={k: float(v) for k, v in metrics.items()},
                     params=params,
+                    reference=dict(reference or {}),
                 )
                 (tmp / METADATA).write_text(json.dumps(asdict(meta), indent=1, sort_keys=True))
                 target = folder / f"v{version:06d}"

@@ -28,7 +28,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from ingest.events import Address, OrderItem, OrderPlaced, PaymentMethod
+from ingest.events import Address, ChargebackReported, OrderItem, OrderPlaced, PaymentMethod
 from models._population import Customer, Population, random_address, random_card, random_device
 from models.catalog import Catalog, load_catalog
 
@@ -498,8 +498,37 @@ def simulate(
     return _Generator(n_orders, seed, config or SimulationConfig()).run()
 
 
+#: Chargeback reasons by scenario (the rest: the generic one).
+_REASONS = {"card_testing": "fraud_card_testing", "stolen_card": "fraud_card_absent"}
+#: Days from a fraudulent order to its chargeback: card networks give cardholders weeks.
+CHARGEBACK_DELAY_DAYS = (3.0, 21.0)
+
+
+def chargebacks(
+    stream: SimulatedStream,
+    seed: int = 0,
+    delay_days: tuple[float, float] = CHARGEBACK_DELAY_DAYS,
+) -> list[ChargebackReported]:
+    """A ``ChargebackReported`` for every fraudulent order of ``stream`` (``is_fraud``), a
+    uniformly drawn ``delay_days`` after it was placed, in report order. Every fraud is
+    reported, held ones too (a real shop learns those from its own review instead)."""
+    rng = random.Random(seed)
+    out = []
+    for i in np.flatnonzero(stream.truth.is_fraud):
+        order = stream.orders[int(i)]
+        reported = order.placed_at + timedelta(days=rng.uniform(*delay_days))
+        reason = _REASONS.get(stream.truth.scenario_name(int(i)), "fraud_other")
+        out.append(
+            ChargebackReported(
+                order_id=order.order_id, occurred_at=reported, reported_at=reported, reason=reason
+            )
+        )
+    return sorted(out, key=lambda c: c.reported_at)
+
+
 __all__ = [
     "ANOMALY_KINDS",
+    "CHARGEBACK_DELAY_DAYS",
     "SCENARIOS",
     "CustomerBasket",
     "GroundTruth",
@@ -507,5 +536,6 @@ __all__ = [
     "SimulationConfig",
     "WorldParams",
     "baskets",
+    "chargebacks",
     "simulate",
 ]

@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy import Boolean, Column, DateTime, Float, Integer, String, Table, Text, func, select
 
 from ingest.consumer import Delivery, Handler, Output
-from ingest.events import OrderEnriched, ScoreShadowed
+from ingest.events import OrderEnriched, OrderPlaced, ScoreShadowed
 from ingest.flows import FlowContext, flow
 from ingest.topics import ENRICHED
 from pizzashop.core.database import Database, chunked, metadata
+from services.status import orders
 
 order_scores = Table(
     "order_scores",
@@ -48,6 +49,23 @@ shadow_scores = Table(
     Column("challenger_score", Float, nullable=True),
     Column("difference", Float, nullable=True),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreWindow:
+    """A model version's latest scores, newest first, and the orders they scored (the
+    ``OrderPlaced`` bodies the status projection keeps; orders it has not seen are left out)."""
+
+    scores: tuple[float, ...]
+    orders: tuple[OrderPlaced, ...]
+
+
+#: Models with one number per order in the projection: its column and its model tag's column.
+_SCORE_COLUMNS = {
+    "fraud": (order_scores.c.fraud_probability, order_scores.c.fraud_model),
+    "anomaly": (order_scores.c.anomaly_percentile, order_scores.c.anomaly_model),
+}
+WINDOWED_MODELS = tuple(_SCORE_COLUMNS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +160,26 @@ class ScoreQueries:
                 scoped = query.where(order_scores.c.order_id.in_(chunk))
                 total += int((await conn.execute(scoped)).scalar_one())
             return total
+
+    async def window(self, model: str, version: int, limit: int) -> ScoreWindow:
+        """The latest ``limit`` orders ``model`` version ``version`` scored (``WINDOWED_MODELS``):
+        their scores (degraded ones left out) and their orders."""
+        score, tag = _SCORE_COLUMNS[model]
+        query = (
+            select(score, orders.c.body)
+            .select_from(
+                order_scores.outerjoin(orders, orders.c.order_id == order_scores.c.order_id)
+            )
+            .where(tag == f"{model}-v{version}")
+            .order_by(order_scores.c.enriched_at.desc())
+            .limit(limit)
+        )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return ScoreWindow(
+            scores=tuple(float(r[0]) for r in rows if r[0] is not None),
+            orders=tuple(OrderPlaced.model_validate_json(r[1]) for r in rows if r[1] is not None),
+        )
 
     async def summary(self) -> ScoreSummary:
         async with self._db.engine.connect() as conn:

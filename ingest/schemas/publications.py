@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ingest.events import (
+    ChargebackReported,
     Event,
     OrderAccepted,
     OrderCancelled,
@@ -26,7 +27,7 @@ from ingest.events import (
     RefundNoticeSent,
     ScoreShadowed,
 )
-from ingest.topics import ENRICHED, ORDER_EVENTS, ORDERS, Topics
+from ingest.topics import CHARGEBACKS, ENRICHED, ORDER_EVENTS, ORDERS, Topics
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,13 @@ PUBLICATIONS: tuple[Publication, ...] = (
     Publication("notification", ORDER_EVENTS, (ReceiptSent, RefundNoticeSent), "flow notification"),
     Publication("enricher", ENRICHED, (OrderEnriched, ScoreShadowed), "flow enricher"),
     Publication("enricher", ORDER_EVENTS, (OrderFlagged,), "flow enricher (fraud holds)"),
+    Publication(
+        "card-processor",
+        CHARGEBACKS,
+        (ChargebackReported,),
+        "the card processor's dispute feed, from outside the shop (`models.simulator."
+        "chargebacks` in tests)",
+    ),
 )
 
 

@@ -40,6 +40,7 @@ from pizzashop.core.lifecycle import Resource
 from pizzashop.core.menu import Menu, load_menu
 from pizzashop.core.settings import Settings
 from services.intake import OrderIntake
+from services.labels import LabelQueries
 from services.scores import ScoreQueries
 from services.status import StatusQueries
 
@@ -52,6 +53,7 @@ FLOW_MODULES = (
     "services.kitchen",
     "services.notification",
     "services.scores",
+    "services.labels",
     "enrichers.flow",
 )
 
@@ -96,6 +98,7 @@ class Shop(Resource):
         self.processed = ProcessedEvents(self.db)
         self.queries = StatusQueries(self.db)
         self.scores = ScoreQueries(self.db)
+        self.labels = LabelQueries(self.db)
         outbox = settings.outbox
         self.relay = OutboxRelay(
             self.db,

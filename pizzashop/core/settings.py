@@ -92,6 +92,32 @@ class EnricherSettings(BaseModel):
     )
 
 
+class MonitorSettings(BaseModel):
+    """Watching the models online: drift against training, precision and recall from labels."""
+
+    psi_alert: float = Field(
+        default=0.2,
+        gt=0,
+        description="a population stability index at or above this is an alert (0.1: a little "
+        "movement, 0.2: act)",
+    )
+    drift_window: int = Field(
+        default=2000, ge=10, description="a version's latest scored orders its drift is read on"
+    )
+    drift_min_orders: int = Field(
+        default=200, ge=1, description="fewer in the window and no PSI is given (too noisy)"
+    )
+    label_delay_s: float = Field(
+        default=14 * 86_400.0,
+        ge=0,
+        description="how long after an order its chargeback may still come: precision and "
+        "recall count orders placed at least this long before the latest chargeback",
+    )
+    refresh_s: float = Field(
+        default=10.0, ge=0, description="GET /models and /metrics recompute at most this often"
+    )
+
+
 class OutboxSettings(BaseModel):
     """The outbox relay: batches, back-off, the lease that lets one relay per database publish."""
 
@@ -323,6 +349,7 @@ class Settings(BaseSettings):
     )
     broker: BrokerSettings = BrokerSettings()
     enricher: EnricherSettings = EnricherSettings()
+    monitor: MonitorSettings = MonitorSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     smtp: SmtpSettings = SmtpSettings()
     outbox: OutboxSettings = OutboxSettings()

@@ -1,12 +1,15 @@
 """The live dashboard in a real browser: Debian's Chromium driven by Playwright (no browser
 download; ``PIZZASHOP_CHROMIUM`` names another binary). The page asks for a key, refuses a wrong
-one, streams enriched orders as they are placed through the API, and drills into one order.
+one, streams enriched orders as they are placed through the API, drills into one order, and
+shows the models panel: aliases, drift against training and online precision/recall once a
+chargeback has come.
 The screenshot is kept under the test's tmp dir (and copied to ``PIZZASHOP_ARTEFACTS`` if set);
 its path is printed."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import httpx
 import pytest
 
 from api.app import create_app
+from ingest.events import ChargebackReported, utcnow
 from pizzashop.app.demo import serve
 from pizzashop.app.shop import Shop
 from pizzashop.core.menu import load_menu
@@ -57,7 +61,15 @@ async def test_dashboard_streams_orders_in_chromium(
     from playwright.async_api import async_playwright, expect
 
     executable = chromium()
-    settings = shop_settings.model_copy(update={"registry_dir": trained_registry})
+    settings = shop_settings.model_copy(
+        update={
+            "registry_dir": trained_registry,
+            # six orders are enough for the panel to show a PSI; every order counts as labelled
+            "monitor": shop_settings.monitor.model_copy(
+                update={"drift_min_orders": 5, "label_delay_s": 0.0, "refresh_s": 0.0}
+            ),
+        }
+    )
     async with (
         Shop(settings, settings.kafka_bootstrap or "") as shop,
         serve(create_app(shop), "127.0.0.1") as base,
@@ -100,6 +112,27 @@ async def test_dashboard_streams_orders_in_chromium(
                 str(len(placed)), timeout=15_000
             )
             await expect(page.locator("#card-consumer-lag")).to_be_visible()
+
+            # the models panel: the serving fraud version, its drift state, and once the
+            # first order is charged back, its online precision and recall
+            await shop.producer.publish_many(
+                shop.topics.chargebacks,
+                [
+                    ChargebackReported(
+                        order_id=placed[0], reported_at=utcnow(), reason="fraud_card_absent"
+                    )
+                ],
+            )
+            fraud = page.locator('#model-rows tr[data-model="fraud-v1"]')
+            await expect(fraud).to_contain_text("champion", timeout=30_000)
+            await expect(fraud.locator(".drift-state")).to_have_text(
+                re.compile(r"^(ok|ALERT) \d+\.\d{3}$"), timeout=30_000
+            )
+            await expect(fraud.locator(".online")).to_contain_text(
+                "champion: precision", timeout=30_000
+            )
+            await expect(fraud.locator(".online")).to_contain_text("1 chargebacks, 6 orders")
+            await expect(page.locator("#models-note")).to_contain_text("1 chargebacks")
 
             # drill down into one order: its timeline and its attributions
             await first.click()

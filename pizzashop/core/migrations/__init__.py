@@ -63,6 +63,7 @@ TABLE_MODULES = (
     "ingest.dedupe",
     "ingest.outbox",
     "services.kitchen",
+    "services.labels",
     "services.notification",
     "services.payment",
     "services.scores",
