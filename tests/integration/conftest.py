@@ -97,6 +97,10 @@ def shop_settings(tmp_path: Path, smtp_sink: SmtpSink, kafka_bootstrap: str) -> 
         home=tmp_path,
         cook_seconds=0.2,
         smtp={"host": smtp_sink.host, "port": smtp_sink.port},
+        # Slow models are degraded after model_timeout_s; on a starved CI machine a batch of
+        # 15 orders once took over the default 2 s and the test saw degraded scores. The tests
+        # of timeouts set their own.
+        enricher={"model_timeout_s": 30.0},
         api={"keys": [{"name": "tests", "secret": TEST_API_KEY, "scopes": ["inspect", "operate"]}]},
         consumer={
             "batch_wait_ms": 50,
