@@ -13,9 +13,13 @@ The forward passes run in a bounded ``ThreadPoolExecutor`` owned by the pipeline
 loop's default executor, so a hung model cannot starve anything else that uses it. A scorer
 that raises or overruns its timeout degrades only its own scores; the others still publish.
 While its timed-out batch still runs, its next batches are degraded at once, so a hung model
-holds one thread at most. A failure to read or write the feature state is not a model failure:
-it raises ``TransientError`` so the runtime retries the batch, and since the state is
-idempotent by order id the retry counts nothing twice.
+holds one thread at most. Each model computes single-threaded in its pool thread: ``start()``
+caps NumPy's BLAS pool (``blas_threads``, process-wide), as the ONNX sessions cap their own;
+on two shared cores a BLAS pool beside the scorer threads and the event loop fought them for
+the cores and made the upsell ranker's small matrix products 10-30 times slower at the median.
+A failure to read or write the feature state is not a model failure: it raises
+``TransientError`` so the runtime retries the batch, and since the state is idempotent by order
+id the retry counts nothing twice.
 
 Scorers are loaded from the registry by name (``models.registry.SCORERS``) at the version its
 alias names (``champion``: the one that decides, else the latest; ``challenger``: a shadow
@@ -38,7 +42,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from typing import Any, Literal, TypeAlias
 
-from ingest.events import FeatureContribution, OrderPlaced, ScoreLineage
+from pydantic import TypeAdapter
+from threadpoolctl import threadpool_limits
+
+from ingest.events import OrderPlaced, ScoreLineage
 from models.feature_state import FeatureBuilder, FeatureStateStore
 from models.registry import SCORERS, Registry, scorer_class
 from models.scorer import Degraded, Result, Scored, Scorer, ScoringBatch, TopFeatures
@@ -136,13 +143,15 @@ class ScoringPipeline:
         history: BasketHistory | None = None,
         pinned: Mapping[str, int] | None = None,
         alias: Alias = "champion",
+        blas_threads: int | None = 1,
     ) -> None:
         """``names``: the registered scorers to serve (default: all of ``SCORERS``), loaded
         from ``registry`` at the version ``alias`` names (``"challenger"``: a shadow pipeline,
         which serves only the names that have one); or ``scorers``: given instances (tests,
         notebooks; never reloaded). ``pinned`` fixes a version per name over the alias.
         ``timeouts`` overrides ``timeout_s`` per scorer name; ``threads`` bounds the pool that
-        runs ``core``."""
+        runs ``core``; ``blas_threads`` caps NumPy's BLAS pool at ``start()`` (None: leave it).
+        """
         if threads < 1:
             raise ConfigError("a scoring pipeline needs at least one thread")
         self.registry = registry
@@ -163,6 +172,7 @@ class ScoringPipeline:
         self._failed: dict[str, int] = {}  # a version that would not load is not tried again
         self._unloaded: dict[str, _Unloaded] = {}
         self._stopped = False
+        self.blas_threads = blas_threads
 
     @classmethod
     def from_scorers(
@@ -220,6 +230,8 @@ class ScoringPipeline:
     async def start(self) -> None:
         if self._stopped:
             raise RuntimeError("a stopped scoring pipeline cannot start again")
+        if self.blas_threads is not None:
+            threadpool_limits(self.blas_threads, user_api="blas")
         if self._scorers is None:
             if self.registry is None:
                 raise ConfigError("a pipeline needs a registry or scorers")
@@ -445,25 +457,41 @@ class ScoringPipeline:
             latency_ms=latency,
         )
         if top is None:
-            return [replace(r, lineage=shared) for r in results]
-        return [
-            replace(
-                r,
-                lineage=ScoreLineage(
-                    model=name,
-                    version=version,
-                    feature_schema_version=schema,
-                    backend=backend,
-                    latency_ms=latency,
-                    top_features=tuple(
-                        FeatureContribution(name=f, contribution=round(v, 6)) for f, v in row
-                    ),
-                ),
-            )
-            if isinstance(r, Scored)
-            else replace(r, lineage=shared)
-            for r, row in zip(results, top, strict=True)
-        ]
+            return [_with_lineage(r, shared) for r in results]
+        # One validation builds the batch's lineages (each with its own attributions) in
+        # pydantic-core, not a constructor call per lineage and per attribution.
+        base = {
+            "model": name,
+            "version": version,
+            "feature_schema_version": schema,
+            "backend": backend,
+            "latency_ms": latency,
+        }
+        lineages = _LINEAGES.validate_python(
+            [
+                {
+                    **base,
+                    "top_features": [{"name": f, "contribution": round(v, 6)} for f, v in row],
+                }
+                if isinstance(r, Scored)
+                else shared
+                for r, row in zip(results, top, strict=True)
+            ]
+        )
+        return [_with_lineage(r, lin) for r, lin in zip(results, lineages, strict=True)]
+
+
+_LINEAGES = TypeAdapter(list[ScoreLineage])
+
+
+def _with_lineage(result: Result, lineage: ScoreLineage) -> Result:
+    # Built directly when the type is the plain one: ``dataclasses.replace`` costs several
+    # times more, once per order and scorer.
+    if type(result) is Scored:
+        return Scored(result.value, lineage)
+    if type(result) is Degraded:
+        return Degraded(result.reason, lineage)
+    return replace(result, lineage=lineage)
 
 
 __all__ = ["OrderScores", "PreparedBatch", "ScoringPipeline"]
