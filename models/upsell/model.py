@@ -1,8 +1,9 @@
 """The upsell model: which items to offer next to a basket, and why.
 
 pre  - baskets and histories (SKU lists) become dense multi-hot matrices over the catalogue;
-core - :func:`candidate_features` builds a (baskets x items x features) tensor and a logistic
-       ranker scores it in one matrix product; basket items are masked out;
+core - a logistic ranker over :func:`candidate_features`, (baskets x items x features), served
+       without building that tensor (:class:`Ranker` folds the per-item terms into a bias and
+       adds the per-basket ones, one matrix each); basket items are masked out;
 post - the top ``k`` per basket become frozen :class:`Suggestion` records with a reason.
 
 Reasons are assigned by what is offered, so they read the same to a customer as to an analyst:
@@ -39,6 +40,7 @@ from ._features import (
     FEATURE_SCHEMA_VERSION,
     FEATURES,
     Catalogue,
+    Ranker,
     Statistics,
     candidate_features,
     multi_hot,
@@ -93,6 +95,7 @@ class UpsellModel:
     _index: dict[str, int] = field(init=False, repr=False)
     _is_pizza: np.ndarray = field(init=False, repr=False)
     _refused: np.ndarray = field(init=False, repr=False)
+    _ranker: Ranker = field(init=False, repr=False)
 
     _ARRAYS: ClassVar[tuple[str, ...]] = (
         "skus",
@@ -118,6 +121,7 @@ class UpsellModel:
         )
         if self.weights.shape != (len(FEATURES),):
             raise ModelError(f"expected {len(FEATURES)} weights, got {self.weights.shape}")
+        self._ranker = Ranker.build(self.catalogue, self.stats, self.weights)
 
     @property
     def skus(self) -> tuple[str, ...]:
@@ -153,14 +157,17 @@ class UpsellModel:
         The second array flags each basket's size-upgrade candidates, whose score is raised to
         at least ``config.upgrade_score``.
         """
-        feats = candidate_features(self.catalogue, self.stats, basket, history, own)
+        if own is None:
+            logits, upgrade = self._ranker.logits(basket, history)
+        else:
+            feats = candidate_features(self.catalogue, self.stats, basket, history, own)
+            logits = feats.astype(np.float64) @ self.weights.astype(np.float64)
+            upgrade = feats[..., FEATURES.index("is_upgrade")] > 0
         in_basket = basket > 0
-        logits = feats.astype(np.float64) @ self.weights.astype(np.float64)
         logits[in_basket] = -np.inf
         logits -= logits.max(axis=1, keepdims=True)
         scores = np.exp(logits)
         scores /= scores.sum(axis=1, keepdims=True)
-        upgrade = feats[..., FEATURES.index("is_upgrade")] > 0
         scores[upgrade] = np.maximum(scores[upgrade], self.config.upgrade_score)
         scores[in_basket] = -np.inf
         scores[:, self._refused] = -np.inf
