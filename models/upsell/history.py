@@ -10,11 +10,13 @@ neither counts twice nor sees itself. Only the latest ``keep`` orders per custom
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+import orjson
 import sqlalchemy as sa
 
 from ingest.events import OrderPlaced
@@ -50,13 +52,20 @@ def _histories(
     for customer, entries in known.items():
         for entry in entries:
             timeline[customer][entry[1]] = entry
-    for order in orders:
-        timeline[order.customer_id].setdefault(order.order_id, _entry(order))
+    mine = [_entry(order) for order in orders]
+    for order, entry in zip(orders, mine, strict=True):
+        timeline[order.customer_id].setdefault(order.order_id, entry)
+    # Each customer's timeline sorted once (by placed_at, then order id: no two entries share
+    # both, so the SKU lists are never compared); each order takes the entries before its own.
+    ordered: dict[str, list[_Entry]] = {}
     out: list[list[str]] = []
-    for order in orders:
-        mine = _entry(order)
-        earlier = sorted(e for e in timeline[order.customer_id].values() if e[:2] < mine[:2])
-        out.append([sku for _, _, skus in earlier[-keep:] for sku in skus])
+    for order, (placed, order_id, _) in zip(orders, mine, strict=True):
+        line = ordered.get(order.customer_id)
+        if line is None:
+            line = ordered[order.customer_id] = sorted(timeline[order.customer_id].values())
+        # (placed, id) sorts before the 3-tuple that starts with it: the end of the earlier ones.
+        end = bisect_left(line, (placed, order_id))
+        out.append([sku for _, _, skus in line[max(0, end - keep) : end] for sku in skus])
     return out
 
 
@@ -118,7 +127,7 @@ class SqlBasketHistory(Resource):
                     placed = row.placed_at
                     if placed.tzinfo is not None:
                         placed = placed.astimezone(UTC).replace(tzinfo=None)
-                    known[row.customer_id].append((placed, row.order_id, json.loads(row.skus)))
+                    known[row.customer_id].append((placed, row.order_id, orjson.loads(row.skus)))
         result = _histories(orders, known, self._keep)
         await self._record(orders)
         return result
