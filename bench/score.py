@@ -1,5 +1,5 @@
 """Latency of the scoring stack: ONNX vs eager torch per batch (each scorer's ``core``), and
-the whole pipeline.
+the whole pipeline with all three models (no Kafka, in-memory state).
 
     PYTHONPATH=. python bench/score.py --registry .pizzashop/registry
 
@@ -18,11 +18,14 @@ from functools import partial
 from pathlib import Path
 
 from enrichers.pipeline import ScoringPipeline
+from enrichers.worker import enriched_batch
 from models.feature_state import InMemoryFeatureState, features_for_stream
 from models.registry import Registry, scorer_class
 from models.scorer import ScoringBatch
 from models.simulator import simulate
 from models.training import train
+from models.upsell.history import InMemoryBasketHistory
+from pizzashop.core.menu import load_menu
 
 
 def _ms(fn: Callable[[], object], repeat: int) -> float:
@@ -43,7 +46,7 @@ def main() -> None:
     root = args.registry
     if root is None or Registry(root).latest("fraud") is None:
         root = Path(tempfile.mkdtemp(prefix="bench-registry-"))
-        train(root, n_orders=8000, seed=0, progress=False, with_upsell=False)
+        train(root, n_orders=8000, seed=0, progress=False)
     registry = Registry(root)
     stream = simulate(3000, seed=99)
     x = features_for_stream(stream.orders)
@@ -57,21 +60,27 @@ def main() -> None:
             b = _ms(partial(eager.core, inputs), args.repeat)
             print(f"{name:8s} batch={n:5d} onnx={a:7.3f} ms  torch={b:7.3f} ms")
 
-    async def pipeline_run(n: int) -> float:
-        pipe = ScoringPipeline(registry, InMemoryFeatureState())
+    async def pipeline_run(n: int) -> tuple[float, float]:
+        # As the enricher runs it: with basket histories (upsell reads them) and the mapping to
+        # OrderEnriched, minus Kafka and the SQL state.
+        pipe = ScoringPipeline(registry, InMemoryFeatureState(), history=InMemoryBasketHistory())
         await pipe.start()
-        times = []
-        for start in range(0, 2000, n):
-            t0 = time.perf_counter()
-            await pipe.score_batch(stream.orders[start : start + n])
+        menu, times, cpu = load_menu(), [], []
+        for start in range(0, 3000, n):
+            batch = stream.orders[start : start + n]
+            t0, c0 = time.perf_counter(), time.process_time()
+            scores = await pipe.score_batch(batch)
+            enriched_batch(batch, scores, menu, threshold=0.9)
             times.append(1000 * (time.perf_counter() - t0))
+            cpu.append(1000 * (time.process_time() - c0))
         await pipe.stop()
-        return statistics.median(times)
+        return statistics.median(times), statistics.median(cpu)
 
-    for n in (100, 1000):
+    for n in (100, 500, 1000):
+        wall, cpu = asyncio.run(pipeline_run(n))
         print(
-            f"pipeline batch={n:5d} end-to-end={asyncio.run(pipeline_run(n)):8.2f} ms "
-            f"(features + fraud + anomaly + attributions + upsell if deployed)"
+            f"pipeline batch={n:5d} end-to-end={wall:8.2f} ms ({1000 * n / wall:7.0f} orders/s; "
+            f"CPU {cpu:8.2f} ms) features + histories + every deployed model + OrderEnriched"
         )
 
 
