@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 import uvloop
 
-from pizzashop.app import model_commands
+from pizzashop.app import model_commands, simulate_command
 from pizzashop.core.errors import PizzashopError
 from pizzashop.core.settings import Settings
 
@@ -40,6 +40,7 @@ models_app.command("list")(model_commands.list_models)
 models_app.command("promote")(model_commands.promote)
 models_app.command("rollback")(model_commands.rollback)
 models_app.command("shadow")(model_commands.shadow)
+app.command("simulate")(simulate_command.simulate)
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="log at INFO")]
 

@@ -1,7 +1,8 @@
-"""Model monitoring on the real broker: orders from a held-out world go through a running shop
-(enricher with a champion and a shadow, score and status projections), their chargebacks come
-on the chargebacks topic days later in simulated time, and ``GET /models`` and ``/metrics``
-show drift against training and online precision and recall per version and role."""
+"""Model monitoring on the real broker: ``pizzashop simulate --held-out`` publishes orders from
+a held-out world to a running shop (enricher with a champion and a shadow, score and status
+projections) and their chargebacks on the chargebacks topic, days later in simulated time;
+``GET /models`` and ``/metrics`` show drift against training and online precision and recall
+per version and role."""
 
 from __future__ import annotations
 
@@ -12,17 +13,22 @@ import httpx
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
 from api.app import create_app
 from models._worlds import sample_config
 from models.registry import Registry
 from models.simulator import chargebacks, simulate
 from pizzashop.app.shop import Shop, Wiring
+from pizzashop.app.simulate_command import publish_simulated
 from pizzashop.core.settings import Settings
+from services.scores import shadow_scores
 from tests.support.shop import API_HEADERS, eventually
 
 WORKERS = Wiring(api=False, workers=("enricher", "scores", "status", "labels"))
 N_ORDERS = 300
+SEED = 1  # a world with 25 frauds in its first 300 orders
+DELAYS = (2.0, 10.0)
 SHADOW_THRESHOLD = 0.02  # the challenger holds far more than the champion
 
 
@@ -64,8 +70,9 @@ async def test_models_report_drift_and_online_precision_recall(
             ),
         }
     )
-    stream = simulate(N_ORDERS, seed=8, config=sample_config(5, held_out=True))
-    reports = chargebacks(stream, seed=8, delay_days=(2.0, 10.0))
+    # what `pizzashop simulate --held-out` publishes (the same seed gives the same records)
+    stream = simulate(N_ORDERS, seed=SEED, config=sample_config(SEED, held_out=True))
+    reports = chargebacks(stream, seed=SEED, delay_days=DELAYS)
     assert reports, "the world should have some fraud in 300 orders"
     frauds = {c.order_id for c in reports}
     ids = [o.order_id for o in stream.orders]
@@ -75,7 +82,8 @@ async def test_models_report_drift_and_online_precision_recall(
         async with httpx.AsyncClient(
             transport=transport, base_url="http://shop", headers=API_HEADERS
         ) as http:
-            await shop.producer.publish_many(shop.topics.orders, stream.orders)
+            sent = await publish_simulated(settings, N_ORDERS, SEED, True, True, DELAYS)
+            assert sent == (N_ORDERS, len(reports))
 
             async def scored_and_placed() -> bool:
                 placed = await shop.queries.counts(ids)
@@ -85,7 +93,6 @@ async def test_models_report_drift_and_online_precision_recall(
                 )
 
             await eventually(scored_and_placed, timeout_s=120)
-            await shop.producer.publish_many(shop.topics.chargebacks, reports)
 
             async def labelled() -> bool:
                 body = (await http.get("/models")).json()
@@ -100,6 +107,16 @@ async def test_models_report_drift_and_online_precision_recall(
             response = await http.get("/models")
             metrics = (await http.get("/metrics")).text
             enriched = await shop.scores.recent(limit=N_ORDERS)
+            async with shop.db.engine.connect() as conn:
+                challenger_scores = dict(
+                    (
+                        await conn.execute(
+                            select(
+                                shadow_scores.c.order_id, shadow_scores.c.challenger_score
+                            ).where(shadow_scores.c.model == "fraud")
+                        )
+                    ).all()
+                )
     assert response.status_code == 200, response.text
     report = response.json()
     fraud = next(m for m in report["models"] if m["name"] == "fraud")
@@ -126,9 +143,11 @@ async def test_models_report_drift_and_online_precision_recall(
     assert online["chargebacks"] == len(frauds)
     assert (online["held"], online["caught"]) == (len(flagged), len(flagged & frauds))
     assert online["recall"] == pytest.approx(len(flagged & frauds) / len(frauds))
+    assert flagged, "the champion should hold some of this world's orders"
+    assert online["precision"] == pytest.approx(len(flagged & frauds) / len(flagged))
     # the challenger at its own (lower) threshold, on the same orders
     [judged] = shadow["online"]
-    high = {e.order_id for e in enriched if (e.fraud.probability or 0) >= SHADOW_THRESHOLD}
+    high = {o for o, score in challenger_scores.items() if (score or 0) >= SHADOW_THRESHOLD}
     assert judged["role"] == "shadow" and judged["threshold"] == SHADOW_THRESHOLD
     assert (judged["orders"], judged["held"], judged["caught"]) == (
         N_ORDERS,
@@ -148,6 +167,7 @@ async def test_models_report_drift_and_online_precision_recall(
     assert np.isclose(got[("pizzashop_model_psi", log_total)], drift[("input", "log_total")]["psi"])
     role = ("model", "fraud"), ("role", "champion"), ("version", v)
     assert got[("pizzashop_model_online_recall", role)] == pytest.approx(online["recall"])
+    assert got[("pizzashop_model_online_precision", role)] == pytest.approx(online["precision"])
     assert got[("pizzashop_model_labelled_orders", role)] == N_ORDERS
     shadow_role = ("model", "fraud"), ("role", "shadow"), ("version", str(challenger))
     assert got[("pizzashop_model_online_precision", shadow_role)] == pytest.approx(
