@@ -3,15 +3,19 @@ when a process builds the flow, so processes that do not enrich never load them.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ingest.consumer import Handler
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDERS
 
+logger = logging.getLogger(__name__)
+
 
 @flow("enricher", topics=(ORDERS,))
 def enricher_flow(ctx: FlowContext) -> Handler:
+    from enrichers.ledger import OrderLedger
     from enrichers.pipeline import ScoringPipeline
     from enrichers.worker import Enricher
     from models.feature_state import SqlFeatureState
@@ -21,6 +25,20 @@ def enricher_flow(ctx: FlowContext) -> Handler:
 
     cfg = ctx.settings.enricher
     store = SqlFeatureState(ctx.db.url, engine=ctx.db.engine)
+    ledger = None
+    if ctx.bootstrap:
+        # Features wait until every order placed before them is in the state, and read it in
+        # event time: any number of workers compute what one does (enrichers.ledger).
+        ledger = OrderLedger(
+            store,
+            bootstrap=ctx.bootstrap,
+            topic=ctx.topics.orders,
+            group_id=ctx.settings.group("enricher"),
+            client_options=ctx.client_options,
+        )
+        store.gate = ledger
+    else:
+        logger.warning("no bootstrap for the order ledger: features follow arrival order")
     registry = Registry(ctx.settings.resolved_registry_dir)
     history = SqlBasketHistory(ctx.db)
     options: dict[str, Any] = {
@@ -37,8 +55,8 @@ def enricher_flow(ctx: FlowContext) -> Handler:
     shadow = ScoringPipeline.shadow(
         registry, store, names=names, pinned=pinned, history=history, **options
     )
-    # Started before the runtime consumes and stopped after it.
-    ctx.resources += [store, history]
+    # Started before the runtime consumes and stopped after it (the ledger before the store).
+    ctx.resources += [store, *([ledger] if ledger is not None else []), history]
     return Enricher(
         pipeline,
         ctx.topics,

@@ -15,7 +15,7 @@ ones, each in its own runtime.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,9 @@ class FlowContext:
     topics: Topics
     processed: ProcessedEvents
     resources: list[Any] = field(default_factory=list)
+    #: The Kafka the shop runs on, for a flow's own clients (the enricher's order ledger).
+    bootstrap: str = ""
+    client_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 Factory = Callable[[FlowContext], Handler]

@@ -3,18 +3,45 @@
 ``InMemoryFeatureState`` serves training, tests and the ``score`` command;
 ``SqlFeatureState`` (SQLAlchemy async, SQLite by default, PostgreSQL by URL) lets the state
 survive a worker restart and a partition moving to another worker. Both answer the same
-``StateQuery`` with the same ``StateSnapshot`` and apply the same ``OrderFacts``, and
-``FeatureBuilder`` is the one code path that turns orders into features with either.
+``StateQuery`` with a ``StateSnapshot`` and take the same ``OrderFacts``, and ``FeatureBuilder``
+is the one code path that turns orders into features with either.
 
-Applying facts is idempotent by order id: a fact whose order id is already stored is skipped,
-so a redelivered batch (say, after a crash between storing and committing the offset) leaves
-the counts as they were.
+Entity state and several workers. The orders are keyed by order id, so one customer's or one
+card's orders are handled by different workers; the features must still be the ones a single
+worker computes over the sorted stream (what training computes). So the SQL state is read in
+event time rather than "as the workers left it":
+
+* its entity rows are a ledger of known orders (one row per order and entity), written
+  idempotently by whoever learns of an order first: the enricher's ``OrderLedger``, which
+  reads every partition as orders arrive (``register``), or the batch itself (``apply``);
+* a batch's snapshot holds, besides what a prune folded, every known order of its customers
+  and of its cards, devices and addresses in the window, as ``pending`` entries that
+  ``stateful_features`` replays in (placed_at, order id) order: each order sees exactly the
+  orders placed before it, however registration and batches interleaved;
+* the ledger's gate (``ArrivalGate``, ``enrichers.ledger``) lets a snapshot be read only once
+  every order placed up to the batch's latest one is registered.
+
+No lock is needed: writes are insert-or-ignore of facts that do not depend on who writes them,
+and a snapshot is one consistent read. Why not a repartition topic keyed by customer id, or
+per-key locks around snapshot-then-apply: ``enrichers.ledger`` explains.
+
+Pruning: ``prune`` folds ledger rows older than a cutoff into ``feature_customers`` and
+``feature_links`` (lifetime counts, spend and links survive) and deletes them, in one
+transaction; ``apply`` does it every ``PRUNE_EVERY_S`` with the cutoff ``PRUNE_LAG_S`` (the
+longest window and a day of slack) before its batch.
+
+Idempotence: a fact whose order id has stored features is skipped and a redelivered order gets
+its stored features back, so a batch handled twice (say, after a crash between storing and
+committing the offset) counts nothing twice.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -27,16 +54,26 @@ from models.features import (
     N_FEATURES,
     WINDOW_LONG_S,
     EntityEvent,
+    LedgerEntry,
     OrderFacts,
     OrderFrame,
     StateQuery,
     StateSnapshot,
     basket_features,
+    order_entities,
     state_query,
     stateful_features,
 )
 from pizzashop.core.database import chunked, metadata
 from pizzashop.core.lifecycle import Resource
+
+logger = logging.getLogger(__name__)
+
+#: How often ``SqlFeatureState.apply`` prunes, at most (seconds, per store object).
+PRUNE_EVERY_S = 60.0
+#: How far before a batch's earliest order the ledger is folded: the longest window it reads,
+#: plus a day of slack for a worker that lags the others or an order that comes late.
+PRUNE_LAG_S = 2 * WINDOW_LONG_S
 
 
 @runtime_checkable
@@ -124,6 +161,9 @@ events_table = sa.Table(
     sa.Column("total", sa.Float, nullable=False),
     sa.Column("customer_id", sa.String(64), nullable=False),
     sa.Index("ix_feature_entity_events_key_ts", "kind", "entity_id", "ts"),
+    # a batch reads its customers' link rows; a prune deletes by time
+    sa.Index("ix_feature_entity_events_customer", "customer_id"),
+    sa.Index("ix_feature_entity_events_ts", "ts"),
 )
 customers_table = sa.Table(
     "feature_customers",
@@ -141,14 +181,57 @@ links_table = sa.Table(
 )
 
 
-class SqlFeatureState(Resource):
-    """The state in SQL tables (created if missing). ``start()`` before use, ``stop()`` after;
-    with ``engine`` it borrows that engine (the shop's database) and leaves it open."""
+class ArrivalGate(Protocol):
+    """What tells a store that every order placed before a batch's orders is known to it
+    (``enrichers.ledger.OrderLedger``)."""
 
-    def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
+    async def wait(self, query: StateQuery) -> None:
+        """Return once the state holds every order placed up to ``query.until``; raise
+        (``TransientError``) after a bounded wait."""
+        ...
+
+
+#: The entity kinds whose rows the SQL state keeps; NOVEL is derived when the state is read.
+_STORED_KINDS = ("customer", "card", "device", "address")
+_LINK_KINDS = ("card", "device", "address")
+
+
+class SqlFeatureState(Resource):
+    """The state in SQL tables, read in event time. ``start()`` before use, ``stop()`` after;
+    with ``engine`` it borrows that engine (the shop's database) and leaves it open.
+
+    What the tables hold:
+
+    * ``feature_entity_events``: one row per order and entity (customer, card, device, address):
+      the ledger of known orders. Rows are written by ``register`` (every order the ledger
+      reads, by whichever process gets there first) and by ``apply`` (the batch's own);
+      both skip orders already there, so there is one row per order and entity however many
+      processes write it.
+    * ``feature_customers`` and ``feature_links``: what ``prune`` folded out of the ledger (orders
+      older than the cutoff): the counts, spend and links of customers before the rows kept.
+    * ``feature_orders``: the features each order got, so a redelivery gets the same answer.
+
+    A batch's snapshot is the folded aggregates of its customers plus, as ``pending`` entries
+    sorted by (placed_at, order id), every known order of its customers and of its cards,
+    devices and addresses within the window; ``stateful_features`` replays them in event time,
+    so an order sees exactly the orders placed before it, whatever order they were registered
+    in and however the orders were split across batches and workers.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        engine: AsyncEngine | None = None,
+        gate: ArrivalGate | None = None,
+        prune_every_s: float = PRUNE_EVERY_S,
+    ) -> None:
         self._url = url
         self._engine = engine
         self._owns_engine = engine is None
+        self.gate = gate
+        self._prune_every_s = prune_every_s
+        self._next_prune = 0.0  # monotonic time of the next prune in ``apply``
 
     async def _start(self) -> None:
         if self._engine is None:
@@ -170,34 +253,30 @@ class SqlFeatureState(Resource):
         return self._engine
 
     async def snapshot(self, query: StateQuery) -> StateSnapshot:
+        if self.gate is not None:
+            await self.gate.wait(query)
         snap = StateSnapshot(seen={}, events={}, customers={}, links=set())
+        t = events_table.c
+        entries: dict[str, _Entry] = {}
+        customers = set(query.customer_ids)
         async with self.engine.connect() as conn:
+            # One snapshot for all the reads: a prune folding rows in between would otherwise
+            # count them twice or not at all. pysqlite opens no transaction for a SELECT, so
+            # SQLite is told to; PostgreSQL's default isolation takes a snapshot per statement.
+            if conn.dialect.name == "postgresql":
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            else:
+                await conn.exec_driver_sql("BEGIN")
             for chunk in chunked(query.order_ids):
                 rows = await conn.execute(
                     sa.select(orders_table.c.order_id, orders_table.c.features).where(
                         orders_table.c.order_id.in_(chunk),
-                        # features stored under another schema are recomputed, never reused;
-                        # the counts are not redone (apply skips known order ids)
+                        # features stored under another schema are recomputed, never reused
                         orders_table.c.schema_version == FEATURE_SCHEMA_VERSION,
                     )
                 )
                 for oid, blob in map(tuple, rows):
                     snap.seen[oid] = np.frombuffer(blob, dtype=np.float32).copy()
-            by_kind: dict[str, list[str]] = defaultdict(list)
-            for kind, entity in query.entities:
-                by_kind[kind].append(entity)
-            for kind, ids in by_kind.items():
-                for chunk in chunked(ids):
-                    t = events_table.c
-                    rows = await conn.execute(
-                        sa.select(t.entity_id, t.order_id, t.ts, t.total, t.customer_id)
-                        .where(t.kind == kind, t.entity_id.in_(chunk), t.ts >= query.since)
-                        .order_by(t.ts, t.order_id)
-                    )
-                    for entity, oid, ts, total, cid in map(tuple, rows):
-                        snap.events.setdefault((kind, entity), []).append(
-                            EntityEvent(oid, ts, total, cid)
-                        )
             for chunk in chunked(query.customer_ids):
                 rows = await conn.execute(
                     sa.select(customers_table).where(customers_table.c.customer_id.in_(chunk))
@@ -208,74 +287,180 @@ class SqlFeatureState(Resource):
                     sa.select(links_table).where(links_table.c.customer_id.in_(chunk))
                 )
                 snap.links.update((cid, kind, value) for cid, kind, value in map(tuple, rows))
+                # the customers' whole unfolded history: lifetime counts and links need it
+                rows = await conn.execute(
+                    sa.select(t.kind, t.entity_id, t.order_id, t.ts, t.total, t.customer_id).where(
+                        sa.or_(
+                            sa.and_(t.kind == "customer", t.entity_id.in_(chunk)),
+                            sa.and_(t.kind.in_(_LINK_KINDS), t.customer_id.in_(chunk)),
+                        )
+                    )
+                )
+                _collect(entries, rows, customers)
+            by_kind: dict[str, list[str]] = defaultdict(list)
+            for kind, entity in query.entities:
+                if kind in _LINK_KINDS:
+                    by_kind[kind].append(entity)
+            for kind, ids in by_kind.items():
+                for chunk in chunked(ids):
+                    rows = await conn.execute(
+                        sa.select(
+                            t.kind, t.entity_id, t.order_id, t.ts, t.total, t.customer_id
+                        ).where(t.kind == kind, t.entity_id.in_(chunk), t.ts >= query.since)
+                    )
+                    _collect(entries, rows, customers)
+        # The batch's own orders are computed by it, unless they already were (a redelivery).
+        computed = set(query.order_ids) - snap.seen.keys()
+        snap.pending = sorted(
+            (e.freeze() for oid, e in entries.items() if oid not in computed),
+            key=lambda e: (e.ts, e.order_id),
+        )
         return snap
 
     async def apply(self, facts: Sequence[OrderFacts]) -> None:
+        """Store the batch's features and register its orders (a no-op for known order ids);
+        every ``prune_every_s`` the same transaction also prunes."""
         if not facts:
             return
         async with self.engine.begin() as conn:
-            ids = [f.order_id for f in facts]
-            existing: set[str] = set()
-            for chunk in chunked(ids):
+            fresh = await self._unknown(conn, facts)
+            if fresh:
+                await conn.execute(
+                    orders_table.insert(),
+                    [
+                        {
+                            "order_id": f.order_id,
+                            "ts": f.ts,
+                            "schema_version": FEATURE_SCHEMA_VERSION,
+                            "features": f.features.astype(np.float32).tobytes(),
+                        }
+                        for f in fresh
+                    ],
+                )
+                await self._register(
+                    conn,
+                    [
+                        (f.order_id, f.customer_id, f.ts, f.total, kind, entity)
+                        for f in fresh
+                        for kind, entity in f.entities
+                        if kind in _STORED_KINDS
+                    ],
+                )
+            now = time.monotonic()
+            if now >= self._next_prune:
+                self._next_prune = now + self._prune_every_s
+                await self._prune(conn, min(f.ts for f in facts) - PRUNE_LAG_S)
+
+    async def register(self, orders: Sequence[OrderPlaced]) -> int:
+        """Record ``orders`` in the ledger (idempotent); returns how many were new.
+
+        Orders whose features are stored already are skipped: their rows are there, or were
+        folded by a prune, and registering them again would count them twice.
+        """
+        if not orders:
+            return 0
+        frame = OrderFrame.from_orders(orders)
+        async with self.engine.begin() as conn:
+            stored: set[str] = set()
+            for chunk in chunked(sorted(set(frame.order_id))):
                 rows = await conn.execute(
                     sa.select(orders_table.c.order_id).where(orders_table.c.order_id.in_(chunk))
                 )
-                existing.update(r[0] for r in rows)
-            fresh: dict[str, OrderFacts] = {}
-            for f in facts:
-                if f.order_id not in existing and f.order_id not in fresh:
-                    fresh[f.order_id] = f
-            if not fresh:
-                return
-            new = list(fresh.values())
-            await conn.execute(
-                orders_table.insert(),
-                [
-                    {
-                        "order_id": f.order_id,
-                        "ts": f.ts,
-                        "schema_version": FEATURE_SCHEMA_VERSION,
-                        "features": f.features.astype(np.float32).tobytes(),
-                    }
-                    for f in new
-                ],
+                stored.update(r[0] for r in rows)
+            rows_: list[tuple[str, str, float, float, str, str]] = []
+            for i, oid in enumerate(frame.order_id):
+                if oid in stored:
+                    continue
+                for kind, entity in order_entities(frame, i):
+                    rows_.append(
+                        (
+                            oid,
+                            frame.customer_id[i],
+                            float(frame.ts[i]),
+                            float(frame.total[i]),
+                            kind,
+                            entity,
+                        )
+                    )
+            return await self._register(conn, rows_)
+
+    async def _register(
+        self, conn: AsyncConnection, rows: Sequence[tuple[str, str, float, float, str, str]]
+    ) -> int:
+        if not rows:
+            return 0
+        stmt = self._insert(events_table).on_conflict_do_nothing()
+        result = await conn.execute(
+            stmt,
+            [
+                {
+                    "kind": kind,
+                    "entity_id": entity,
+                    "order_id": oid,
+                    "ts": ts,
+                    "total": total,
+                    "customer_id": cid,
+                }
+                for oid, cid, ts, total, kind, entity in rows
+            ],
+        )
+        return max(int(result.rowcount or 0), 0)
+
+    async def _unknown(
+        self, conn: AsyncConnection, facts: Sequence[OrderFacts]
+    ) -> list[OrderFacts]:
+        """The facts whose order has no stored features yet, first of each order id."""
+        existing: set[str] = set()
+        for chunk in chunked([f.order_id for f in facts]):
+            rows = await conn.execute(
+                sa.select(orders_table.c.order_id).where(orders_table.c.order_id.in_(chunk))
             )
-            await conn.execute(
-                events_table.insert(),
-                [
-                    {
-                        "kind": kind,
-                        "entity_id": entity,
-                        "order_id": f.order_id,
-                        "ts": f.ts,
-                        "total": f.total,
-                        "customer_id": f.customer_id,
-                    }
-                    for f in new
-                    for kind, entity in f.entities
-                ],
-            )
-            deltas: dict[str, tuple[int, float]] = {}
-            for f in new:
-                n, s = deltas.get(f.customer_id, (0, 0.0))
-                deltas[f.customer_id] = (n + 1, s + f.total)
-            await self._upsert_customers(conn, deltas)
-            links = sorted({(f.customer_id, kind, value) for f in new for kind, value in f.links})
-            await self._insert_links(conn, links)
+            existing.update(r[0] for r in rows)
+        fresh: dict[str, OrderFacts] = {}
+        for f in facts:
+            if f.order_id not in existing and f.order_id not in fresh:
+                fresh[f.order_id] = f
+        return list(fresh.values())
 
     async def prune(self, before_ts: float) -> int:
-        """Drop entity events older than ``before_ts`` (epoch seconds); returns how many.
+        """Fold the ledger rows older than ``before_ts`` (epoch seconds) into the customers'
+        counts and links and delete them; returns how many rows went.
 
-        Order ids (and their features) are kept, so redeliveries stay idempotent; run this
-        now and then with ``before_ts`` a couple of days back, the windows need one day.
+        Order ids (and their features) are kept, so redeliveries stay idempotent. ``apply``
+        runs this every ``prune_every_s`` with ``before_ts`` one window plus a day of slack
+        before its batch (``PRUNE_LAG_S``).
         """
         async with self.engine.begin() as conn:
-            result = await conn.execute(events_table.delete().where(events_table.c.ts < before_ts))
-        return int(result.rowcount or 0)
+            return await self._prune(conn, before_ts)
+
+    async def _prune(self, conn: AsyncConnection, before_ts: float) -> int:
+        t = events_table.c
+        # DELETE ... RETURNING: a row folds exactly once even when two workers prune at once
+        # (PostgreSQL's second delete waits on the first's row locks, then finds nothing).
+        result = await conn.execute(
+            events_table.delete()
+            .where(t.ts < before_ts)
+            .returning(t.kind, t.entity_id, t.customer_id, t.total)
+        )
+        deltas: dict[str, tuple[int, float]] = {}
+        links: set[tuple[str, str, str]] = set()
+        removed = 0
+        for kind, entity, cid, total in map(tuple, result):
+            removed += 1
+            if kind == "customer":
+                n, s = deltas.get(cid, (0, 0.0))
+                deltas[cid] = (n + 1, s + total)
+            elif kind in _LINK_KINDS:
+                links.add((cid, kind, entity))
+        if deltas:
+            await self._upsert_customers(conn, deltas)
+        await self._insert_links(conn, sorted(links))
+        if removed:
+            logger.info("feature state: folded %d ledger rows before %.0f", removed, before_ts)
+        return removed
 
     def _insert(self, table: sa.Table) -> Any:  # a dialect Insert with on_conflict_*
-        name = self.engine.dialect.name
-        if name == "postgresql":
+        if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
             return pg_insert(table)
@@ -305,6 +490,44 @@ class SqlFeatureState(Resource):
         await conn.execute(stmt, [{"customer_id": c, "kind": k, "value": v} for c, k, v in links])
 
 
+@dataclass(slots=True)
+class _Entry:
+    """A known order being gathered from its ledger rows (one row per entity)."""
+
+    order_id: str
+    customer_id: str
+    ts: float
+    total: float
+    entities: set[tuple[str, str]] = field(default_factory=set)
+    links: list[tuple[str, str]] | None = None
+
+    def freeze(self) -> LedgerEntry:
+        links = None if self.links is None else tuple(sorted(set(self.links)))
+        return LedgerEntry(
+            self.order_id,
+            self.customer_id,
+            self.ts,
+            self.total,
+            tuple(sorted(self.entities)),
+            links,
+        )
+
+
+def _collect(entries: dict[str, _Entry], rows: Any, customers: set[str]) -> None:
+    """Ledger rows into entries; a batch customer's orders also gather their links (the
+    customer's rows and link rows come together, so those entries are complete)."""
+    for kind, entity, oid, ts, total, cid in map(tuple, rows):
+        entry = entries.get(oid)
+        if entry is None:
+            entry = entries[oid] = _Entry(oid, cid, ts, total)
+        entry.entities.add((kind, entity))
+        if cid in customers:
+            if entry.links is None:
+                entry.links = []
+            if kind in _LINK_KINDS:
+                entry.links.append((kind, entity))
+
+
 class FeatureBuilder:
     """Orders → feature matrix through a store; the single training-and-serving code path."""
 
@@ -312,14 +535,21 @@ class FeatureBuilder:
         self.store = store
 
     async def transform(self, orders: Sequence[OrderPlaced]) -> np.ndarray:
-        """Features of ``orders`` in order, updating the store. [n, N_FEATURES] float32."""
+        """Features of ``orders`` in order, updating the store. [n, N_FEATURES] float32.
+
+        Computed in event time, (placed_at, order id), whatever order ``orders`` come in: the
+        features of an order depend on the orders placed before it, not on a batch's layout.
+        """
         if not orders:
             return np.zeros((0, N_FEATURES), dtype=np.float32)
-        frame = OrderFrame.from_orders(orders)
+        order = sorted(range(len(orders)), key=lambda i: (orders[i].placed_at, orders[i].order_id))
+        frame = OrderFrame.from_orders([orders[i] for i in order])
         basket = basket_features(frame)
         snap = await self.store.snapshot(state_query(frame))
-        features, facts = stateful_features(frame, basket, snap)
+        computed, facts = stateful_features(frame, basket, snap)
         await self.store.apply(facts)
+        features = np.empty_like(computed)
+        features[order] = computed
         return features
 
 
@@ -344,6 +574,7 @@ def features_for_stream(
 
 
 __all__ = [
+    "ArrivalGate",
     "FeatureBuilder",
     "FeatureStateStore",
     "InMemoryFeatureState",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -287,14 +287,36 @@ class OrderFacts:
     links: tuple[tuple[str, str], ...]  # (kind, value) tied to the customer
 
 
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """An order the state knows of but the batch does not compute, replayed in event time.
+
+    ``links`` is None when only some of its entities matter to the batch (another customer's
+    order on a card of the batch): then it adds events and nothing about its customer.
+    """
+
+    order_id: str
+    customer_id: str
+    ts: float
+    total: float
+    entities: tuple[tuple[str, str], ...]  # (kind, id), without NOVEL (replay derives it)
+    links: tuple[tuple[str, str], ...] | None
+
+
 @dataclass(slots=True)
 class StateSnapshot:
-    """The part of the state one batch needs. Mutated while the batch is computed."""
+    """The part of the state one batch needs. Mutated while the batch is computed.
+
+    ``pending``, sorted by (ts, order id): known orders that are not in the base state; each is
+    applied just before the first order of the batch that comes after it in event time, so an
+    order sees exactly the orders placed before it (``SqlFeatureState``'s event-time reads).
+    """
 
     seen: dict[str, np.ndarray]  # order id → features it got
     events: dict[tuple[str, str], list[EntityEvent]]  # (kind, id) → recent events
     customers: dict[str, tuple[int, float]]  # customer id → (orders, spend)
     links: set[tuple[str, str, str]]  # (customer id, kind, value)
+    pending: list[LedgerEntry] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +327,12 @@ class StateQuery:
     customer_ids: tuple[str, ...]
     entities: tuple[tuple[str, str], ...]
     since: float  # oldest event timestamp any order of the batch can see
+    until: float = math.inf  # the latest order of the batch
+
+
+def order_entities(frame: OrderFrame, i: int) -> tuple[tuple[str, str], ...]:
+    """The (kind, id) of order ``i``'s customer, card, device and address (those present)."""
+    return _entities(frame, i)
 
 
 def _entities(frame: OrderFrame, i: int) -> tuple[tuple[str, str], ...]:
@@ -330,6 +358,7 @@ def state_query(frame: OrderFrame) -> StateQuery:
         customer_ids=tuple(sorted(set(frame.customer_id))),
         entities=tuple(entities),
         since=since,
+        until=float(frame.ts.max()) if len(frame) else 0.0,
     )
 
 
@@ -362,8 +391,16 @@ def stateful_features(
     out = np.zeros((n, N_FEATURES), dtype=np.float32)
     out[:, :_N_BASKET] = basket
     facts: list[OrderFacts] = []
+    pending = snap.pending
+    next_pending = 0
     for i in range(n):
         oid = frame.order_id[i]
+        while next_pending < len(pending) and (
+            pending[next_pending].ts,
+            pending[next_pending].order_id,
+        ) < (float(frame.ts[i]), oid):
+            apply_pending(snap, pending[next_pending])
+            next_pending += 1
         known = snap.seen.get(oid)
         if known is not None:  # a redelivery: same answer, no double count
             out[i] = known
@@ -454,6 +491,23 @@ def _rhythm(
     row[col + 7] = row[col - 3] + row[col - 2] + row[col - 1]
 
 
+def apply_pending(snap: StateSnapshot, entry: LedgerEntry) -> None:
+    """``entry`` into the state, as ``stateful_features`` would have applied it had it computed
+    that order: the same novelty rule (a link new to a customer with earlier orders)."""
+    event = EntityEvent(entry.order_id, entry.ts, entry.total, entry.customer_id)
+    keys = list(entry.entities)
+    if entry.links is not None:
+        cid = entry.customer_id
+        prior, spend = snap.customers.get(cid, (0, 0.0))
+        if prior > 0 and any((cid, kind, value) not in snap.links for kind, value in entry.links):
+            keys.append((NOVEL, cid))
+        snap.customers[cid] = (prior + 1, spend + entry.total)
+        for kind, value in entry.links:
+            snap.links.add((cid, kind, value))
+    for key in keys:
+        snap.events.setdefault(key, []).append(event)
+
+
 def apply_to_snapshot(snap: StateSnapshot, fact: OrderFacts) -> None:
     snap.seen[fact.order_id] = fact.features
     event = EntityEvent(fact.order_id, fact.ts, fact.total, fact.customer_id)
@@ -474,12 +528,15 @@ __all__ = [
     "N_FEATURES",
     "STATEFUL_FEATURES",
     "EntityEvent",
+    "LedgerEntry",
     "OrderFacts",
     "OrderFrame",
     "StateQuery",
     "StateSnapshot",
     "address_key",
+    "apply_pending",
     "basket_features",
+    "order_entities",
     "state_query",
     "stateful_features",
 ]

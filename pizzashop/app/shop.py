@@ -198,7 +198,14 @@ class Shop(Resource):
         await serializer.warm([subject for subject, _ in shop_subjects(self.topics)])
 
     def _runtime(self, spec: Flow) -> ConsumerRuntime:
-        ctx = FlowContext(self.settings, self.db, self.topics, self.processed)
+        ctx = FlowContext(
+            self.settings,
+            self.db,
+            self.topics,
+            self.processed,
+            bootstrap=self.bootstrap,
+            client_options=self.client_options,
+        )
         handler = spec.build(ctx)
         self.resources[spec.name] = ctx.resources
         group = self.settings.group(spec.name)

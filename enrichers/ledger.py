@@ -1,0 +1,251 @@
+"""The order ledger: every order of ``orders`` recorded in the feature state as it arrives, and
+the gate that holds a batch's features back until every order placed before it is recorded.
+
+Why. ``orders`` is keyed by order id, so one customer's orders (and one card's, used by several
+customers) sit in different partitions, owned by different enrichment workers that run at
+their own pace. Features read "the orders placed before this one"; computed from whatever the
+workers had happened to store, they depended on who was ahead, and two workers could read a
+customer's state at once and each miss the other's order. Two designs were weighed:
+
+* a repartition topic keyed by customer id (Kafka Streams' way) makes one worker own each
+  customer, but not each card, device or address (shared across customers), and its order
+  per customer is still the order in which the re-keying workers happened to read the source
+  partitions: neither makes the features independent of the number of workers;
+* serialising snapshot-then-apply per entity in SQL removes the lost update, but not the race
+  of *which* order comes first: an order read before an earlier one reached the state misses it.
+
+What this does instead is the event-time way: make the state complete up to an order's
+placed_at, then read it as of that instant.
+
+* Every process that enriches runs one ``OrderLedger``: a plain consumer (no group) assigned
+  every partition of ``orders``, from the enricher group's committed offsets. Each fetch is
+  registered in the SQL state (``SqlFeatureState.register``: one row per order and entity,
+  insert-or-ignore, so N ledgers write each order once). It is cheap and never waits on the
+  models, so it stays near the head of the topic while the workers lag.
+* ``wait(query)``, before a batch's state is read, returns once the ledger has registered the
+  batch's orders and, for every partition of ``orders``, either an order placed after the
+  batch's latest one or everything up to that partition's end (checked after those orders
+  were registered). Orders are published in placed_at order (the outbox relays them as
+  placed; a partition's records are in that order), so no order placed before the batch can
+  turn up later.
+* The state is then read in event time (``SqlFeatureState.snapshot``): an order sees exactly
+  the orders placed before it, by (placed_at, order id), wherever they were registered.
+
+So one worker and four compute the same features, order by order, as the training path does
+on the sorted stream. The costs: a batch waits for the ledger's next fetch (a few hundred
+milliseconds at most while orders flow); a partition stuck unread (its leader away) holds back
+the batches of every partition until it answers or the wait times out (``TransientError``, the
+runtime retries); each process reads the whole topic once more. Orders published out of
+placed_at order by more than the ledger's lag can still be seen late; that is the one
+assumption left, and the shop's outbox keeps it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from ingest.codec import decode
+from ingest.events import OrderPlaced
+from ingest.reader import partitions_of
+from models.feature_state import SqlFeatureState
+from models.features import StateQuery
+from pizzashop.core.errors import TransientError
+from pizzashop.core.lifecycle import Resource
+
+logger = logging.getLogger(__name__)
+
+#: Order ids remembered as registered (the batches in flight are far fewer).
+_REMEMBERED = 200_000
+
+
+class LedgerBehind(TransientError):
+    """The ledger did not catch up with a batch in time; the runtime retries the batch."""
+
+
+class OrderLedger(Resource):
+    """Registers every order of ``topic`` in ``store`` and gates batches on it (see the module
+    docstring). Start it after ``store`` and before the runtime consumes; stop it after."""
+
+    def __init__(
+        self,
+        store: SqlFeatureState,
+        *,
+        bootstrap: str,
+        topic: str,
+        group_id: str,
+        client_options: Mapping[str, Any] | None = None,
+        wait_s: float = 30.0,
+        fetch_ms: int = 200,
+    ) -> None:
+        self._store = store
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._group_id = group_id
+        self._options = dict(client_options or {})
+        self._wait_s = wait_s
+        self._fetch_ms = fetch_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self._partitions: list[TopicPartition] = []
+        self._latest: dict[TopicPartition, float] = {}  # placed_at of the last order registered
+        self._at_end: dict[TopicPartition, bool] = {}
+        self._round = 0  # fetch-register-check rounds completed
+        self._registered: OrderedDict[str, int] = OrderedDict()  # order id → its round
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def _start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"order-ledger-{self._topic}")
+
+    async def _stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    # -- the gate -------------------------------------------------------------------------------
+    async def wait(self, query: StateQuery) -> None:
+        """Return once every order placed up to ``query.until`` is registered."""
+        asked = self._round
+        try:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self._complete(query, asked)), self._wait_s
+                )
+        except TimeoutError:
+            raise LedgerBehind(
+                f"the order ledger of {self._topic} did not reach {query.until:.3f} "
+                f"within {self._wait_s}s"
+            ) from None
+
+    def _complete(self, query: StateQuery, asked: int) -> bool:
+        if not self._partitions:
+            return False
+        # End checks count only if made after the batch's orders were published: a round
+        # checks the ends after it registers, so any round since the one that registered
+        # them will do, or, for orders this ledger has not read (not yet, or registered
+        # before it started and redelivered now), a round begun after the ask.
+        if self._round <= asked + 1 and not all(oid in self._registered for oid in query.order_ids):
+            return False
+        # An order placed before the batch was published before it, so it is registered or
+        # within a partition's end; past the batch's latest order a partition holds only later.
+        return all(
+            self._at_end[tp] or self._latest.get(tp, -math.inf) > query.until
+            for tp in self._partitions
+        )
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning(
+                    "order ledger of %s failed; starting again in %.1fs",
+                    self._topic,
+                    delay,
+                    exc_info=True,
+                )
+                if self._consumer is not None:
+                    with contextlib.suppress(Exception):
+                        await self._consumer.stop()
+                    self._consumer = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _follow(self) -> None:
+        partitions = await partitions_of(
+            self._bootstrap, [self._topic], client_options=self._options
+        )
+        if not partitions:
+            raise TransientError(f"topic {self._topic} has no partitions yet")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id="pizzashop-order-ledger",
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            **self._options,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        consumer.assign(partitions)
+        committed = await self._committed(partitions)
+        for tp in partitions:
+            offset = committed.get(tp)
+            if offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+        await self._round_done([], dict.fromkeys(partitions, False))
+        while True:
+            batches = await consumer.getmany(timeout_ms=self._fetch_ms, max_records=2_000)
+            orders: list[tuple[TopicPartition, OrderPlaced]] = []
+            for tp, records in batches.items():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        event = decode(record.value, list(record.headers))
+                    except Exception:  # the enricher's runtime dead-letters it; nothing to know
+                        continue
+                    if isinstance(event, OrderPlaced):
+                        orders.append((tp, event))
+            if orders:
+                try:
+                    await self._store.register([o for _, o in orders])
+                except Exception:
+                    # read again from the first record of this fetch
+                    for tp, records in batches.items():
+                        if records:
+                            consumer.seek(tp, records[0].offset)
+                    raise
+            # The ends are read after the fetch is registered: see ``_complete``.
+            ends = await consumer.end_offsets(partitions)
+            at_end = {tp: await consumer.position(tp) >= ends[tp] for tp in partitions}
+            await self._round_done(orders, at_end)
+
+    async def _round_done(
+        self,
+        orders: Sequence[tuple[TopicPartition, OrderPlaced]],
+        at_end: Mapping[TopicPartition, bool],
+    ) -> None:
+        """A fetch is registered and the ends checked since: tell the waiting batches."""
+        async with self._changed:
+            self._partitions = sorted(at_end)
+            self._round += 1
+            for tp, order in orders:
+                ts = order.placed_at.timestamp()
+                self._latest[tp] = max(self._latest.get(tp, -math.inf), ts)
+                self._registered[order.order_id] = self._round
+                self._registered.move_to_end(order.order_id)
+            while len(self._registered) > _REMEMBERED:
+                self._registered.popitem(last=False)
+            self._at_end = dict(at_end)
+            self._changed.notify_all()
+
+    async def _committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The enricher group's committed offsets: what it has not finished starts there."""
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._bootstrap, client_id="pizzashop-order-ledger", **self._options
+        )
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(self._group_id, partitions=partitions)
+        finally:
+            await admin.close()
+        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
