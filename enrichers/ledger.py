@@ -149,11 +149,14 @@ class OrderLedger(Resource):
     async def _run(self) -> None:
         delay = 0.5
         while True:
+            started = self._round
             try:
                 await self._follow()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._round > started + 1:  # it had been following: a fresh failure
+                    delay = 0.5
                 logger.warning(
                     "order ledger of %s failed; starting again in %.1fs",
                     self._topic,
