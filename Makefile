@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 ORDERS ?= 500
 TORCH   = torch==2.15.0
 
-.PHONY: setup demo up test unit integration lint clean chaos bench
+.PHONY: setup demo up test unit integration lint clean chaos bench nogil
 
 setup: $(STAMP)
 
@@ -46,6 +46,14 @@ chaos: setup
 BENCH_ARGS ?=
 bench: setup
 	$(VENV)/bin/pizzashop bench --json $(BENCH_ARGS)
+
+# Free-threaded CPython 3.13 (--disable-gil), opt-in and not in CI (bench/nogil.sh, bench/NOGIL.md):
+# builds it from Debian's source package into .cache/python3.13t (14-17 min, once), a venv
+# .cache/nogil-venv with whatever has cp313t wheels, runs the runtime's unit tests on it, then the
+# decode/validate stage at 1 and 2 threads on both builds. `make nogil NOGIL_ARGS="--runs 9"`.
+NOGIL_ARGS ?=
+nogil: setup
+	NORMAL_PY=$(PY) bench/nogil.sh all --json .cache/nogil-bench.json $(NOGIL_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy && $(VENV)/bin/lint-imports
