@@ -10,7 +10,9 @@
 #      pip compiling it from source or the whole install failing
 #   4. the runtime's unit tests on it (the project on PYTHONPATH), then bench/nogil.py on both builds
 #
-# Steps 1-2 only:  bench/nogil.sh build       Steps 3 only: bench/nogil.sh venv
+# bench/nogil.sh [all|build|venv|test|bench]: all (what `make nogil` runs) is every step in turn;
+# build is steps 1-2, venv step 3, test the unit tests (extra pytest arguments may follow), and
+# bench the benchmark (extra bench/nogil.py arguments may follow).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
