@@ -13,7 +13,9 @@ The forward passes run in a bounded ``ThreadPoolExecutor`` owned by the pipeline
 loop's default executor, so a hung model cannot starve anything else that uses it. A scorer
 that raises or overruns its timeout degrades only its own scores; the others still publish.
 While its timed-out batch still runs, its next batches are degraded at once, so a hung model
-holds one thread at most. Each model computes single-threaded in its pool thread: ``start()``
+holds one thread at most. Batches scored concurrently (the runtime hands over the batches of
+different partitions as they come) take turns per model, outside the timeout: a model runs one
+batch at a time, and a healthy model's next batch waits for it instead of being degraded. Each model computes single-threaded in its pool thread: ``start()``
 caps NumPy's BLAS pool (``blas_threads``, process-wide), as the ONNX sessions cap their own;
 on two shared cores a BLAS pool beside the scorer threads and the event loop fought them for
 the cores and made the upsell ranker's small matrix products 10-30 times slower at the median.
@@ -168,7 +170,8 @@ class ScoringPipeline:
         self._scorers = tuple(scorers) if scorers is not None else None
         self._fixed = scorers is not None
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scorer")
-        self._running: dict[str, Future[Any]] = {}
+        self._turns: dict[str, asyncio.Lock] = {}  # per model: one batch at a time
+        self._hung: dict[str, Future[Any]] = {}  # per model: a forward pass past its timeout
         self._failed: dict[str, int] = {}  # a version that would not load is not tried again
         self._unloaded: dict[str, _Unloaded] = {}
         self._stopped = False
@@ -358,13 +361,16 @@ class ScoringPipeline:
         if histories is None:
             histories = self.needs_history
         t0 = time.perf_counter()
+        history = self.history if histories and orders else None
         try:
-            features = await self.features.transform(orders)
-            found = (
-                await self.history.before(orders)
-                if self.history is not None and histories and orders
-                else None
-            )
+            if history is None:
+                features, found = await self.features.transform(orders), None
+            else:
+                # Side by side: while one waits on its database round trip, the other computes.
+                # Both are idempotent by order id, so a retry after either failed is safe.
+                features, found = await asyncio.gather(
+                    self.features.transform(orders), history.before(orders)
+                )
         except Exception as exc:
             raise TransientError(f"feature state unavailable: {exc}") from exc
         return PreparedBatch(ScoringBatch(orders, features, found), _ms(t0))
@@ -403,9 +409,18 @@ class ScoringPipeline:
         t0 = time.perf_counter()
         timeout = self.timeouts.get(scorer.name, self.timeout_s)
         top: Sequence[TopFeatures] | None = None
+        waited = 0.0
         try:
             inputs = scorer.pre(batch)
-            raw, top = await asyncio.wait_for(self._submit(scorer, inputs), timeout)
+            # One batch at a time per model (the scorer contract), in the order they came:
+            # batches of other partitions are handled concurrently and queue here, outside the
+            # timeout, which is the model's own time. A model stuck past its timeout releases
+            # its turn (the next batch then finds it hung: ``_Busy``).
+            turn = self._turns.setdefault(scorer.name, asyncio.Lock())
+            queued = time.perf_counter()
+            async with turn:
+                waited = time.perf_counter() - queued
+                raw, top = await asyncio.wait_for(self._submit(scorer, inputs), timeout)
             results = list(scorer.post(raw, batch))
             if len(results) != len(batch):
                 raise ValueError(f"post returned {len(results)} results for {len(batch)} orders")
@@ -424,13 +439,13 @@ class ScoringPipeline:
             results, top = [Degraded(f"{type(exc).__name__}: {exc}")], None
         if top is None and len(results) == 1:
             results *= len(batch)  # one reason for the whole batch
-        return self._stamp(scorer, results, top, feature_ms + _ms(t0))
+        return self._stamp(scorer, results, top, feature_ms + _ms(t0) - 1000.0 * waited)
 
     async def _submit(
         self, scorer: AnyScorer, inputs: Any
     ) -> tuple[Any, Sequence[TopFeatures] | None]:
-        running = self._running.get(scorer.name)
-        if running is not None and not running.done():
+        hung = self._hung.get(scorer.name)
+        if hung is not None and not hung.done():
             raise _Busy
         k = self.explain_k
 
@@ -439,9 +454,13 @@ class ScoringPipeline:
             return raw, (scorer.explain(inputs, raw, k) if k > 0 else None)
 
         future = self._pool.submit(forward)
-        self._running[scorer.name] = future
-        # Cancelling the wrapper (the timeout) cancels the pool job too, if it has not started.
-        return await asyncio.wrap_future(future)
+        try:
+            # Cancelling the wrapper (the timeout) cancels the pool job too, if not started.
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if not future.done():
+                self._hung[scorer.name] = future  # timed out and still running
+            raise
 
     @staticmethod
     def _stamp(
