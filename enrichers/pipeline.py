@@ -15,10 +15,12 @@ that raises or overruns its timeout degrades only its own scores; the others sti
 While its timed-out batch still runs, its next batches are degraded at once, so a hung model
 holds one thread at most. Batches scored concurrently (the runtime hands over the batches of
 different partitions as they come) take turns per model, outside the timeout: a model runs one
-batch at a time, and a healthy model's next batch waits for it instead of being degraded. Each model computes single-threaded in its pool thread: ``start()``
-caps NumPy's BLAS pool (``blas_threads``, process-wide), as the ONNX sessions cap their own;
-on two shared cores a BLAS pool beside the scorer threads and the event loop fought them for
-the cores and made the upsell ranker's small matrix products 10-30 times slower at the median.
+batch at a time, and a healthy model's next batch waits for it instead of being degraded.
+
+Each model computes single-threaded in its pool thread: ``start()`` caps NumPy's BLAS pool
+(``blas_threads``, process-wide), as the ONNX sessions cap their own; on two shared cores a
+BLAS pool beside the scorer threads and the event loop fought them for the cores and made the
+upsell ranker's small matrix products 10-30 times slower at the median.
 A failure to read or write the feature state is not a model failure: it raises
 ``TransientError`` so the runtime retries the batch, and since the state is idempotent by order
 id the retry counts nothing twice.
