@@ -333,6 +333,21 @@ def start_detached(
         )
 
 
+#: How long a saved port may stay held before a node's start gives up: a JVM killed a moment
+#: ago is still exiting (its memory unmapped before its sockets are closed, its cmdline already
+#: empty so it no longer looks like our broker), and holds its listener until it is gone.
+_PORT_RELEASE_S = 15.0
+
+
+def _port_frees(port: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while not port_is_free(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _launch(
     layout: ClusterLayout,
     *,
@@ -352,7 +367,7 @@ def _launch(
             (address.port, "client port"),
             (address.controller_port, "controller port"),
         ):
-            if not port_is_free(port):
+            if not _port_frees(port, _PORT_RELEASE_S):
                 raise ConfigError(
                     f"cannot start Kafka node {address.node_id} on its saved ports: "
                     f"{port_taken_message(port, what)}. Stop that process, or run "
