@@ -8,8 +8,10 @@ the reads.
 
 Drift is read per model version on its latest ``monitor.drift_window`` scored orders: its
 score, and the inputs ``models.drift`` can rebuild from each ``OrderPlaced``, against the
-reference histograms recorded at training. A version trained before references were kept
-shows none.
+reference histograms recorded at training. Upsell has no score column in the projection: its
+window is the orders whose ``upsell_model`` is the version, its score the best suggestion's in
+each stored ``OrderEnriched`` (degraded or empty ones left out). A version trained before
+references were kept shows none.
 """
 
 from __future__ import annotations
@@ -23,15 +25,19 @@ from datetime import timedelta
 from typing import Literal
 
 import numpy as np
+import orjson
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy import select
 
 from api.schemas import DriftOut, ModelOut, ModelsOut, ModelVersionOut, OnlineOut
 from models.drift import DriftReading, ModelReference, order_inputs, readings
 from models.registry import ModelVersion, Registry
+from pizzashop.core.database import Database
 from pizzashop.core.settings import EnricherSettings, MonitorSettings
 from services.labels import FRAUD, LabelQueries, Outcomes
-from services.scores import WINDOWED_MODELS, ScoreQueries, ScoreWindow
+from services.scores import WINDOWED_MODELS, ScoreQueries, ScoreWindow, order_scores
+from services.status import orders as placed_orders
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +97,54 @@ def _readings(
         alert_at=cfg.psi_alert,
         min_n=cfg.drift_min_orders,
     )
+
+
+UPSELL = "upsell"
+
+
+@dataclass(frozen=True, slots=True)
+class _UpsellRows:
+    """An upsell version's latest scored orders, newest first, as stored (JSON): the
+    ``OrderEnriched`` bodies and the ``OrderPlaced`` ones the status projection has."""
+
+    enriched: tuple[str, ...]
+    orders: tuple[str, ...]
+
+    def window(self) -> ScoreWindow:
+        """Each order's best suggestion's score: blocking (parses every body)."""
+        scores = []
+        for body in self.enriched:
+            upsell = orjson.loads(body).get("upsell")
+            if upsell and not upsell.get("degraded") and upsell.get("suggestions"):
+                scores.append(float(upsell["suggestions"][0]["score"]))  # best first
+        return ScoreWindow(scores=tuple(scores), order_bodies=self.orders)
+
+
+async def _upsell_rows(db: Database, version: int, limit: int) -> _UpsellRows:
+    query = (
+        select(order_scores.c.body, placed_orders.c.body)
+        .select_from(
+            order_scores.outerjoin(
+                placed_orders, placed_orders.c.order_id == order_scores.c.order_id
+            )
+        )
+        .where(order_scores.c.upsell_model == f"{UPSELL}-v{version}")
+        .order_by(order_scores.c.enriched_at.desc())
+        .limit(limit)
+    )
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return _UpsellRows(
+        enriched=tuple(str(r[0]) for r in rows),
+        orders=tuple(str(r[1]) for r in rows if r[1] is not None),
+    )
+
+
+def _upsell_readings(
+    version: int, reference: ModelReference, rows: _UpsellRows, cfg: MonitorSettings
+) -> list[DriftReading]:
+    """Blocking: run it off the event loop."""
+    return _readings(UPSELL, version, reference, rows.window(), cfg)
 
 
 class ModelMonitor(Collector):
@@ -191,18 +245,28 @@ class ModelMonitor(Collector):
         scored = set((await self._scores.summary()).models)  # tags, e.g. "fraud-v3"
         out: dict[tuple[str, int], list[DriftReading]] = {}
         for model in registered:
-            if model.name not in WINDOWED_MODELS:
+            if model.name not in (*WINDOWED_MODELS, UPSELL):
                 continue
             for mv in model.versions:
                 reference = ModelReference.from_json(mv.metadata.reference)
                 if reference.empty or mv.metadata.tag not in scored:
                     continue
-                window = await self._scores.window(model.name, mv.version, cfg.drift_window)
                 # Parsing 2,000 orders and building their inputs takes some 140 ms of CPU: off
                 # the event loop, or every API request would wait for it.
-                out[(model.name, mv.version)] = await asyncio.to_thread(
-                    _readings, model.name, mv.version, reference, window, cfg
-                )
+                if model.name == UPSELL:
+                    # The score projection keeps upsell's suggestions only in the stored event,
+                    # so ScoreQueries.window (one score column per model) cannot read them; the
+                    # rows are read here, on its database, until it grows an upsell window.
+                    rows = await _upsell_rows(self._scores._db, mv.version, cfg.drift_window)
+                    found = await asyncio.to_thread(
+                        _upsell_readings, mv.version, reference, rows, cfg
+                    )
+                else:
+                    window = await self._scores.window(model.name, mv.version, cfg.drift_window)
+                    found = await asyncio.to_thread(
+                        _readings, model.name, mv.version, reference, window, cfg
+                    )
+                out[(model.name, mv.version)] = found
         return out
 
     async def _outcomes(self, registered: Iterable[_Registered]) -> Outcomes:

@@ -1,10 +1,11 @@
 """Drift: how far serving traffic has moved from what a model version was trained on.
 
 At training each version records a *reference* (``models.training``, on its validation
-period): a histogram of each of its scores and of the inputs that can be rebuilt from one
-``OrderPlaced`` alone (``DRIFT_INPUTS``, the stateless basket columns of ``models.features``; the
-history features need the feature state and are not watched here). The bins are fixed then, at
-the reference's deciles, so every window is compared on the same cuts.
+period): a histogram of each of its scores (upsell: its best suggestion's, ``UPSELL_SCORE``) and
+of the inputs that can be rebuilt from one ``OrderPlaced`` alone (``DRIFT_INPUTS``, the
+stateless basket columns of ``models.features``; the history features need the feature state
+and are not watched here). The bins are fixed then, at the reference's deciles, so every window
+is compared on the same cuts.
 
 Serving compares a window (the version's latest scored orders) with it by the population
 stability index::
@@ -40,6 +41,11 @@ DRIFT_INPUTS: tuple[str, ...] = (
     "pay_card",
     "pay_voucher",
 )
+#: The upsell ranker reads the basket's SKUs and the customer's earlier ones, never payment,
+#: device, address or the hour: it watches the basket's shape (history is not rebuilt here).
+UPSELL_INPUTS: tuple[str, ...] = ("log_total", "log_units", "n_lines", "max_qty")
+#: Upsell's score: its best suggestion's ranker score per order (orders without one left out).
+UPSELL_SCORE = "top_score"
 DEFAULT_BINS = 10
 DEFAULT_EPSILON = 1e-4
 DEFAULT_PSI_ALERT = 0.2
@@ -207,6 +213,8 @@ def readings(
 __all__ = [
     "DEFAULT_PSI_ALERT",
     "DRIFT_INPUTS",
+    "UPSELL_INPUTS",
+    "UPSELL_SCORE",
     "DriftReading",
     "Histogram",
     "ModelReference",

@@ -14,11 +14,13 @@ Each version's drift reference (``models.drift``) is taken on the validation per
 did not fit it, and its worlds are as old as a running shop's. A world's scores slide as its
 customers build history, so a reference from the young training period would read steady,
 in-distribution traffic as drift (fraud score PSI 0.24 against 0.03 on the last 2,000 of 10,000
-orders of a new seed of world 0). The fraud hold threshold is chosen on the validation period
-too: the lowest that holds at most ``target_false_hold_rate`` of its legitimate orders. It is
-published with the fraud version (params ``hold_threshold``, ``target_false_hold_rate``;
-metrics ``val_false_hold_rate``, ``val_recall_at_hold`` and ``val_recall_<scenario>``), and the
-enricher applies it.
+orders of a new seed of world 0). Upsell's is world 0's validation period, the world it fits
+(its counts include those baskets, as they would a shop's recent ones): its best suggestion's
+score, each customer's history built as serving builds it. The fraud hold threshold is chosen
+on the validation period too: the lowest that holds at most ``target_false_hold_rate`` of its
+legitimate orders. It is published with the fraud version (params ``hold_threshold``,
+``target_false_hold_rate``; metrics ``val_false_hold_rate``, ``val_recall_at_hold`` and
+``val_recall_<scenario>``), and the enricher applies it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,12 +40,15 @@ import torch
 from models._worlds import sample_config
 from models.anomaly import AnomalyModel, train_anomaly
 from models.catalog import load_catalog
-from models.drift import ModelReference, build_reference
+from models.drift import UPSELL_INPUTS, UPSELL_SCORE, ModelReference, build_reference
 from models.feature_state import features_for_stream
 from models.features import FEATURE_NAMES, FEATURE_SCHEMA_VERSION
 from models.fraud import FraudModel, choose_hold_policy, hold_rates, train_fraud
 from models.registry import ModelVersion, Registry
 from models.simulator import SCENARIOS, GroundTruth, SimulatedStream, SimulationConfig, simulate
+
+if TYPE_CHECKING:
+    from models.upsell import UpsellModel
 
 logger = logging.getLogger(__name__)
 TRAIN_END = 0.60
@@ -346,11 +351,12 @@ def _train_upsell(registry: Registry, data: Dataset, seed: int) -> str:
     """Fit ``models.upsell`` on the training + validation baskets (never the held-out ones)."""
     from models.upsell import train_upsell
 
-    _, _, test_start = data.bounds(0)
-    baskets = data.stream.baskets()[:test_start]
+    start, _, test_start = data.bounds(0)
+    baskets = data.stream.baskets()[: test_start - start]
     model = train_upsell(
         [b.skus for b in baskets], [b.customer_id for b in baskets], load_catalog().menu, seed=seed
     )
+    reference = _upsell_reference(model, data)
 
     def write(folder: Path) -> dict[str, Any]:
         model.save(folder)
@@ -361,8 +367,28 @@ def _train_upsell(registry: Registry, data: Dataset, seed: int) -> str:
         write,
         training_data_hash=data_hash(np.array([len(b.skus) for b in baskets])),
         metrics={},
+        reference=reference.to_json(),
     )
     return mv.metadata.tag
+
+
+def _upsell_reference(model: UpsellModel, data: Dataset) -> ModelReference:
+    """World 0's validation orders (the world upsell trains on) scored as the enricher scores
+    them: each basket's SKUs and its customer's latest orders before it (``UpsellScorer``,
+    ``SqlBasketHistory``); the reference is the best suggestion's score and the basket inputs."""
+    from models.upsell.history import histories_in_order
+
+    start, val_start, test_start = data.bounds(0)
+    orders = data.stream.orders[: test_start - start]
+    histories = histories_in_order(orders)[val_start - start :]
+    baskets = [[item.sku for item in o.items] for o in orders[val_start - start :]]
+    top = [row[0].score for row in model.suggest(baskets, histories) if row]
+    return build_reference(
+        {UPSELL_SCORE: np.asarray(top, dtype=np.float64)},
+        data.features[val_start:test_start],
+        FEATURE_NAMES,
+        reads=UPSELL_INPUTS,
+    )
 
 
 __all__ = [

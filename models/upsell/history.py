@@ -69,6 +69,13 @@ def _histories(
     return out
 
 
+def histories_in_order(orders: Sequence[OrderPlaced], keep: int = 50) -> list[list[str]]:
+    """Each order's history as serving gives it when ``orders`` (by placement time) are every
+    order the shop has seen: the SKUs of its customer's latest ``keep`` earlier orders. What
+    training scores the upsell drift reference with (``models.training``)."""
+    return _histories(orders, {}, keep)
+
+
 class InMemoryBasketHistory:
     def __init__(self, keep: int = 50) -> None:
         self._keep = keep

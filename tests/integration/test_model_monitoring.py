@@ -1,8 +1,8 @@
 """Model monitoring on the real broker: ``pizzashop simulate --held-out`` publishes orders from
 a held-out world to a running shop (enricher with a champion and a shadow, score and status
 projections) and their chargebacks on the chargebacks topic, days later in simulated time;
-``GET /models`` and ``/metrics`` show drift against training and online precision and recall
-per version and role."""
+``GET /models`` and ``/metrics`` show drift against training (fraud's and upsell's) and online
+precision and recall per version and role."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from models._worlds import sample_config
+from models.drift import UPSELL_INPUTS, UPSELL_SCORE
 from models.registry import Registry
 from models.simulator import chargebacks, simulate
 from pizzashop.app.shop import Shop, Wiring
@@ -136,6 +137,17 @@ async def test_models_report_drift_and_online_precision_recall(
     assert serving["drift_alert"] == any(d["psi"] >= report["psi_alert"] for d in drift.values())
     print({k: round(d["psi"], 3) for k, d in drift.items()})
 
+    # upsell's serving version: its best suggestion's score, read from the stored events
+    upsell = next(m for m in report["models"] if m["name"] == "upsell")
+    [upsell_serving] = [v for v in upsell["versions"] if v["version"] == upsell["serving"]]
+    upsell_drift = {(d["kind"], d["feature"]): d for d in upsell_serving["drift"]}
+    assert set(upsell_drift) == {("score", UPSELL_SCORE)} | {("input", n) for n in UPSELL_INPUTS}
+    suggested = [e for e in enriched if e.upsell and not e.upsell.degraded and e.upsell.suggestions]
+    assert upsell_drift[("score", UPSELL_SCORE)]["orders"] == len(suggested) >= 50
+    assert all(d["psi"] is not None for d in upsell_drift.values())
+    assert all(upsell_drift[("input", n)]["orders"] == N_ORDERS for n in UPSELL_INPUTS)
+    print({k: round(d["psi"], 3) for k, d in upsell_drift.items()})
+
     # the champion judged by the decisions it made
     flagged = {e.order_id for e in enriched if e.flagged}
     [online] = serving["online"]
@@ -165,6 +177,15 @@ async def test_models_report_drift_and_online_precision_recall(
     v = str(champion)
     log_total = ("feature", "log_total"), ("kind", "input"), ("model", "fraud"), ("version", v)
     assert np.isclose(got[("pizzashop_model_psi", log_total)], drift[("input", "log_total")]["psi"])
+    top = (
+        ("feature", UPSELL_SCORE),
+        ("kind", "score"),
+        ("model", "upsell"),
+        ("version", str(upsell["serving"])),
+    )
+    assert np.isclose(
+        got[("pizzashop_model_psi", top)], upsell_drift[("score", UPSELL_SCORE)]["psi"]
+    )
     role = ("model", "fraud"), ("role", "champion"), ("version", v)
     assert got[("pizzashop_model_online_recall", role)] == pytest.approx(online["recall"])
     assert got[("pizzashop_model_online_precision", role)] == pytest.approx(online["precision"])

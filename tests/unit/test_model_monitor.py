@@ -1,6 +1,7 @@
 """GET /models and the model gauges without a broker: registry aliases, drift of a version's
-latest orders against its training reference (one input moved, its score did not), and online
-precision and recall from chargebacks, as champion and in the shadow."""
+latest orders against its training reference (one input moved, its score did not; for upsell,
+its best suggestion's score read from the stored events), and online precision and recall from
+chargebacks, as champion and in the shadow."""
 
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from ingest.events import (
     OrderEnriched,
     ScoreLineage,
     ScoreShadowed,
+    UpsellAssessment,
+    UpsellSuggestion,
 )
-from models.drift import ModelReference, reference_histogram
+from models.drift import UPSELL_SCORE, ModelReference, order_inputs, reference_histogram
 from models.registry import Registry
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.settings import Settings
@@ -39,6 +42,10 @@ N = 60
 FRAUDS = {0, 1, 2, 3, 10, 11}  # charged back
 HELD = {0, 1, 2, 20}  # the champion (v1) flagged these
 SHADOW_HIGH = {0, 1, 2, 3, 10, 30}  # v2's score above its threshold
+UPSELL_V1 = set(range(10))  # scored by upsell v1 (no reference), the rest by v2
+UPSELL_DEGRADED = {20, 21}  # v2 failed on these: inputs, but no score
+UPSELL_SCORED = [i for i in range(N) if i not in UPSELL_V1 | UPSELL_DEGRADED]
+TOP = np.linspace(0.05, 0.5, N)  # each order's best suggestion's score
 
 
 def _deliveries(events: list[Event]) -> list[Delivery]:
@@ -53,6 +60,23 @@ def _publish(registry: Registry, name: str, reference: ModelReference, **params:
         metrics={"val_auc": 0.9},
         reference=reference.to_json(),
     )
+
+
+def _upsell(i: int) -> UpsellAssessment:
+    lineage = ScoreLineage(
+        model="upsell",
+        version=1 if i in UPSELL_V1 else 2,
+        feature_schema_version=1,
+        backend="numpy",
+        latency_ms=1.0,
+    )
+    if i in UPSELL_DEGRADED:
+        return UpsellAssessment(degraded=True, reason="timeout", lineage=lineage)
+    suggestions = tuple(
+        UpsellSuggestion(sku=sku, name=sku, reason="complement", score=float(TOP[i]) * share)
+        for sku, share in (("cola", 1.0), ("tiramisu", 0.5))  # best first
+    )
+    return UpsellAssessment(suggestions=suggestions, lineage=lineage)
 
 
 @pytest.fixture
@@ -70,6 +94,18 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
     _publish(registry, "fraud", fraud_reference, hold_threshold=0.5)
     _publish(registry, "fraud", fraud_reference, hold_threshold=0.5)
     _publish(registry, "anomaly", ModelReference())  # trained before references: no drift
+    _publish(registry, "upsell", ModelReference())  # v1: before references, no drift
+    one_to_five = [make_order(skus=(("pepperoni_m", "12.50", q),)) for q in range(1, 6)]
+    units = order_inputs(one_to_five, ["log_units"])["log_units"]
+    upsell_reference = ModelReference(
+        scores={UPSELL_SCORE: reference_histogram(TOP[UPSELL_SCORED])},
+        inputs={
+            "n_lines": reference_histogram(np.ones(500)),  # one line, like every order below
+            # trained on one to five units a basket: every order below has one (drift)
+            "log_units": reference_histogram(np.repeat(units, 100)),
+        },
+    )
+    _publish(registry, "upsell", upsell_reference)  # v2 serves
     registry.promote("fraud", 1)
     registry.shadow("fraud", 2)
     settings = Settings(
@@ -91,6 +127,7 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
                 customer_id=o.customer_id,
                 fraud=FraudAssessment(probability=float(probabilities[i]), lineage=lineage),
                 anomaly=AnomalyAssessment(percentile=50.0),
+                upsell=_upsell(i),
                 flagged=i in HELD,
             )
             for i, o in enumerate(orders)
@@ -149,6 +186,20 @@ async def test_models_show_aliases_drift_and_online_precision_recall(shop: Shop)
     assert v2["drift"] == [] and v2["drift_alert"] is False  # it decided nothing: no window
     assert anomaly["versions"][0]["drift"] == []
 
+    upsell = models["upsell"]
+    assert [v["version"] for v in upsell["versions"]] == [2, 1]
+    u2, u1 = upsell["versions"]
+    assert u1["drift"] == [] and u1["drift_alert"] is False  # scored 10 orders, no reference
+    found = {(d["kind"], d["feature"]): d for d in u2["drift"]}
+    assert set(found) == {("score", UPSELL_SCORE), ("input", "n_lines"), ("input", "log_units")}
+    top = found[("score", UPSELL_SCORE)]
+    # its best suggestions' scores (not the second's), without the degraded orders
+    assert top["psi"] < 0.01 and top["orders"] == len(UPSELL_SCORED)
+    assert found[("input", "n_lines")]["psi"] < 0.01
+    assert found[("input", "log_units")]["psi"] > 0.2 and found[("input", "log_units")]["alert"]
+    assert found[("input", "n_lines")]["orders"] == N - len(UPSELL_V1)  # degraded ones count
+    assert u2["drift_alert"] is True
+
     online = {o["role"]: o for o in v1["online"]}
     champion = online["champion"]
     # held {0,1,2,20}, frauds {0,1,2,3,10,11}: 3 of 4 held were frauds, 3 of 6 frauds held
@@ -169,6 +220,11 @@ async def test_models_show_aliases_drift_and_online_precision_recall(shop: Shop)
     psi = ("model", "fraud"), ("version", "1")
     assert got[("pizzashop_model_psi", (("feature", "log_total"), ("kind", "input"), *psi))] > 0.2
     assert got[("pizzashop_model_drift_alert", psi)] == 1.0
+    upsell_psi = ("model", "upsell"), ("version", "2")
+    upsell_top = ("feature", UPSELL_SCORE), ("kind", "score"), *upsell_psi
+    assert got[("pizzashop_model_psi", upsell_top)] == pytest.approx(top["psi"])
+    assert got[("pizzashop_model_drift_alert", upsell_psi)] == 1.0
+    assert ("pizzashop_model_drift_alert", (("model", "upsell"), ("version", "1"))) not in got
     assert got[("pizzashop_model_psi_alert_threshold", ())] == 0.2
     role = ("role", "champion"), ("version", "1")
     assert got[("pizzashop_model_online_precision", (("model", "fraud"), *role))] == 0.75

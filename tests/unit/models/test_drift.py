@@ -1,8 +1,10 @@
 """Drift without a broker: the PSI formula and its smoothing, fixed reference bins, readings
-over a window, references recorded at training, and the simulator's chargebacks."""
+over a window, references recorded at training (upsell's as its serving path scores), and the
+simulator's chargebacks."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +14,8 @@ import pytest
 
 from models.drift import (
     DRIFT_INPUTS,
+    UPSELL_INPUTS,
+    UPSELL_SCORE,
     Histogram,
     ModelReference,
     build_reference,
@@ -147,19 +151,22 @@ def test_simulated_chargebacks_follow_the_frauds_days_later() -> None:
     )
 
 
-def test_training_records_each_versions_reference(tmp_path: Path) -> None:
+def test_training_records_each_versions_reference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from models.fraud import FraudModel
-    from models.training import train
+    from models.training import build_dataset, train
+    from models.upsell import HashEmbedder
+    from models.upsell.history import InMemoryBasketHistory
+    from models.upsell.model import UpsellScorer
 
-    train(
-        tmp_path,
-        n_orders=2000,
-        seed=1,
-        progress=False,
-        fraud_epochs=1,
-        anomaly_epochs=1,
-        with_upsell=False,
+    # the upsell ranker on hashed words: MiniLM would only make the test slower
+    monkeypatch.setattr("models.upsell.training.MiniLMEmbedder", lambda: HashEmbedder(64))
+    data = build_dataset(2000, seed=1)
+    report = train(
+        tmp_path, n_orders=2000, seed=1, progress=False, fraud_epochs=1, anomaly_epochs=1, data=data
     )
+    assert "upsell" in report.versions, report.skipped
     registry = Registry(tmp_path)
     fraud_version = registry.load("fraud")
     fraud = ModelReference.from_json(fraud_version.metadata.reference)
@@ -170,3 +177,24 @@ def test_training_records_each_versions_reference(tmp_path: Path) -> None:
     assert set(anomaly.inputs) == set(DRIFT_INPUTS)  # the autoencoder reads every feature
     assert sum(fraud.scores["probability"].fractions) == pytest.approx(1.0)
     assert fraud.scores["probability"].n == anomaly.scores["percentile"].n > 0
+
+    # upsell: its best suggestion's score on world 0's validation orders, and the basket inputs
+    upsell_version = registry.load("upsell")
+    upsell = ModelReference.from_json(upsell_version.metadata.reference)
+    assert set(upsell.scores) == {UPSELL_SCORE} and set(upsell.inputs) == set(UPSELL_INPUTS)
+    start, val_start, test_start = data.bounds(0)
+    assert upsell.inputs["n_lines"].n == test_start - val_start
+    # ... as the enricher would have scored them: histories recorded batch by batch
+    scorer = UpsellScorer.load(upsell_version)
+    history, histories = InMemoryBasketHistory(), []
+    orders = data.stream.orders[: test_start - start]
+    for at in range(0, len(orders), 250):
+        histories += asyncio.run(history.before(orders[at : at + 250]))
+    baskets = [[i.sku for i in o.items] for o in orders[val_start - start :]]
+    served = scorer.model.suggest(baskets, histories[val_start - start :], scorer.k)
+    top = np.array([row[0].score for row in served if row])
+    assert upsell.scores[UPSELL_SCORE].n == len(top) > 0
+    assert psi(upsell.scores[UPSELL_SCORE], top) < 1e-6
+    # without the customers' histories the scores differ: the reference did use them
+    alone = scorer.model.suggest(baskets)
+    assert psi(upsell.scores[UPSELL_SCORE], np.array([r[0].score for r in alone if r])) > 0.01
