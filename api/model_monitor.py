@@ -28,16 +28,13 @@ import numpy as np
 import orjson
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import select
 
 from api.schemas import DriftOut, ModelOut, ModelsOut, ModelVersionOut, OnlineOut
 from models.drift import DriftReading, ModelReference, order_inputs, readings
 from models.registry import ModelVersion, Registry
-from pizzashop.core.database import Database
 from pizzashop.core.settings import EnricherSettings, MonitorSettings
 from services.labels import FRAUD, LabelQueries, Outcomes
-from services.scores import WINDOWED_MODELS, ScoreQueries, ScoreWindow, order_scores
-from services.status import orders as placed_orders
+from services.scores import WINDOWED_MODELS, EnrichedWindow, ScoreQueries, ScoreWindow
 
 logger = logging.getLogger(__name__)
 
@@ -102,49 +99,22 @@ def _readings(
 UPSELL = "upsell"
 
 
-@dataclass(frozen=True, slots=True)
-class _UpsellRows:
-    """An upsell version's latest scored orders, newest first, as stored (JSON): the
-    ``OrderEnriched`` bodies and the ``OrderPlaced`` ones the status projection has."""
-
-    enriched: tuple[str, ...]
-    orders: tuple[str, ...]
-
-    def window(self) -> ScoreWindow:
-        """Each order's best suggestion's score: blocking (parses every body)."""
-        scores = []
-        for body in self.enriched:
-            upsell = orjson.loads(body).get("upsell")
-            if upsell and not upsell.get("degraded") and upsell.get("suggestions"):
-                scores.append(float(upsell["suggestions"][0]["score"]))  # best first
-        return ScoreWindow(scores=tuple(scores), order_bodies=self.orders)
-
-
-async def _upsell_rows(db: Database, version: int, limit: int) -> _UpsellRows:
-    query = (
-        select(order_scores.c.body, placed_orders.c.body)
-        .select_from(
-            order_scores.outerjoin(
-                placed_orders, placed_orders.c.order_id == order_scores.c.order_id
-            )
-        )
-        .where(order_scores.c.upsell_model == f"{UPSELL}-v{version}")
-        .order_by(order_scores.c.enriched_at.desc())
-        .limit(limit)
-    )
-    async with db.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    return _UpsellRows(
-        enriched=tuple(str(r[0]) for r in rows),
-        orders=tuple(str(r[1]) for r in rows if r[1] is not None),
-    )
+def _upsell_window(rows: EnrichedWindow) -> ScoreWindow:
+    """Each order's best suggestion's score (degraded or empty ones left out): blocking (parses
+    every body)."""
+    scores = []
+    for body in rows.enriched_bodies:
+        upsell = orjson.loads(body).get("upsell")
+        if upsell and not upsell.get("degraded") and upsell.get("suggestions"):
+            scores.append(float(upsell["suggestions"][0]["score"]))  # best first
+    return ScoreWindow(scores=tuple(scores), order_bodies=rows.order_bodies)
 
 
 def _upsell_readings(
-    version: int, reference: ModelReference, rows: _UpsellRows, cfg: MonitorSettings
+    version: int, reference: ModelReference, rows: EnrichedWindow, cfg: MonitorSettings
 ) -> list[DriftReading]:
     """Blocking: run it off the event loop."""
-    return _readings(UPSELL, version, reference, rows.window(), cfg)
+    return _readings(UPSELL, version, reference, _upsell_window(rows), cfg)
 
 
 class ModelMonitor(Collector):
@@ -254,10 +224,8 @@ class ModelMonitor(Collector):
                 # Parsing 2,000 orders and building their inputs takes some 140 ms of CPU: off
                 # the event loop, or every API request would wait for it.
                 if model.name == UPSELL:
-                    # The score projection keeps upsell's suggestions only in the stored event,
-                    # so ScoreQueries.window (one score column per model) cannot read them; the
-                    # rows are read here, on its database, until it grows an upsell window.
-                    rows = await _upsell_rows(self._scores._db, mv.version, cfg.drift_window)
+                    # The projection keeps upsell's suggestions only in the stored event.
+                    rows = await self._scores.enriched_window(UPSELL, mv.version, cfg.drift_window)
                     found = await asyncio.to_thread(
                         _upsell_readings, mv.version, reference, rows, cfg
                     )

@@ -70,6 +70,22 @@ _SCORE_COLUMNS = {
     "anomaly": (order_scores.c.anomaly_percentile, order_scores.c.anomaly_model),
 }
 WINDOWED_MODELS = tuple(_SCORE_COLUMNS)
+#: Every scoring model's tag column (``"<model>-v<version>"``).
+_TAG_COLUMNS = {
+    "fraud": order_scores.c.fraud_model,
+    "anomaly": order_scores.c.anomaly_model,
+    "upsell": order_scores.c.upsell_model,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichedWindow:
+    """A model version's latest scored orders, newest first, as stored (JSON): the
+    ``OrderEnriched`` bodies, for a model whose score has no column of its own (upsell's
+    suggestions), and the ``OrderPlaced`` bodies the status projection has."""
+
+    enriched_bodies: tuple[str, ...]
+    order_bodies: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +198,24 @@ class ScoreQueries:
             rows = (await conn.execute(query)).all()
         return ScoreWindow(
             scores=tuple(float(r[0]) for r in rows if r[0] is not None),
+            order_bodies=tuple(str(r[1]) for r in rows if r[1] is not None),
+        )
+
+    async def enriched_window(self, model: str, version: int, limit: int) -> EnrichedWindow:
+        """The latest ``limit`` orders ``model`` version ``version`` scored, as stored."""
+        query = (
+            select(order_scores.c.body, orders.c.body)
+            .select_from(
+                order_scores.outerjoin(orders, orders.c.order_id == order_scores.c.order_id)
+            )
+            .where(_TAG_COLUMNS[model] == f"{model}-v{version}")
+            .order_by(order_scores.c.enriched_at.desc())
+            .limit(limit)
+        )
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return EnrichedWindow(
+            enriched_bodies=tuple(str(r[0]) for r in rows),
             order_bodies=tuple(str(r[1]) for r in rows if r[1] is not None),
         )
 
