@@ -47,7 +47,7 @@ import contextlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -71,6 +71,10 @@ class LedgerBehind(TransientError):
     """The ledger did not catch up with a batch in time; the runtime retries the batch."""
 
 
+class LedgerStalled(TransientError):
+    """The ledger's follower completed no round in time; it is started again."""
+
+
 class OrderLedger(Resource):
     """Registers every order of ``topic`` in ``store`` and gates batches on it (see the module
     docstring). Start it after ``store`` and before the runtime consumes; stop it after."""
@@ -85,6 +89,7 @@ class OrderLedger(Resource):
         client_options: Mapping[str, Any] | None = None,
         wait_s: float = 30.0,
         fetch_ms: int = 200,
+        stall_s: float = 20.0,
     ) -> None:
         self._store = store
         self._bootstrap = bootstrap
@@ -93,6 +98,7 @@ class OrderLedger(Resource):
         self._options = dict(client_options or {})
         self._wait_s = wait_s
         self._fetch_ms = fetch_ms
+        self._stall_s = stall_s
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
@@ -151,7 +157,7 @@ class OrderLedger(Resource):
         while True:
             started = self._round
             try:
-                await self._follow()
+                await self._watched(self._follow())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -165,10 +171,34 @@ class OrderLedger(Resource):
                 )
                 if self._consumer is not None:
                     with contextlib.suppress(Exception):
-                        await self._consumer.stop()
+                        async with asyncio.timeout(self._stall_s):
+                            await self._consumer.stop()
                     self._consumer = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _watched(self, follow: Coroutine[Any, Any, None]) -> None:
+        """Run ``follow`` while it completes rounds; a round that takes over ``stall_s`` stops
+        it with ``LedgerStalled``, and the loop starts it again. A client call that never
+        answered after a broker was killed (its connection half-dead) once wedged the ledger,
+        and with it every batch, until the end of a chaos run."""
+        task = asyncio.ensure_future(follow)
+        try:
+            while True:
+                seen = self._round
+                done, _ = await asyncio.wait({task}, timeout=self._stall_s)
+                if done:
+                    return task.result()
+                if self._round == seen:
+                    raise LedgerStalled(
+                        f"the order ledger of {self._topic} made no progress in {self._stall_s}s"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    async with asyncio.timeout(self._stall_s):  # a call that ignores cancelling
+                        await task
 
     async def _follow(self) -> None:
         partitions = await partitions_of(
