@@ -130,9 +130,15 @@ class OrderLedger(Resource):
                     self._changed.wait_for(lambda: self._complete(query, asked)), self._wait_s
                 )
         except TimeoutError:
+            behind = [
+                f"{tp.partition}@{self._latest.get(tp, -math.inf):.3f}"
+                for tp in self._partitions
+                if not self._at_end.get(tp) and self._latest.get(tp, -math.inf) <= query.until
+            ]
             raise LedgerBehind(
                 f"the order ledger of {self._topic} did not reach {query.until:.3f} "
-                f"within {self._wait_s}s"
+                f"within {self._wait_s}s ({self._round - asked} rounds since; partitions "
+                f"behind, with their latest order: {', '.join(behind) or 'none'})"
             ) from None
 
     def _complete(self, query: StateQuery, asked: int) -> bool:
