@@ -43,7 +43,6 @@ assumption left, and the shop's outbox keeps it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections import OrderedDict
@@ -99,6 +98,7 @@ class OrderLedger(Resource):
         self._wait_s = wait_s
         self._fetch_ms = fetch_ms
         self._stall_s = stall_s
+        self._stopping = False
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
@@ -113,12 +113,12 @@ class OrderLedger(Resource):
         self._task = asyncio.create_task(self._run(), name=f"order-ledger-{self._topic}")
 
     async def _stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await _settle(self._task, self._stall_s)
         if self._consumer is not None:
-            await self._consumer.stop()
+            await _settle(asyncio.ensure_future(self._consumer.stop()), self._stall_s)
 
     # -- the gate -------------------------------------------------------------------------------
     async def wait(self, query: StateQuery) -> None:
@@ -165,7 +165,11 @@ class OrderLedger(Resource):
             try:
                 await self._watched(self._follow())
             except asyncio.CancelledError:
-                raise
+                if self._stopping:
+                    raise
+                # Not ours: a client call cancelled inside (aiokafka cancels its own tasks on
+                # a dead connection). Ending here would leave the gate shut for good.
+                logger.warning("order ledger of %s cancelled from inside", self._topic)
             except Exception:
                 if self._round > started + 1:  # it had been following: a fresh failure
                     delay = 0.5
@@ -175,13 +179,11 @@ class OrderLedger(Resource):
                     delay,
                     exc_info=True,
                 )
-                if self._consumer is not None:
-                    with contextlib.suppress(Exception):
-                        async with asyncio.timeout(self._stall_s):
-                            await self._consumer.stop()
-                    self._consumer = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            if self._consumer is not None:
+                await _settle(asyncio.ensure_future(self._consumer.stop()), self._stall_s)
+                self._consumer = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def _watched(self, follow: Coroutine[Any, Any, None]) -> None:
         """Run ``follow`` while it completes rounds; a round that takes over ``stall_s`` stops
@@ -202,9 +204,7 @@ class OrderLedger(Resource):
         finally:
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    async with asyncio.timeout(self._stall_s):  # a call that ignores cancelling
-                        await task
+                await _settle(task, self._stall_s)
 
     async def _follow(self) -> None:
         partitions = await partitions_of(
@@ -288,3 +288,12 @@ class OrderLedger(Resource):
         finally:
             await admin.close()
         return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+
+async def _settle(task: asyncio.Future[Any], within_s: float) -> None:
+    """Wait up to ``within_s`` for ``task`` to end, then leave it. ``asyncio.wait`` rather than
+    ``await``: awaiting a task whose client call swallows its cancelling (aiokafka's stop on a
+    dead connection) waits as long as it does, and that wedged the ledger in a chaos run."""
+    await asyncio.wait({task}, timeout=within_s)
+    # Read its outcome when it comes, so an error is not reported as never retrieved.
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -15,19 +15,22 @@ from enrichers.ledger import OrderLedger
 class HangsOnce(OrderLedger):
     """A follower that hangs forever the first time and completes rounds after that."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, deaf: bool = False) -> None:
         super().__init__(cast(Any, None), bootstrap="-", topic="orders", group_id="g", stall_s=0.2)
         self.follows = 0
         self.cancelled = 0
+        self.deaf = deaf  # the hang swallows its first cancelling, as some client calls do
 
     async def _follow(self) -> None:
         self.follows += 1
         if self.follows == 1:
-            try:
-                await asyncio.Event().wait()  # never answers
-            except asyncio.CancelledError:
-                self.cancelled += 1
-                raise
+            while True:
+                try:
+                    await asyncio.Event().wait()  # never answers
+                except asyncio.CancelledError:
+                    self.cancelled += 1
+                    if not self.deaf or self.cancelled > 1:  # deaf to the first cancel only
+                        raise
         tp = TopicPartition("orders", 0)
         while True:
             await self._round_done([], {tp: True})
@@ -39,6 +42,13 @@ async def test_a_follower_that_stops_making_rounds_is_started_again() -> None:
     async with ledger, asyncio.timeout(10), ledger._changed:
         await ledger._changed.wait_for(lambda: ledger._round >= 5)
     assert ledger.follows == 2 and ledger.cancelled == 1
+
+
+async def test_a_follower_deaf_to_cancelling_is_left_behind_and_started_anew() -> None:
+    ledger = HangsOnce(deaf=True)
+    async with ledger, asyncio.timeout(10), ledger._changed:
+        await ledger._changed.wait_for(lambda: ledger._round >= 5)
+    assert ledger.follows == 2 and ledger.cancelled >= 1
 
 
 async def test_a_follower_that_keeps_making_rounds_is_left_alone() -> None:
