@@ -1,5 +1,6 @@
-"""The runtime's group committer: concurrent batches share one transaction, and a batch whose
-partitions were revoked meanwhile commits nothing.
+"""The runtime's transaction committer: concurrent batches share one Kafka transaction, and a
+batch whose partitions were revoked meanwhile commits nothing. (``ingest.group_commit`` is the
+other kind: concurrent database writes sharing one database transaction.)
 
 Each batch takes the ``epochs`` of its partitions when it is dispatched. A rebalance bumps the
 epoch of every revoked partition once it stops waiting for the batches in hand; a batch whose
@@ -28,7 +29,7 @@ class _Pending:
     done: asyncio.Future[None]
 
 
-class GroupCommitter:
+class TransactionCommitter:
     def __init__(self, transport: Transport, *, name: str) -> None:
         self._transport = transport
         self._name = name

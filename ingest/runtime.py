@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ingest import tracing
-from ingest._commits import GroupCommitter, PartitionsRevoked
+from ingest._commits import PartitionsRevoked, TransactionCommitter
 from ingest.codec import PLAIN_JSON, Serializer, decode, header
 from ingest.consumer import Delivery, Handler, Output
 from ingest.dedupe import ProcessedEvents
@@ -158,7 +158,7 @@ class ConsumerRuntime(Resource):
         # revoke finishes within the group's rebalance timeout (or this member is dropped).
         self._revoking: set[Partition] = set()
         self._failing: dict[tuple[Partition, int], _Failing] = {}
-        self._committer = GroupCommitter(transport, name=name)
+        self._committer = TransactionCommitter(transport, name=name)
         self._handler_started = False
 
     # -- lifecycle -------------------------------------------------------------------------
