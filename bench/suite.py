@@ -1,7 +1,9 @@
 """Every throughput and latency figure of issue 8 in one run, on one broker.
 
     .venv/bin/python bench/suite.py --json [--runs 3] [--orders 5000] [--messages 50000]
+                                           [--rates 200,500,1000,5000] [--seconds 10]
                                            [--only ceiling,peers,ours,latency,api] [--profile]
+                                           [--results bench/RESULTS.md]
 
 - ceiling: a bare passthrough (consume, decode, filter, encode, produce; offsets in the same
   transaction) with confluent-kafka and with aiokafka, over ``--messages`` preloaded orders;
@@ -9,15 +11,23 @@
   by the suite into its own virtualenv under ``.cache/bench-venvs/`` on first use;
 - ours: the kitchen and notification flows (``bench/flows.py``, mail to an SMTP server in its
   own process) and enrichment with all three models (``bench/enrich.py``), each from a
-  preloaded backlog of ``--orders``, each in its own process;
-- latency: ``POST /orders`` to ``OrderEnriched`` at fixed offered rates (``--rates``), the
-  shop (API, relay, enricher) in one process, the load and the probe in another;
-- api: the order API alone, loaded from a separate process at ``--connections``.
+  preloaded backlog of ``--orders``, each in its own process; each once more on the
+  confluent-kafka transport (``PIZZASHOP_CONSUMER__TRANSPORT=confluent``, ``*_confluent_per_s``);
+- latency: ``POST /orders`` to ``OrderEnriched`` at fixed offered rates (``--rates``), as a
+  shop is deployed: the API with its outbox relay in one process, the enricher in another
+  (one home, so one SQLite file, and one set of topics), the open-loop load and the probe in
+  a third (``bench/_peers/http_load.py rates``). A rate the shop cannot keep is cut short and
+  marked not sustained, and the higher ones are not offered;
+- api: the order API alone (API and relay in one process), loaded from a separate process at
+  ``--connections`` for ``--api-seconds`` by wrk when installed, else by the Python client
+  (``bench/_intake_load.py``, shared with ``bench/intake.py``); ``api.tool`` says which.
 
-Every measurement runs as a subprocess, so each can be profiled (``--profile``: py-spy, raw
-collapsed stacks in ``bench/profiles/``) and none competes with this process for the GIL.
+Every measurement runs as a subprocess, so each can be profiled (``--profile``: py-spy with
+``--gil``, so the samples show what holds the GIL; raw collapsed stacks in ``bench/profiles/``)
+and none competes with this process for the GIL.
 Runs are interleaved so a noisy machine's noise falls on all alike; each figure is the median
-of ``--runs`` with min and max. Writes ``bench/RESULTS.md`` and prints the JSON.
+of ``--runs`` with min and max. Writes ``--results`` (``bench/RESULTS.md``) and prints the
+JSON.
 Uses PIZZASHOP_KAFKA_BOOTSTRAP if set, else a local broker for the run.
 """
 
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -46,10 +57,13 @@ if __name__ == "__main__":  # run as a script: the repository's packages, bench 
 
 import httpx
 
+from bench._intake_load import load, wrk_script
 from bench.flows import preload
 from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.app.kafka import kafka
+from pizzashop.app.traffic import OrderRequests
 from pizzashop.core.net import free_port
+from pizzashop.core.menu import load_menu
 from pizzashop.core.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +132,7 @@ class Suite:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         return [
             py_spy, "record", "--format", "raw", "--rate", "200", "--subprocesses",
-            "-o", str(PROFILES / f"{name}.txt"), "--", *argv,
+            "--gil", "-o", str(PROFILES / f"{name}.txt"), "--", *argv,
         ]  # fmt: skip
 
     # -- sections ------------------------------------------------------------------------
@@ -152,9 +166,13 @@ class Suite:
             out[name] = float(result["per_s"])
         return out
 
-    async def flow(self, flow: str) -> float:
+    def _transport_env(self, transport: str) -> dict[str, str]:
+        return {**self.env, "PIZZASHOP_CONSUMER__TRANSPORT": transport}
+
+    async def flow(self, flow: str, transport: str = "aiokafka") -> float:
+        name = flow if transport == "aiokafka" else f"{flow}-{transport}"
         result = await self.measure(
-            flow,
+            name,
             [
                 sys.executable,
                 "bench/flows.py",
@@ -167,12 +185,13 @@ class Suite:
                 "--no-passthrough",
                 "--json",
             ],
+            env=self._transport_env(transport),
         )
         return float(result["per_s"][flow]["median"])
 
-    async def enrich(self) -> float:
+    async def enrich(self, transport: str = "aiokafka") -> float:
         result = await self.measure(
-            "enrich",
+            "enrich" if transport == "aiokafka" else f"enrich-{transport}",
             [
                 sys.executable,
                 "bench/enrich.py",
@@ -186,47 +205,44 @@ class Suite:
                 "--registry",
                 str(self.registry),
             ],
+            env=self._transport_env(transport),
         )
         return float(result["throughput_per_s"])
 
-    @contextlib.asynccontextmanager
-    async def server(self, name: str, workers: str) -> AsyncIterator[tuple[str, str]]:
-        """``pizzashop run`` in its own process on fresh topics; yields (url, enriched topic)."""
+    def shop_env(self) -> tuple[dict[str, str], str]:
+        """The environment of one shop's processes (a fresh home, topics and groups, a free
+        API port) and its enriched topic."""
         run = uuid.uuid4().hex[:6]
-        port = free_port()
-        home = self.tmp / f"server-{run}"
+        home = self.tmp / f"shop-{run}"
         home.mkdir()
         env = {
             **self.env,
             "PIZZASHOP_HOME": str(home),
             "PIZZASHOP_TOPIC_PREFIX": f"bench-{run}.",
             "PIZZASHOP_GROUP_PREFIX": f"bench-{run}",
-            "PIZZASHOP_API_PORT": str(port),
+            "PIZZASHOP_API_PORT": str(free_port()),
             "PIZZASHOP_API__RATE_LIMIT_PER_ADDRESS": "",
             "PIZZASHOP_REGISTRY_DIR": str(self.registry),
         }
-        argv = self._profiled(
-            name,
-            [sys.executable, "-m", "pizzashop.app.cli", "run", "--workers", workers],
-        )
-        log = (self.tmp / f"server-{run}.log").open("wb")
+        return env, f"bench-{run}.orders.enriched"
+
+    @contextlib.asynccontextmanager
+    async def shop(
+        self, name: str, env: dict[str, str], options: Sequence[str]
+    ) -> AsyncIterator[asyncio.subprocess.Process]:
+        """``pizzashop run *options`` in its own process, stopped by SIGINT at the end (py-spy
+        writes its profile, the shop stops in order)."""
+        argv = self._profiled(name, [sys.executable, "-m", "pizzashop.app.cli", "run", *options])
+        path = self.tmp / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        log = path.open("wb")
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=REPO, env=env, stdout=log, stderr=log
         )
-        url = f"http://127.0.0.1:{port}"
         try:
-            async with httpx.AsyncClient(base_url=url) as client:
-                for _ in range(600):
-                    with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get("/health/ready")).status_code == 200:
-                            break
-                    if proc.returncode is not None:
-                        raise RuntimeError(f"server {name} exited; see {log.name}")
-                    await asyncio.sleep(0.1)
-            yield url, f"bench-{run}.orders.enriched"
+            yield proc
         finally:
             if proc.returncode is None:
-                proc.send_signal(2)  # SIGINT: py-spy writes its profile, the shop stops in order
+                proc.send_signal(2)
                 try:
                     await asyncio.wait_for(proc.wait(), 60)
                 except TimeoutError:
@@ -234,43 +250,83 @@ class Suite:
                     await proc.wait()
             log.close()
 
+    @contextlib.asynccontextmanager
+    async def api_server(self, name: str, env: dict[str, str]) -> AsyncIterator[str]:
+        """The API and its outbox relay, no flows (``--workers ""``); yields its URL once
+        ready."""
+        async with self.shop(name, env, ["--workers", ""]) as proc:
+            url = f"http://127.0.0.1:{env['PIZZASHOP_API_PORT']}"
+            async with httpx.AsyncClient(base_url=url) as client:
+                for _ in range(600):
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get("/health/ready")).status_code == 200:
+                            break
+                    if proc.returncode is not None:
+                        raise RuntimeError(f"server {name} exited ({proc.returncode})")
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError(f"server {name} not ready in 60 s")
+            yield url
+
     async def latency(self) -> dict[str, Any]:
-        async with self.server("latency", "enricher") as (url, enriched):
-            return await self.measure(
-                "load-rates",
-                [
-                    sys.executable,
-                    str(PEERS / "http_load.py"),
-                    "rates",
-                    "--url",
-                    url,
-                    "--bootstrap",
-                    self.bootstrap,
-                    "--enriched",
-                    enriched,
-                    "--rates",
-                    self.args.rates,
-                    "--seconds",
-                    str(self.args.seconds),
-                ],
+        """The API process first (it creates the topics and migrates the database), then the
+        enricher's process on the same home and topics; the load process waits, through its
+        warm-up orders, until the enricher answers."""
+        env, enriched = self.shop_env()
+        async with (
+            self.api_server("latency-api", env) as url,
+            self.shop("latency-enricher", env, ["--no-api", "--workers", "enricher"]) as worker,
+        ):
+            load = asyncio.ensure_future(
+                self.measure(
+                    "load-rates",
+                    [
+                        sys.executable,
+                        str(PEERS / "http_load.py"),
+                        "rates",
+                        "--url",
+                        url,
+                        "--bootstrap",
+                        self.bootstrap,
+                        "--enriched",
+                        enriched,
+                        "--rates",
+                        self.args.rates,
+                        "--seconds",
+                        str(self.args.seconds),
+                    ],
+                )
             )
+            exited = asyncio.ensure_future(worker.wait())
+            await asyncio.wait({load, exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not load.done():
+                load.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await load
+                raise RuntimeError(f"the enricher's process exited ({worker.returncode})")
+            exited.cancel()
+            return load.result()
 
     async def api(self) -> dict[str, Any]:
-        async with self.server("api", "") as (url, _):
-            return await self.measure(
-                "load-closed",
-                [
-                    sys.executable,
-                    str(PEERS / "http_load.py"),
-                    "closed",
-                    "--url",
-                    url,
-                    "--orders",
-                    str(self.args.orders),
-                    "--connections",
-                    str(self.args.connections),
-                ],
-            )
+        """wrk when installed (``bench/_intake_load.py``), else the Python closed-loop client;
+        a 1 s warm-up first, as ``bench/intake.py`` does."""
+        env, _ = self.shop_env()
+        script = self.tmp / "orders.lua"
+        if not script.exists():
+            wrk_script(script, list(itertools.islice(OrderRequests(load_menu(), seed=1), 500)))
+        async with self.api_server("api", env) as url:
+            await load(url, 1, self.args.connections, script)
+            result = await load(url, self.args.api_seconds, self.args.connections, script)
+        statuses = {str(k): v for k, v in result["statuses"].items()}
+        return {
+            "orders_per_s": result["orders_per_s"],
+            "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"],
+            "connections": self.args.connections,
+            "orders": statuses.get("202", 0),
+            "statuses": statuses,
+            "tool": "wrk" if shutil.which("wrk") else "bench/_peers/http_load.py closed",
+        }
 
     async def ensure_registry(self) -> None:
         from models.registry import Registry
@@ -295,10 +351,14 @@ class Suite:
             if "peers" in only:
                 result["peers"] = {"quix_per_s": rates["quix"], "faust_per_s": rates["faust"]}
         if "ours" in only:
+            # The two transports take turns, so the machine's noise falls on both alike.
             result["ours"] = {
                 "kitchen_per_s": await self.flow("kitchen"),
+                "kitchen_confluent_per_s": await self.flow("kitchen", "confluent"),
                 "notification_per_s": await self.flow("notification"),
+                "notification_confluent_per_s": await self.flow("notification", "confluent"),
                 "enrich_per_s": await self.enrich(),
+                "enrich_confluent_per_s": await self.enrich("confluent"),
             }
         # A failing end-to-end section is reported, not fatal: the figures above still stand.
         if "latency" in only:
@@ -315,7 +375,12 @@ class Suite:
 
 
 #: Our stages, the ones --profile records.
-PROFILED = frozenset({"kitchen", "notification", "enrich", "latency", "api"})
+PROFILED = frozenset(
+    {
+        *("kitchen", "kitchen-confluent", "notification", "notification-confluent"),
+        *("enrich", "enrich-confluent", "latency-api", "latency-enricher", "api"),
+    }
+)
 
 
 def _median(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:

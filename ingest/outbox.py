@@ -33,6 +33,7 @@ import logging
 import os
 import random
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    bindparam,
     or_,
     select,
     update,
@@ -62,7 +64,7 @@ from ingest.codec import PLAIN_JSON, EncodedRecord, Serializer
 from ingest.events import Event
 from ingest.producer import TransactionalProducer, translate
 from ingest.topics import TopicSpec, ensure_topics
-from pizzashop.core.database import Database, chunked, metadata
+from pizzashop.core.database import Database, Prepared, chunked, metadata
 from pizzashop.core.lifecycle import Resource
 from pizzashop.core.settings import OutboxSettings
 
@@ -143,6 +145,24 @@ async def add_entries_to_outbox(conn: AsyncConnection, entries: Sequence[OutboxE
     by id), with one statement: a group commit's many orders cost one round trip here."""
     if entries:
         await conn.execute(outbox.insert(), [entry.row() for entry in entries])
+
+
+#: The columns ``OutboxEntry.row`` sets.
+_ENTRY_KEYS = ("topic", "event_id", "key", "value", "headers")
+
+
+def prepare_outbox_insert(db: Database) -> Prepared:
+    """The outbox INSERT compiled for ``db``, for ``add_entries_sqlite``."""
+    return db.prepare(outbox.insert(), _ENTRY_KEYS)
+
+
+def add_entries_sqlite(
+    conn: sqlite3.Connection, insert: Prepared, entries: Sequence[OutboxEntry]
+) -> None:
+    """``add_entries_to_outbox`` inside a ``Database.run_sqlite`` transaction (``insert`` from
+    ``prepare_outbox_insert``)."""
+    if entries:
+        conn.executemany(insert.sql, [insert.params(entry.row()) for entry in entries])
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +358,7 @@ class OutboxRelay:
         self._settings = settings or OutboxSettings()
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._clock = clock
+        self._sqlite: _RelaySql | None = None  # compiled on first use, SQLite only
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._reconciled = False
@@ -525,30 +546,56 @@ class OutboxRelay:
         age = max(0.0, self._clock() - oldest.timestamp())
         return Backlog(int(count), age)
 
+    def _sql(self) -> _RelaySql | None:
+        """The relay's statements compiled for SQLite (``Database.run_sqlite``); None on
+        PostgreSQL, which runs them through the engine."""
+        if self._sqlite is None and self._db.dialect == "sqlite":
+            self._sqlite = _RelaySql(
+                pending=self._db.prepare(
+                    select(
+                        outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers
+                    )
+                    .where(outbox.c.sent_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(bindparam("limit"))
+                ),
+                mark=self._db.prepare(
+                    update(outbox)
+                    .where(outbox.c.id == bindparam("row_id"), outbox.c.sent_at.is_(None))
+                    .values(sent_at=bindparam("now"))
+                ),
+            )
+        return self._sqlite
+
     async def _pending(self) -> list[OutboxRow]:
+        limit = self._settings.batch_size
+        if sql := self._sql():
+            rows = await self._db.run_sqlite(
+                lambda conn: conn.execute(
+                    sql.pending.sql, sql.pending.params({"limit": limit})
+                ).fetchall(),
+                write=False,
+            )
+            return [_outbox_row(*row) for row in rows]
         async with self._db.engine.connect() as conn:
-            rows = await conn.execute(
+            result = await conn.execute(
                 select(outbox.c.id, outbox.c.topic, outbox.c.key, outbox.c.value, outbox.c.headers)
                 .where(outbox.c.sent_at.is_(None))
                 .order_by(outbox.c.id)
-                .limit(self._settings.batch_size)
+                .limit(limit)
             )
-            return [
-                OutboxRow(
-                    id=row.id,
-                    topic=row.topic,
-                    record=EncodedRecord(
-                        key=row.key,
-                        value=row.value,
-                        headers=[(k, v.encode()) for k, v in json.loads(row.headers)],
-                    ),
-                )
-                for row in rows
-            ]
+            return [_outbox_row(*row) for row in result]
 
     async def _mark_sent(self, ids: Sequence[int]) -> int:
-        marked = 0
         now = datetime.now(UTC)
+        if sql := self._sql():
+            params = [sql.mark.params({"row_id": row_id, "now": now}) for row_id in ids]
+            # One UPDATE per id, by primary key, in one transaction: executemany's rowcount is
+            # the sum, and no IN list runs into SQLite's cap on bound parameters.
+            return await self._db.run_sqlite(
+                lambda conn: conn.executemany(sql.mark.sql, params).rowcount, write=True
+            )
+        marked = 0
         async with self._db.engine.begin() as conn:
             for chunk in chunked(ids):
                 result = await conn.execute(
@@ -558,3 +605,21 @@ class OutboxRelay:
                 )
                 marked += result.rowcount
         return marked
+
+
+@dataclass(frozen=True, slots=True)
+class _RelaySql:
+    pending: Prepared
+    mark: Prepared
+
+
+def _outbox_row(row_id: int, topic: str, key: bytes, value: bytes, headers: str) -> OutboxRow:
+    return OutboxRow(
+        id=row_id,
+        topic=topic,
+        record=EncodedRecord(
+            key=bytes(key),
+            value=bytes(value),
+            headers=[(k, v.encode()) for k, v in json.loads(headers)],
+        ),
+    )

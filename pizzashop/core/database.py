@@ -15,18 +15,30 @@ schema to the code's revision or refuses to start:
 
 SQLite runs in WAL mode with a busy timeout so the API and the workers (one process or several)
 can write to one file.
+
+Hot paths on SQLite (the order API's group commit, the outbox relay) run a whole transaction as
+ONE function in the aiosqlite connection's own thread (``Database.run_sqlite``), with statements
+compiled once by SQLAlchemy (``Database.prepare``: the same SQL, the same type processing).
+Through the async engine every statement, the commit and the pool's reset are each a hand-off
+between the event loop and that thread, and the hand-offs, not SQLite, were most of a commit's
+time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Column, MetaData, Table, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolResetState
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
@@ -82,11 +94,15 @@ class Database(Resource):
             # 100 ms a round while writers of the same process take turns.
             kwargs["pool_size"] = 1
             kwargs["max_overflow"] = 0
+            # Roll back on return only when a transaction is open (``_reset_sqlite``): after a
+            # read, or a transaction already ended, a rollback is one more thread hand-off.
+            kwargs["pool_reset_on_return"] = None
         else:
             kwargs["pool_size"] = 10
         engine = create_async_engine(self.url, **kwargs)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine.pool, "reset", _reset_sqlite)
         self._engine = engine  # a failed migration disposes of it in _stop
         await self._migrate(engine)
 
@@ -150,6 +166,69 @@ class Database(Resource):
             return postgresql.insert(table).on_conflict_do_nothing()
         return sqlite.insert(table).on_conflict_do_nothing()
 
+    def prepare(self, statement: ClauseElement, keys: Sequence[str] = ()) -> Prepared:
+        """``statement`` compiled once for this database (SQLite: qmark), ready for
+        ``Prepared.params`` in ``run_sqlite``. ``keys``: the columns an INSERT sets."""
+        compiled = statement.compile(dialect=self.engine.dialect, column_keys=list(keys))
+        names = tuple(compiled.positiontup or ())
+        processors = compiled._bind_processors
+        defaults = compiled.construct_params(_check=False)
+        return Prepared(
+            compiled.string,
+            tuple((name, processors.get(name), defaults.get(name)) for name in names),
+        )
+
+    async def run_sqlite(self, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """``work(connection)`` on the pool's SQLite connection, in its aiosqlite thread, in one
+        hand-off: the pool's one connection is held meanwhile, as by ``engine.connect()``.
+
+        ``write``: ``work`` runs in a ``BEGIN IMMEDIATE`` transaction (the write lock taken
+        first, so what it reads stays true until it commits), committed when it returns and
+        rolled back when it raises; else it runs outside a transaction (each statement sees
+        what is committed). A ``sqlite3`` error comes out as SQLAlchemy's (``IntegrityError``,
+        ``OperationalError``), as through the engine. SQLite only."""
+        async with self.engine.connect() as conn:
+            fairy = await conn.get_raw_connection()
+            driver = fairy.driver_connection  # aiosqlite.Connection, as the dialect uses it
+            try:
+                return await driver._execute(_run, driver._conn, work, write)  # type: ignore[union-attr]
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance(
+                    None, None, exc, sqlite3.Error, dialect=self.engine.dialect
+                ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A statement compiled for SQLite, and how to bind a row to it: per positional parameter
+    the row's key, SQLAlchemy's bind processor for its type, and its value when the row has
+    none (a literal bound in the statement)."""
+
+    sql: str
+    binds: tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]
+
+    def params(self, row: Mapping[str, Any] = {}) -> tuple[Any, ...]:  # noqa: B006 (read only)
+        return tuple(
+            process(row.get(name, default)) if process else row.get(name, default)
+            for name, process, default in self.binds
+        )
+
+
+def _run(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], write: bool) -> T:
+    """In the connection's thread: ``work`` alone, or in a transaction (``run_sqlite``)."""
+    if conn.in_transaction:  # left open by someone (never by the pool: it resets): not ours
+        conn.rollback()
+    if not write:
+        return work(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+    return result
+
 
 def chunked(values: Sequence[T], size: int = 500) -> list[Sequence[T]]:
     """``values`` in slices small enough for one ``IN (...)``: SQLite caps bound parameters."""
@@ -189,6 +268,19 @@ def _missing_columns(sync_conn: Any) -> dict[str, list[str]]:
         if lacking := [c.name for c in table.columns if c.name not in present]:
             missing[table.name] = lacking
     return missing
+
+
+def _reset_sqlite(dbapi_connection: Any, _record: Any, state: PoolResetState) -> None:
+    """The pool's reset on return, for SQLite: a rollback only while a transaction is open."""
+    if state.terminate_only or state.transaction_was_reset or not state.asyncio_safe:
+        return
+    try:
+        # aiosqlite's connection, idle now (nothing of it is awaited once it is returned)
+        open_ = dbapi_connection._connection._conn.in_transaction
+    except Exception:  # noqa: BLE001 - cannot tell: roll back, as the pool would
+        open_ = True
+    if open_:
+        dbapi_connection.rollback()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

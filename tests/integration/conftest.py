@@ -29,6 +29,17 @@ HERE = Path(__file__).parent
 REPO = HERE.parents[1]
 
 
+#: The consumer runtime's transports; tests marked ``both_transports`` run on each.
+TRANSPORTS = ("aiokafka", "confluent")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "transport" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_transports"
+    ):
+        metafunc.parametrize("transport", TRANSPORTS, indirect=True)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Hooks in this conftest see every collected item, not just this folder's.
     for item in items:
@@ -87,7 +98,17 @@ async def smtp_sink() -> AsyncIterator[SmtpSink]:
 
 
 @pytest.fixture
-def shop_settings(tmp_path: Path, smtp_sink: SmtpSink, kafka_bootstrap: str) -> Settings:
+def transport(request: pytest.FixtureRequest) -> str:
+    """The consumer runtime's transport: each of ``TRANSPORTS`` for a test marked
+    ``both_transports``, else ``PIZZASHOP_CONSUMER__TRANSPORT`` or the default."""
+    default = os.environ.get("PIZZASHOP_CONSUMER__TRANSPORT", "aiokafka")
+    return str(getattr(request, "param", default))
+
+
+@pytest.fixture
+def shop_settings(
+    tmp_path: Path, smtp_sink: SmtpSink, kafka_bootstrap: str, transport: str
+) -> Settings:
     """Settings with topics, groups and database of this test only."""
     run = uuid.uuid4().hex[:8]
     return Settings(
@@ -103,6 +124,7 @@ def shop_settings(tmp_path: Path, smtp_sink: SmtpSink, kafka_bootstrap: str) -> 
         enricher={"model_timeout_s": 30.0},
         api={"keys": [{"name": "tests", "secret": TEST_API_KEY, "scopes": ["inspect", "operate"]}]},
         consumer={
+            "transport": transport,
             "batch_wait_ms": 50,
             "retry_base_delay_s": 0.05,
             "retry_max_delay_s": 0.5,

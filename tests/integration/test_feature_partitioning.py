@@ -64,6 +64,12 @@ async def _stored(db: Database) -> dict[str, np.ndarray]:
         return {oid: np.frombuffer(blob, dtype=np.float32) for oid, blob in map(tuple, rows)}
 
 
+async def _enriched(bootstrap: str, topic: str) -> list[object]:
+    """Every committed event on ``topic``, decoded."""
+    records = await read_topics(bootstrap, [topic], isolation_level="read_committed")
+    return [decode(r.value, list(r.headers)) for r in records if r.value is not None]
+
+
 def _assigned(shop: Shop) -> int:
     transport = shop.runtimes["enricher"]._transport  # the test looks under the runtime
     return len(transport.assignment())
@@ -101,12 +107,17 @@ async def enrich(
         async def all_stored() -> bool:
             return len(await _stored(shops[0].db)) >= len(orders)
 
+        # The features are stored before the batch's Kafka transaction commits, so wait for
+        # the output itself too (confluent-kafka commits a whole backlog in one transaction).
+        async def all_enriched() -> bool:
+            return len(await _enriched(bootstrap, shops[0].topics.enriched)) >= len(orders)
+
         await eventually(all_stored, timeout_s=90, every_s=0.5)
+        await eventually(all_enriched, timeout_s=60, every_s=0.5)
         stored = await _stored(shops[0].db)
-        records = await read_topics(
-            bootstrap, [shops[0].topics.enriched], isolation_level="read_committed"
-        )
-    enriched = [decode(r.value, list(r.headers)) for r in records if r.value is not None]
+        enriched_topic = shops[0].topics.enriched
+    # Read again once every worker has stopped: a late duplicate would show here.
+    enriched = await _enriched(bootstrap, enriched_topic)
     assert sorted(e.order_id for e in enriched if isinstance(e, OrderEnriched)) == sorted(
         o.order_id for o in orders
     )  # each order enriched once, and only after its features were stored

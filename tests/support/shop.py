@@ -44,6 +44,7 @@ async def spawn_workers(
         "PIZZASHOP_SMTP__PORT": str(settings.smtp.port),
         "PIZZASHOP_CONSUMER__SESSION_TIMEOUT_MS": "6000",
         "PIZZASHOP_CONSUMER__HEARTBEAT_INTERVAL_MS": "1000",
+        "PIZZASHOP_CONSUMER__TRANSPORT": settings.consumer.transport,
         **env,
     }
     with log.open("ab") as sink:

@@ -4,6 +4,7 @@ is stored, a failed group stores and confirms none of its orders, idempotency ke
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from decimal import Decimal
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from ingest.outbox import add_entries_to_outbox, outbox
+from ingest.outbox import add_entries_sqlite, add_entries_to_outbox, outbox
 from pizzashop.core.database import Database
 from pizzashop.core.menu import load_menu
 from services.group_intake import GroupIntake
@@ -89,7 +90,17 @@ async def test_a_failed_group_confirms_and_stores_none_of_its_orders(
             raise failures.pop()
         await add_entries_to_outbox(conn, entries)
 
+    def failing_once_sqlite(conn: Any, insert: Any, entries: Any) -> None:
+        # In the connection's thread: a sqlite3 error, which comes out as SQLAlchemy's.
+        if failures:
+            failures.pop()
+            raise sqlite3.OperationalError("disk I/O error")
+        add_entries_sqlite(conn, insert, entries)
+
+    # The outbox insert fails after the orders' rows went in: SQLite runs the group in the
+    # connection's thread, PostgreSQL through the engine.
     monkeypatch.setattr("services.group_intake.add_entries_to_outbox", failing_once)
+    monkeypatch.setattr("services.group_intake.add_entries_sqlite", failing_once_sqlite)
     results = await asyncio.gather(
         *(intake.place(request(customer=f"c-{i}")) for i in range(8)), return_exceptions=True
     )
@@ -131,14 +142,21 @@ async def test_an_id_stored_by_another_process_after_the_check_answers_only_its_
     orders are stored and the raced one is a duplicate."""
     other = await OrderIntake(db, MENU, "orders").place(request("o-raced"))
     intake = GroupIntake(db, MENU, "orders")
-    real_stored = intake._stored
+    real_stored, real_stored_sqlite = intake._stored, intake._stored_sqlite
     calls: list[int] = []
 
     async def blind_first(order_ids: Any) -> dict[str, str]:
         calls.append(1)
         return {} if len(calls) == 1 else await real_stored(order_ids)
 
+    def blind_first_sqlite(conn: Any, sql: Any, order_ids: Any) -> dict[str, str]:
+        # On SQLite the check runs in the group's own transaction (where the race cannot
+        # happen): a blind check stands in for it.
+        calls.append(1)
+        return {} if len(calls) == 1 else real_stored_sqlite(conn, sql, order_ids)
+
     monkeypatch.setattr(intake, "_stored", blind_first)
+    monkeypatch.setattr(intake, "_stored_sqlite", blind_first_sqlite)
     results = await asyncio.gather(
         intake.place(request("o-a")), intake.place(request("o-raced")), intake.place(request("o-b"))
     )
@@ -146,3 +164,17 @@ async def test_an_id_stored_by_another_process_after_the_check_answers_only_its_
     assert results[1].event_id == other.event_id
     assert await count(db, orders) == 3
     assert await count(db, outbox) == 3
+
+
+def test_the_sqlite_statements_set_every_column_the_row_builders_fill() -> None:
+    """The SQLite path binds rows by the column keys it compiled with: a key the status
+    projection's row builders add must be compiled in too, or it would be dropped."""
+    from ingest.outbox import _ENTRY_KEYS, outbox_entry
+    from services.group_intake import _ORDER_KEYS, _TIMELINE_KEYS
+    from services.intake import build_order
+    from services.status import _order_row, _timeline_row
+
+    event = build_order(request(), MENU, "o-keys")
+    assert set(_order_row(event)) == set(_ORDER_KEYS)
+    assert set(_timeline_row(event)) == set(_TIMELINE_KEYS)
+    assert set(outbox_entry("orders", event).row()) == set(_ENTRY_KEYS)
