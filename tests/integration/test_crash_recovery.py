@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from api.app import create_app
 from ingest.codec import H_EVENT_TYPE, H_ORDER_ID, header
@@ -18,6 +19,9 @@ from pizzashop.core.settings import Settings
 from services.mailer import SmtpSink
 from tests.support.orders import order_body
 from tests.support.shop import API_HEADERS, eventually, spawn_workers
+
+# The consumer runtime's promises hold on both transports (conftest.TRANSPORTS).
+pytestmark = pytest.mark.both_transports
 
 
 async def _start_workers(settings: Settings, log: Path) -> asyncio.subprocess.Process:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from ingest.dlq import (
     read_dead_letters,
     replay,
@@ -12,6 +14,9 @@ from pizzashop.app.demo import malformed_records
 from pizzashop.app.shop import Shop, Wiring
 from pizzashop.core.settings import Settings
 from tests.support.shop import eventually
+
+# The consumer runtime's promises hold on both transports (conftest.TRANSPORTS).
+pytestmark = pytest.mark.both_transports
 
 
 async def test_malformed_records_are_dead_lettered_once_per_group(shop_settings: Settings) -> None:

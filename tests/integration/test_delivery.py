@@ -10,6 +10,8 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 
+import pytest
+
 from ingest.codec import decode
 from ingest.consumer import Delivery, Handler, Output
 from ingest.dlq import read_dead_letters, replay
@@ -25,6 +27,9 @@ from pizzashop.core.settings import ConsumerSettings, Settings
 from services.mailer import SmtpSink
 from tests.support.orders import make_order
 from tests.support.shop import eventually
+
+# The consumer runtime's promises hold on both transports (conftest.TRANSPORTS).
+pytestmark = pytest.mark.both_transports
 
 PARTITIONS = 3
 FAIL_S = 60.0

@@ -27,6 +27,9 @@ from services.mailer import SmtpSink
 from tests.support.orders import order_body
 from tests.support.shop import API_HEADERS, eventually, spawn_workers
 
+# The consumer runtime's promises hold on both transports (conftest.TRANSPORTS).
+pytestmark = pytest.mark.both_transports
+
 ENRICH = Wiring(api=False, workers=("enricher", "scores"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from api.app import create_app
 from ingest.codec import encode
@@ -12,6 +13,9 @@ from services.mailer import SmtpSink
 from tests.support.net import TcpProxy
 from tests.support.orders import make_order, order_body
 from tests.support.shop import API_HEADERS, eventually
+
+# The consumer runtime's promises hold on both transports (conftest.TRANSPORTS).
+pytestmark = pytest.mark.both_transports
 
 
 async def test_orders_taken_while_kafka_is_down_are_relayed_when_it_is_back(

@@ -27,6 +27,9 @@ from pizzashop.core.database import Database
 from pizzashop.core.settings import Settings
 from tests.support.shop import eventually
 
+# The consumer runtime's promises hold on both transports (conftest.TRANSPORTS).
+pytestmark = pytest.mark.both_transports
+
 ENRICH_ONLY = Wiring(api=False, workers=("enricher",))
 N_ORDERS = 360
 RELAY_BATCH = 40

@@ -16,6 +16,9 @@ from services.mailer import SmtpSink
 from tests.support.orders import order_body
 from tests.support.shop import API_HEADERS, eventually
 
+# The consumer runtime's promises hold on both transports (conftest.TRANSPORTS).
+pytestmark = pytest.mark.both_transports
+
 MENU = load_menu()
 
 
