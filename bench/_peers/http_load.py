@@ -175,8 +175,9 @@ class Offer:
         self.connections: list[asyncio.Task[None]] = []
 
     def grow(self) -> None:
-        """One more connection while requests wait and the cap allows."""
-        want = max(self.initial, len(self.connections) + min(self.queue.qsize(), 4))
+        """``initial`` connections, then one more per call while requests wait (the schedule
+        calls it every millisecond or so), up to ``max_connections``."""
+        want = max(self.initial, len(self.connections) + (1 if self.queue.qsize() else 0))
         while len(self.connections) < min(want, self.max_connections):
             self.connections.append(asyncio.create_task(self._connection()))
 
