@@ -41,8 +41,10 @@ CHAOS_ARGS ?=
 chaos: setup
 	$(PY) bench/chaos.py --json $(CHAOS_ARGS)
 
-# The benchmark suite (bench/suite.py): ceiling, peers, our flows, latency and the API, median of
-# 3 runs into bench/RESULTS.md. `make bench BENCH_ARGS="--runs 1 --orders 1000 --profile"`.
+# The benchmark suite (bench/suite.py): ceiling, peers, our flows (aiokafka and confluent-kafka
+# transports), end-to-end latency at 200,500,1000,5000 orders/s (API and enricher in separate
+# processes) and the API under wrk, median of 3 runs into bench/RESULTS.md; on an idle machine.
+# `make bench BENCH_ARGS="--runs 1 --orders 1000 --profile"`.
 BENCH_ARGS ?=
 bench: setup
 	$(VENV)/bin/pizzashop bench --json $(BENCH_ARGS)

@@ -8,8 +8,9 @@ status code a route can answer is in its ``responses``, so the OpenAPI document 
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,7 +18,9 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeout
 
@@ -133,9 +136,11 @@ def _placing(shop: ShopServices, group_commit: bool) -> Placing:
     )
 
 
-def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
+def create_app(shop: ShopServices, *, group_commit: bool = True, lean: bool = True) -> FastAPI:
     """``group_commit=False`` places each order in a transaction of its own (as measured
-    before group commit; ``bench/intake.py`` compares the two)."""
+    before group commit; ``bench/intake.py`` compares the two). ``lean=False`` serves
+    ``POST /orders`` through FastAPI's generic request handling only (``_lean_route``: the
+    same answers, the tests compare the two)."""
     # A stand-in shop (health tests) may bring settings without the `api` group: defaults then.
     api_settings: ApiSettings = getattr(shop.settings, "api", None) or ApiSettings()
     guard = Guard(api_settings)
@@ -236,18 +241,12 @@ def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
     # Built on the first order: a stand-in shop (health tests) has no intake at all.
     placing: list[Placing] = []
 
-    @app.post(
-        "/orders",
-        status_code=202,
-        response_model=OrderConfirmed,
-        responses=place_responses,
-        dependencies=[guard.depends("place")],
-        # While no key has the `place` scope, a key is optional (it buys the per-key limit).
-        openapi_extra={"security": [{}, {"ApiKey": []}]} if guard.place_is_open else None,
-    )
     async def place_order(request: OrderRequest) -> OrderConfirmed:
         """Validate against the menu, store durably, confirm. Never waits for the kitchen.
         A card number in any field is refused (422) before anything is stored."""
+        return await _place(request)
+
+    async def _place(request: OrderRequest) -> OrderConfirmed:
         # The order's record names this request's server span as its parent (a caller's
         # `traceparent` header is that span's parent: the instrumentation reads it).
         if not placing:
@@ -256,6 +255,19 @@ def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
         return OrderConfirmed(
             status="Confirmed", order_id=placed.order_id, duplicate=placed.duplicate
         )
+
+    app.router.add_api_route(
+        "/orders",
+        place_order,
+        methods=["POST"],
+        status_code=202,
+        response_model=OrderConfirmed,
+        responses=place_responses,
+        dependencies=[guard.depends("place")],
+        # While no key has the `place` scope, a key is optional (it buys the per-key limit).
+        openapi_extra={"security": [{}, {"ApiKey": []}]} if guard.place_is_open else None,
+        route_class_override=_lean_route(guard, _place) if lean else APIRoute,
+    )
 
     inspect = [guard.depends("inspect")]
 
@@ -414,6 +426,60 @@ def create_app(shop: ShopServices, *, group_commit: bool = True) -> FastAPI:
         return _answer(await checks.ready())
 
     return app
+
+
+def _lean_route(
+    guard: Guard, place: Callable[[OrderRequest], Awaitable[OrderConfirmed]]
+) -> type[APIRoute]:
+    """``POST /orders``'s route: FastAPI's, with a short way for the common request.
+
+    FastAPI's handler parses the JSON, validates the dict in Python, solves the dependencies
+    (the query check, the guard) and validates and serialises the answer again: a third of
+    the API's time per order. The short way, for a request with a JSON content type and no
+    query string, reads the body once with ``OrderRequest.model_validate_json``, admits the
+    caller with the guard and writes the answer's few bytes itself. Whenever validation fails
+    it hands the request (its body kept) to FastAPI's own handler, so every refusal (422 with
+    its problems, card numbers named but not echoed, 400, 401, 403, 429) is the very answer it
+    was. The route, and so the OpenAPI document, is FastAPI's, unchanged."""
+
+    class LeanPlaceRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            generic = super().get_route_handler()
+
+            async def handler(request: Request) -> Response:
+                if request.scope.get("query_string") or not _json_content(
+                    request.headers.get("content-type")
+                ):
+                    return await generic(request)
+                try:
+                    order = OrderRequest.model_validate_json(await request.body())
+                except ValidationError:
+                    return await generic(request)
+                await guard.admit(request, "place")
+                confirmed = await place(order)
+                return Response(
+                    _confirmed_json(confirmed), status_code=202, media_type="application/json"
+                )
+
+            return handler
+
+    return LeanPlaceRoute
+
+
+def _json_content(content_type: str | None) -> bool:
+    """Whether FastAPI reads a body of ``content_type`` as JSON, for the common spellings (any
+    other goes FastAPI's own way)."""
+    if content_type is None:
+        return False
+    main = content_type.split(";", 1)[0].strip().lower()
+    return main == "application/json"
+
+
+def _confirmed_json(confirmed: OrderConfirmed) -> bytes:
+    # As FastAPI's JSONResponse renders it (compact, not ASCII-escaped).
+    return json.dumps(
+        confirmed.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":")
+    ).encode()
 
 
 def _invalid(problems: list[ProblemOut]) -> JSONResponse:

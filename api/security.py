@@ -191,30 +191,7 @@ class Guard:
         claim one (declare ``{}`` as an alternative on the route)."""
 
         async def check(request: Request, presented: str | None) -> Caller:
-            caller = self.caller(request, presented)
-            if scope == "place" and self.place_is_open and scope not in caller.scopes:
-                # Open placing: a key that grants nothing here is no key at all.
-                caller = Caller(None, frozenset(), caller.address)
-            if scope == "place" and caller.key is None:
-                await self.limits.check(caller)  # anonymous: counted before being refused
-                if self.place_is_open:
-                    return caller
-            if caller.key is None:
-                raise HTTPException(
-                    status_code=401,
-                    detail="the API key is not valid"
-                    if presented
-                    else f"this needs an API key with the {scope!r} scope in {KEY_HEADER}",
-                    headers={"WWW-Authenticate": f'ApiKey header="{KEY_HEADER}"'},
-                )
-            if scope not in caller.scopes:
-                logger.info("API key %r refused: no %r scope", caller.key, scope)
-                raise HTTPException(
-                    status_code=403, detail=f"the API key lacks the {scope!r} scope"
-                )
-            if scope == "place":
-                await self.limits.check(caller)
-            return caller
+            return await self._check(request, presented, scope)
 
         if scope == "place" and self.place_is_open:
 
@@ -229,6 +206,35 @@ class Guard:
             return await check(request, presented)
 
         return required_key
+
+    async def admit(self, request: Request, scope: Scope) -> Caller:
+        """What ``requires(scope)`` does, called directly (``POST /orders``'s lean path): the
+        key read from its header, the same answers and the same counting."""
+        return await self._check(request, request.headers.get(KEY_HEADER), scope)
+
+    async def _check(self, request: Request, presented: str | None, scope: Scope) -> Caller:
+        caller = self.caller(request, presented)
+        if scope == "place" and self.place_is_open and scope not in caller.scopes:
+            # Open placing: a key that grants nothing here is no key at all.
+            caller = Caller(None, frozenset(), caller.address)
+        if scope == "place" and caller.key is None:
+            await self.limits.check(caller)  # anonymous: counted before being refused
+            if self.place_is_open:
+                return caller
+        if caller.key is None:
+            raise HTTPException(
+                status_code=401,
+                detail="the API key is not valid"
+                if presented
+                else f"this needs an API key with the {scope!r} scope in {KEY_HEADER}",
+                headers={"WWW-Authenticate": f'ApiKey header="{KEY_HEADER}"'},
+            )
+        if scope not in caller.scopes:
+            logger.info("API key %r refused: no %r scope", caller.key, scope)
+            raise HTTPException(status_code=403, detail=f"the API key lacks the {scope!r} scope")
+        if scope == "place":
+            await self.limits.check(caller)
+        return caller
 
     def depends(self, scope: Scope) -> Any:
         """``Depends(...)`` for a route's ``dependencies=[...]``."""

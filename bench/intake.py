@@ -16,6 +16,8 @@ report is the median of the runs with their min and max.
   worktree) instead of this one's one-transaction path;
 * ``after``: uvloop, httptools, orders grouped into shared commits (``services.group_intake``),
   the start-up heap frozen (``pizzashop.app.up.api_config``, ``freeze_startup_heap``);
+* ``base`` (only when asked for, with ``--before REF``): ``after`` served from that commit's
+  code, so an optimisation of ``after`` is measured against ``after`` as it was;
 * ``http-only`` (only when asked for): ``after`` with an intake that validates and builds each
   order but stores none, the HTTP stack's own ceiling in this process.
 
@@ -64,7 +66,7 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 #: py-spy is installed into the venv beside this interpreter.
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
-VARIANTS = ("before", "after", "http-only")
+VARIANTS = ("before", "after", "http-only", "base")
 FIGURES = ("orders_per_s", "p50_ms", "p99_ms", "cpu_ms_per_order", "cpu_share")
 
 
@@ -91,7 +93,7 @@ async def serve(variant: str, home: Path, bootstrap: str, port: int, database_ur
             shop.intake = Unstored(shop.menu)  # type: ignore[assignment]
         # `before` may be an older commit's create_app, from before the keyword.
         if "group_commit" in inspect.signature(create_app).parameters:
-            app = create_app(shop, group_commit=variant == "after")
+            app = create_app(shop, group_commit=variant in ("after", "base"))
         else:
             app = create_app(shop)
         if after:  # served as pizzashop.app.up serves it
@@ -308,7 +310,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
         for run in range(args.runs):
             for variant in args.variants:
-                source = before_source if variant == "before" else REPO
+                source = before_source if variant in ("before", "base") else REPO
                 result = await measure(variant, args, tmp, bootstrap, source, run)
                 runs[variant].append(result)
                 print(f"run {run + 1} {variant}: {json.dumps(result)}", file=sys.stderr)
@@ -335,7 +337,7 @@ if __name__ == "__main__":
         "--variants",
         type=lambda s: tuple(s.split(",")),
         default=VARIANTS[:2],
-        help="of before,after,http-only",
+        help="of before,after,http-only,base",
     )
     parser.add_argument("--profile", default="", help="folder for py-spy's collapsed stacks")
     parser.add_argument(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -82,27 +83,36 @@ class Mailer(Resource):
         async with self._slots:
             client = self._idle.pop() if self._idle else None
             handed_over = False
+            # Between DATA's 354 and the message's reply the session only takes the message:
+            # a QUIT then would be read as part of it, so such a connection is cut instead.
+            in_data = False
             try:
                 if client is None or not client.is_connected:
                     client = await self._connect()
                 await client.mail(self._settings.sender)
                 await client.rcpt(to)
+                # DATA's own round trip (the 354) hands nothing over: it stays out of the
+                # unconfirmed window, which is what paces the sends (max_unconfirmed / its
+                # length), so that window is one round trip (the content, its 250) plus the mark.
+                await _start_data(client)
+                in_data = True
                 async with self._unconfirmed:
                     if before_data is not None:
                         await before_data()
                     handed_over = True
-                    await client.data(content)
+                    await _hand_over(client, content, self._settings.timeout_s)
+                    in_data = False
                     if accepted is not None:
                         await accepted()
             except aiosmtplib.SMTPRecipientRefused as exc:
                 await _close(client)  # type: ignore[arg-type]  # the envelope is half open
                 raise ValidationFailed(f"SMTP server refused recipient {to}: {exc}") from exc
             except NotSent:
-                await _close(client)  # type: ignore[arg-type]  # the envelope is half open
+                await _close(client, cut=in_data)  # type: ignore[arg-type]  # half open
                 raise
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 if client is not None:
-                    await _close(client)
+                    await _close(client, cut=in_data)
                 # An error reply to the message itself (451, 554...) is a refusal; a broken
                 # connection after the hand-over may have come after the server took it.
                 certain = not handed_over or (
@@ -111,6 +121,10 @@ class Mailer(Resource):
                 )
                 kind = NotSent if certain else DeliveryFailed
                 raise kind(f"SMTP delivery to {to} failed: {exc}") from exc
+            except BaseException:  # the caller's callback failed, or the send was cancelled
+                if client is not None:
+                    client.close()  # in an unknown state: never back to the pool
+                raise
             self._idle.append(client)
 
     async def _connect(self) -> aiosmtplib.SMTP:
@@ -156,7 +170,44 @@ def compose(sender: str, to: str, subject: str, body: str, message_id: str) -> b
 _COMPAT32_SMTP = compat32.clone(linesep="\r\n")
 
 
-async def _close(client: aiosmtplib.SMTP) -> None:
+async def _start_data(client: aiosmtplib.SMTP) -> None:
+    """``DATA``, up to the server's 354 (go ahead): the first half of ``SMTP.data``."""
+    response = await client.execute_command(b"DATA")
+    if response.code != aiosmtplib.SMTPStatus.start_input:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+
+
+async def _hand_over(client: aiosmtplib.SMTP, content: bytes, timeout_s: float) -> None:
+    """The message after ``_start_data``, up to the server's 250: the second half of
+    ``SMTP.data`` (line endings made CRLF, leading dots doubled, the final dot line), split off
+    so that only it counts as unconfirmed. The connection is this send's alone (the pool's slot),
+    so nothing else may write to it or read its reply meanwhile."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    payload = _LEADING_DOT.sub(b"..", _LINE_ENDINGS.sub(b"\r\n", content))
+    if not payload.endswith(b"\r\n"):
+        payload += b"\r\n"
+    # No await between the write and read_response: the reply cannot arrive before its reader.
+    protocol.write(payload + b".\r\n")
+    try:
+        response = await protocol.read_response(timeout=timeout_s)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+    if response.code != aiosmtplib.SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+
+
+_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+async def _close(client: aiosmtplib.SMTP, *, cut: bool = False) -> None:
+    """QUIT and close; ``cut``: close at once (the session is mid-message)."""
+    if cut:
+        client.close()
+        return
     try:
         if client.is_connected:
             await asyncio.wait_for(client.quit(), timeout=1.0)

@@ -376,7 +376,7 @@ async def main() -> None:
     parser.add_argument(
         "--max-lag-s",
         type=float,
-        default=2.0,
+        default=1.0,
         help="a rate with more than this many seconds of its orders in flight is not sustained",
     )
     parser.add_argument("--max-connections", type=int, default=64, help="the pool's cap")
