@@ -436,7 +436,8 @@ def _lean_route(
     FastAPI's handler parses the JSON, validates the dict in Python, solves the dependencies
     (the query check, the guard) and validates and serialises the answer again: a third of
     the API's time per order. The short way, for a request with a JSON content type and no
-    query string, reads the body once with ``OrderRequest.model_validate_json``, admits the
+    query string, reads the body once (``OrderRequest.from_document``: JSON validated in one
+    pass, the card-number walk skipped when the bytes show none), admits the
     caller with the guard and writes the answer's few bytes itself. Whenever validation fails
     it hands the request (its body kept) to FastAPI's own handler, so every refusal (422 with
     its problems, card numbers named but not echoed, 400, 401, 403, 429) is the very answer it
@@ -452,7 +453,7 @@ def _lean_route(
                 ):
                     return await generic(request)
                 try:
-                    order = OrderRequest.model_validate_json(await request.body())
+                    order = OrderRequest.from_document(await request.body())
                 except ValidationError:
                     return await generic(request)
                 await guard.admit(request, "place")

@@ -199,9 +199,7 @@ _ORDER_KEYS = ("order_id", "customer_id", "total", "currency", "placed_at", "bod
 _TIMELINE_KEYS = ("event_id", "order_id", "event_type", "occurred_at", "detail")
 
 
-def _sort_out(
-    group: Sequence[_Order], stored: dict[str, str]
-) -> tuple[list[Placed], list[_Order]]:
+def _sort_out(group: Sequence[_Order], stored: dict[str, str]) -> tuple[list[Placed], list[_Order]]:
     """Each order's answer, and the orders to insert: those whose id is neither ``stored``
     (id -> event id) nor earlier in the group."""
     answers: list[Placed] = []

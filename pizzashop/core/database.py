@@ -37,9 +37,9 @@ from sqlalchemy import Column, MetaData, Table, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 from sqlalchemy.sql import ClauseElement
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql.dml import Insert
 
 from pizzashop.core.errors import ConfigError
@@ -207,7 +207,7 @@ class Prepared:
     sql: str
     binds: tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]
 
-    def params(self, row: Mapping[str, Any] = {}) -> tuple[Any, ...]:  # noqa: B006 (read only)
+    def params(self, row: Mapping[str, Any] = {}) -> tuple[Any, ...]:
         return tuple(
             process(row.get(name, default)) if process else row.get(name, default)
             for name, process, default in self.binds
@@ -277,7 +277,7 @@ def _reset_sqlite(dbapi_connection: Any, _record: Any, state: PoolResetState) ->
     try:
         # aiosqlite's connection, idle now (nothing of it is awaited once it is returned)
         open_ = dbapi_connection._connection._conn.in_transaction
-    except Exception:  # noqa: BLE001 - cannot tell: roll back, as the pool would
+    except Exception:
         open_ = True
     if open_:
         dbapi_connection.rollback()

@@ -28,6 +28,7 @@ __all__ = [
     "mask_email",
     "mask_emails",
     "masked",
+    "may_hold_card_number",
 ]
 
 #: Digits with spaces or dashes between them: "4111 1111-1111 1111".
@@ -60,6 +61,19 @@ def has_card_number(text: str) -> bool:
         if PAN_MIN_DIGITS <= len(digits) <= PAN_MAX_DIGITS and luhn_valid(digits):
             return True
     return False
+
+
+#: Any run of 13 or more digits, spaces and dashes between them, in raw JSON: what every card
+#: number in a decoded value shows in its document, unless spelled with ``\\u`` escapes.
+_RAW_DIGIT_RUN: Final = re.compile(rb"[0-9](?:[ -]*[0-9]){%d,}" % (PAN_MIN_DIGITS - 1))
+
+
+def may_hold_card_number(document: bytes) -> bool:
+    """Whether a JSON ``document`` might hold a card number anywhere (keys, strings, integers).
+    False is certain: no run of 13 digits and no ``\\u`` escape (the only way to write a
+    digit, space or dash other than as itself) means ``card_numbers_in`` of the decoded value
+    finds nothing. True only says to look (``card_numbers_in``)."""
+    return b"\\u" in document or _RAW_DIGIT_RUN.search(document) is not None
 
 
 def card_numbers_in(

@@ -126,9 +126,7 @@ async def test_the_short_way_answers_as_fastapi_does(
 
 
 async def test_a_query_string_is_refused_alike(clients: list[httpx.AsyncClient]) -> None:
-    answers = [
-        _answer(await client.post("/orders?dry=1", json=VALID)) for client in clients
-    ]
+    answers = [_answer(await client.post("/orders?dry=1", json=VALID)) for client in clients]
     assert answers[0][0] == 422
     assert answers[0] == answers[1]
 

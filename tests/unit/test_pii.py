@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pizzashop.core.pii import (
     EmailMaskingFilter,
@@ -13,6 +17,7 @@ from pizzashop.core.pii import (
     luhn_valid,
     mask_emails,
     masked,
+    may_hold_card_number,
 )
 
 
@@ -189,3 +194,33 @@ def test_arguments_stay_arguments_for_formatters_that_read_them() -> None:
     )
     EmailMaskingFilter().filter(record)
     assert record.args == ("a***@b.io", 7) and record.getMessage() == "a***@b.io 7"
+
+
+# -- the raw pre-check: never a miss ---------------------------------------------------------
+_text = st.text(alphabet="0123456789 -x\u00e9", max_size=40) | st.sampled_from(
+    ["4111111111111111", "4111 1111 1111 1111", "4242-4242-4242-4242", "5555555555554444"]
+)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_json, ascii_only=st.booleans())
+def test_a_document_with_a_card_number_is_never_passed_as_free_of_them(
+    value: Any, ascii_only: bool
+) -> None:
+
+    document = json.dumps(value, ensure_ascii=ascii_only).encode()
+    if list(card_numbers_in(json.loads(document))):
+        assert may_hold_card_number(document)
+
+
+def test_the_pre_check_looks_where_a_card_number_may_hide() -> None:
+    assert not may_hold_card_number(b'{"total": "43.00", "items": [1, 2], "id": "123456789012"}')
+    assert may_hold_card_number(b'{"id": "1234567890123"}')
+    assert may_hold_card_number(b'{"id": "4111 1111-1111 1111"}')
+    assert may_hold_card_number(b'{"id": 4111111111111111}')
+    assert may_hold_card_number(b'{"id": "\\u0034111111111111111"}')  # escaped digits
