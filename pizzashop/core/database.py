@@ -40,6 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert
 
 from pizzashop.core.errors import ConfigError
@@ -170,13 +171,16 @@ class Database(Resource):
         """``statement`` compiled once for this database (SQLite: qmark), ready for
         ``Prepared.params`` in ``run_sqlite``. ``keys``: the columns an INSERT sets."""
         compiled = statement.compile(dialect=self.engine.dialect, column_keys=list(keys))
+        assert isinstance(compiled, SQLCompiler)
         names = tuple(compiled.positiontup or ())
-        processors = compiled._bind_processors
-        defaults = compiled.construct_params(_check=False)
-        return Prepared(
-            compiled.string,
-            tuple((name, processors.get(name), defaults.get(name)) for name in names),
-        )
+        defaults = compiled.construct_params(_check=False) or {}
+        binds: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
+        for name in names:
+            process = compiled._bind_processors.get(name)
+            if process is not None and not callable(process):  # a tuple's, per element
+                raise ValueError(f"bind parameter {name!r}: tuple values are not supported")
+            binds.append((name, process, defaults.get(name)))
+        return Prepared(compiled.string, tuple(binds))
 
     async def run_sqlite(self, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """``work(connection)`` on the pool's SQLite connection, in its aiosqlite thread, in one
@@ -191,7 +195,8 @@ class Database(Resource):
             fairy = await conn.get_raw_connection()
             driver = fairy.driver_connection  # aiosqlite.Connection, as the dialect uses it
             try:
-                return await driver._execute(_run, driver._conn, work, write)  # type: ignore[union-attr]
+                result: T = await driver._execute(_run, driver._conn, work, write)  # type: ignore[union-attr]
+                return result
             except sqlite3.Error as exc:
                 raise DBAPIError.instance(
                     None, None, exc, sqlite3.Error, dialect=self.engine.dialect
