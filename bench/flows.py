@@ -8,7 +8,8 @@ produced to a fresh ``orders`` topic first; then the flow starts alone in its ow
 and the clock runs until the group's committed offsets reach the end of the topic. The reference
 in the same run is a bare aiokafka passthrough (consume, decode, encode, produce in a
 transaction per fetch with the offsets) over the same backlog, so the ratio says how close to
-the client's own speed the flow is. Median of ``--runs`` with min and max. Uses
+the client's own speed the flow is. Median of ``--runs`` with min and max; ``cpu`` says how many
+cores this process (the flow) and the SMTP server (its own process) kept busy meanwhile. Uses
 PIZZASHOP_KAFKA_BOOTSTRAP if set, else a local broker in a temp dir; SQLite in a temp dir, or
 PIZZASHOP_DATABASE_URL.
 """
@@ -18,12 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import resource
 import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,22 @@ async def committed_total(bootstrap: str, group: str, topic: str) -> int:
     return sum(o.offset for tp, o in offsets.items() if tp.topic == topic and o.offset > 0)
 
 
-async def run_flow(settings: Settings, bootstrap: str, flow: str, n: int, home: Path) -> float:
+@dataclass(frozen=True, slots=True)
+class FlowRun:
+    """One run: records/s, and the CPU over the run's wall time (1.0 = one core busy) of this
+    process (the flow, plus the broker polls that time it) and of the SMTP server's."""
+
+    per_s: float
+    process_cpu: float
+    smtp_server_cpu: float
+
+
+def _cpu_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_flow(settings: Settings, bootstrap: str, flow: str, n: int, home: Path) -> FlowRun:
     topics = await preload(settings, bootstrap, n)
     run = uuid.uuid4().hex[:8]
     flow_settings = settings.model_copy(
@@ -88,14 +106,19 @@ async def run_flow(settings: Settings, bootstrap: str, flow: str, n: int, home: 
             bootstrap,
             Wiring(api=False, workers=(flow,)),
         ):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF)
             # The broker's committed offsets are the measure; nothing here can signal them.
             while await committed_total(bootstrap, group, topics.orders) < n:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            return n / (time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            process_cpu = (_cpu_s(resource.RUSAGE_SELF) - cpu_started) / elapsed
     finally:
+        # The server's CPU, from start to end (it idles outside the run), once it is reaped.
+        children = _cpu_s(resource.RUSAGE_CHILDREN)
         server.terminate()
         await server.wait()
+        server_cpu = _cpu_s(resource.RUSAGE_CHILDREN) - children
+    return FlowRun(n / elapsed, process_cpu, server_cpu / elapsed)
 
 
 async def passthrough(settings: Settings, bootstrap: str, n: int) -> float:
@@ -140,11 +163,11 @@ async def passthrough(settings: Settings, bootstrap: str, n: int) -> float:
         await consumer.stop()
 
 
-def summary(values: Sequence[float]) -> dict[str, float]:
+def summary(values: Sequence[float], digits: int = 1) -> dict[str, float]:
     return {
-        "median": round(statistics.median(values), 1),
-        "min": round(min(values), 1),
-        "max": round(max(values), 1),
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
     }
 
 
@@ -155,6 +178,9 @@ async def main(
     async with kafka(settings) as bootstrap:
         with tempfile.TemporaryDirectory() as tmp:
             results: dict[str, list[float]] = {f: [] for f in flows}
+            cpu: dict[str, dict[str, list[float]]] = {
+                f: {"process": [], "smtp_server": []} for f in flows
+            }
             if with_passthrough:
                 results["passthrough"] = []
             # Interleaved, so the noise of a shared machine falls on all alike.
@@ -162,13 +188,19 @@ async def main(
                 if with_passthrough:
                     results["passthrough"].append(await passthrough(settings, bootstrap, orders))
                 for flow in flows:
-                    results[flow].append(
-                        await run_flow(settings, bootstrap, flow, orders, Path(tmp))
-                    )
+                    run = await run_flow(settings, bootstrap, flow, orders, Path(tmp))
+                    results[flow].append(run.per_s)
+                    cpu[flow]["process"].append(run.process_cpu)
+                    cpu[flow]["smtp_server"].append(run.smtp_server_cpu)
     report: dict[str, Any] = {
         "orders": orders,
         "runs": runs,
         "per_s": {name: summary(values) for name, values in results.items()},
+        # Cores busy during the runs: is the flow's process or the mail server the limit?
+        "cpu": {
+            flow: {who: summary(values, digits=2) for who, values in shares.items()}
+            for flow, shares in cpu.items()
+        },
     }
     if with_passthrough:
         reference = statistics.median(results["passthrough"])
