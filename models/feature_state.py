@@ -38,6 +38,7 @@ committing the offset) counts nothing twice.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -64,7 +65,7 @@ from models.features import (
     state_query,
     stateful_features,
 )
-from pizzashop.core.database import chunked, metadata
+from pizzashop.core.database import Prepared, chunked, metadata, prepare_for, run_sqlite_on
 from pizzashop.core.lifecycle import Resource
 
 logger = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class SqlFeatureState(Resource):
         self.gate = gate
         self._prune_every_s = prune_every_s
         self._next_prune = 0.0  # monotonic time of the next prune in ``apply``
+        self._sqlite: _Sql | None = None  # the statements, compiled when on SQLite
 
     async def _start(self) -> None:
         if self._engine is None:
@@ -241,6 +243,8 @@ class SqlFeatureState(Resource):
                 metadata.create_all,
                 tables=[orders_table, events_table, customers_table, links_table],
             )
+        if self._engine.dialect.name == "sqlite":
+            self._sqlite = _Sql.compile(self._engine.dialect)
 
     async def _stop(self) -> None:
         if self._engine is not None and self._owns_engine:
@@ -256,8 +260,27 @@ class SqlFeatureState(Resource):
         if self.gate is not None:
             await self.gate.wait(query)
         snap = StateSnapshot(seen={}, events={}, customers={}, links=set())
-        t = events_table.c
         entries: dict[str, _Entry] = {}
+        if (sql := self._sqlite) is not None:
+            await run_sqlite_on(
+                self.engine,
+                lambda conn: _snapshot_sqlite(conn, sql, query, snap, entries),
+                write=False,
+            )
+        else:
+            await self._snapshot_engine(query, snap, entries)
+        # The batch's own orders are computed by it, unless they already were (a redelivery).
+        computed = set(query.order_ids) - snap.seen.keys()
+        snap.pending = sorted(
+            (e.freeze() for oid, e in entries.items() if oid not in computed),
+            key=lambda e: (e.ts, e.order_id),
+        )
+        return snap
+
+    async def _snapshot_engine(
+        self, query: StateQuery, snap: StateSnapshot, entries: dict[str, _Entry]
+    ) -> None:
+        t = events_table.c
         customers = set(query.customer_ids)
         async with self.engine.connect() as conn:
             # One snapshot for all the reads: a prune folding rows in between would otherwise
@@ -309,18 +332,25 @@ class SqlFeatureState(Resource):
                         ).where(t.kind == kind, t.entity_id.in_(chunk), t.ts >= query.since)
                     )
                     _collect(entries, rows, customers)
-        # The batch's own orders are computed by it, unless they already were (a redelivery).
-        computed = set(query.order_ids) - snap.seen.keys()
-        snap.pending = sorted(
-            (e.freeze() for oid, e in entries.items() if oid not in computed),
-            key=lambda e: (e.ts, e.order_id),
-        )
-        return snap
 
     async def apply(self, facts: Sequence[OrderFacts]) -> None:
         """Store the batch's features and register its orders (a no-op for known order ids);
         every ``prune_every_s`` the same transaction also prunes."""
         if not facts:
+            return
+        now = time.monotonic()
+        prune_before: float | None = None
+        if now >= self._next_prune:
+            self._next_prune = now + self._prune_every_s
+            prune_before = min(f.ts for f in facts) - PRUNE_LAG_S
+        if (sql := self._sqlite) is not None:
+            removed = await run_sqlite_on(
+                self.engine,
+                lambda conn: _apply_sqlite(conn, sql, facts, prune_before),
+                write=True,
+            )
+            if prune_before is not None:
+                _log_prune(removed, prune_before)
             return
         async with self.engine.begin() as conn:
             fresh = await self._unknown(conn, facts)
@@ -337,19 +367,9 @@ class SqlFeatureState(Resource):
                         for f in fresh
                     ],
                 )
-                await self._register(
-                    conn,
-                    [
-                        (f.order_id, f.customer_id, f.ts, f.total, kind, entity)
-                        for f in fresh
-                        for kind, entity in f.entities
-                        if kind in _STORED_KINDS
-                    ],
-                )
-            now = time.monotonic()
-            if now >= self._next_prune:
-                self._next_prune = now + self._prune_every_s
-                await self._prune(conn, min(f.ts for f in facts) - PRUNE_LAG_S)
+                await self._register(conn, _fact_rows(fresh))
+            if prune_before is not None:
+                await self._prune(conn, prune_before)
 
     async def register(self, orders: Sequence[OrderPlaced]) -> int:
         """Record ``orders`` in the ledger (idempotent); returns how many were new.
@@ -360,6 +380,10 @@ class SqlFeatureState(Resource):
         if not orders:
             return 0
         frame = OrderFrame.from_orders(orders)
+        if (sql := self._sqlite) is not None:
+            return await run_sqlite_on(
+                self.engine, lambda conn: _register_sqlite(conn, sql, frame), write=True
+            )
         async with self.engine.begin() as conn:
             stored: set[str] = set()
             for chunk in chunked(sorted(set(frame.order_id))):
@@ -367,22 +391,7 @@ class SqlFeatureState(Resource):
                     sa.select(orders_table.c.order_id).where(orders_table.c.order_id.in_(chunk))
                 )
                 stored.update(r[0] for r in rows)
-            rows_: list[tuple[str, str, float, float, str, str]] = []
-            for i, oid in enumerate(frame.order_id):
-                if oid in stored:
-                    continue
-                for kind, entity in order_entities(frame, i):
-                    rows_.append(
-                        (
-                            oid,
-                            frame.customer_id[i],
-                            float(frame.ts[i]),
-                            float(frame.total[i]),
-                            kind,
-                            entity,
-                        )
-                    )
-            return await self._register(conn, rows_)
+            return await self._register(conn, _ledger_rows(frame, stored))
 
     async def _register(
         self, conn: AsyncConnection, rows: Sequence[tuple[str, str, float, float, str, str]]
@@ -430,6 +439,12 @@ class SqlFeatureState(Resource):
         runs this every ``prune_every_s`` with ``before_ts`` one window plus a day of slack
         before its batch (``PRUNE_LAG_S``).
         """
+        if (sql := self._sqlite) is not None:
+            removed = await run_sqlite_on(
+                self.engine, lambda conn: _prune_sqlite(conn, sql, before_ts), write=True
+            )
+            _log_prune(removed, before_ts)
+            return removed
         async with self.engine.begin() as conn:
             return await self._prune(conn, before_ts)
 
@@ -447,16 +462,11 @@ class SqlFeatureState(Resource):
         removed = 0
         for kind, entity, cid, total in map(tuple, result):
             removed += 1
-            if kind == "customer":
-                n, s = deltas.get(cid, (0, 0.0))
-                deltas[cid] = (n + 1, s + total)
-            elif kind in _LINK_KINDS:
-                links.add((cid, kind, entity))
+            _fold(deltas, links, kind, entity, cid, total)
         if deltas:
             await self._upsert_customers(conn, deltas)
         await self._insert_links(conn, sorted(links))
-        if removed:
-            logger.info("feature state: folded %d ledger rows before %.0f", removed, before_ts)
+        _log_prune(removed, before_ts)
         return removed
 
     def _insert(self, table: sa.Table) -> Any:  # a dialect Insert with on_conflict_*
@@ -488,6 +498,291 @@ class SqlFeatureState(Resource):
             return
         stmt = self._insert(links_table).on_conflict_do_nothing()
         await conn.execute(stmt, [{"customer_id": c, "kind": k, "value": v} for c, k, v in links])
+
+
+# -- SQLite: each operation one function in the connection's thread ----------------------------
+#
+# Through the async engine every statement (and the BEGIN, the COMMIT, the pool's reset) is a
+# hand-off between the event loop and aiosqlite's thread, and the hand-offs, not SQLite, were
+# most of a batch's snapshot and apply. So on SQLite each operation runs whole in that thread
+# (``run_sqlite_on``), with statements compiled once by SQLAlchemy (the same SQL and type
+# processing). Lists are looked up one key per statement: a prepared statement cannot take an
+# ``IN (...)`` of any length, and a lookup by key costs SQLite microseconds.
+
+_LEDGER_COLUMNS = (
+    events_table.c.kind,
+    events_table.c.entity_id,
+    events_table.c.order_id,
+    events_table.c.ts,
+    events_table.c.total,
+    events_table.c.customer_id,
+)
+_EVENT_KEYS = ("kind", "entity_id", "order_id", "ts", "total", "customer_id")
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    """``SqlFeatureState``'s statements compiled for SQLite."""
+
+    seen: Prepared  # the stored features of an order id, under this schema version
+    stored: Prepared  # whether an order id has stored features
+    customer: Prepared  # a customer's folded counts
+    links: Prepared  # a customer's folded links
+    own: Prepared  # a customer's ledger rows
+    linked: Prepared  # the ledger's card, device and address rows of a customer's orders
+    entity: Prepared  # an entity's ledger rows since a time
+    insert_order: Prepared
+    insert_event: Prepared
+    fold: Prepared  # DELETE ... RETURNING the ledger rows before a time
+    upsert_customer: Prepared
+    insert_link: Prepared
+
+    @classmethod
+    def compile(cls, dialect: sa.Dialect) -> _Sql:
+        from sqlalchemy.dialects.sqlite import insert
+
+        o, t, c, k = orders_table.c, events_table.c, customers_table.c, links_table.c
+        upsert = insert(customers_table)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["customer_id"],
+            set_={
+                "n_orders": c.n_orders + upsert.excluded.n_orders,
+                "spend": c.spend + upsert.excluded.spend,
+            },
+        )
+        return cls(
+            seen=prepare_for(
+                dialect,
+                sa.select(o.order_id, o.features).where(
+                    o.order_id == sa.bindparam("order_id"),
+                    o.schema_version == FEATURE_SCHEMA_VERSION,
+                ),
+            ),
+            stored=prepare_for(
+                dialect, sa.select(o.order_id).where(o.order_id == sa.bindparam("order_id"))
+            ),
+            customer=prepare_for(
+                dialect,
+                sa.select(customers_table).where(c.customer_id == sa.bindparam("customer_id")),
+            ),
+            links=prepare_for(
+                dialect, sa.select(links_table).where(k.customer_id == sa.bindparam("customer_id"))
+            ),
+            own=prepare_for(
+                dialect,
+                sa.select(*_LEDGER_COLUMNS).where(
+                    t.kind == "customer", t.entity_id == sa.bindparam("customer_id")
+                ),
+            ),
+            linked=prepare_for(
+                dialect,
+                sa.select(*_LEDGER_COLUMNS).where(
+                    sa.or_(*(t.kind == kind for kind in _LINK_KINDS)),
+                    t.customer_id == sa.bindparam("customer_id"),
+                ),
+            ),
+            entity=prepare_for(
+                dialect,
+                sa.select(*_LEDGER_COLUMNS).where(
+                    t.kind == sa.bindparam("kind"),
+                    t.entity_id == sa.bindparam("entity_id"),
+                    t.ts >= sa.bindparam("since"),
+                ),
+            ),
+            insert_order=prepare_for(
+                dialect, orders_table.insert(), ("order_id", "ts", "schema_version", "features")
+            ),
+            insert_event=prepare_for(
+                dialect, insert(events_table).on_conflict_do_nothing(), _EVENT_KEYS
+            ),
+            fold=prepare_for(
+                dialect,
+                events_table.delete()
+                .where(t.ts < sa.bindparam("before"))
+                .returning(t.kind, t.entity_id, t.customer_id, t.total),
+            ),
+            upsert_customer=prepare_for(dialect, upsert, ("customer_id", "n_orders", "spend")),
+            insert_link=prepare_for(
+                dialect,
+                insert(links_table).on_conflict_do_nothing(),
+                ("customer_id", "kind", "value"),
+            ),
+        )
+
+
+def _snapshot_sqlite(
+    conn: sqlite3.Connection,
+    sql: _Sql,
+    query: StateQuery,
+    snap: StateSnapshot,
+    entries: dict[str, _Entry],
+) -> None:
+    """``SqlFeatureState.snapshot``'s reads, in one read transaction (one snapshot: a prune
+    folding rows in between would otherwise count them twice or not at all)."""
+    customers = set(query.customer_ids)
+    conn.execute("BEGIN")
+    try:
+        for oid in query.order_ids:
+            for oid_, blob in conn.execute(sql.seen.sql, sql.seen.params({"order_id": oid})):
+                snap.seen[oid_] = np.frombuffer(blob, dtype=np.float32).copy()
+        for cid in query.customer_ids:
+            key = {"customer_id": cid}
+            for cid_, n, spend in conn.execute(sql.customer.sql, sql.customer.params(key)):
+                snap.customers[cid_] = (n, spend)
+            snap.links.update(conn.execute(sql.links.sql, sql.links.params(key)))
+            # the customers' whole unfolded history: lifetime counts and links need it
+            _collect(entries, conn.execute(sql.own.sql, sql.own.params(key)), customers)
+            _collect(entries, conn.execute(sql.linked.sql, sql.linked.params(key)), customers)
+        for kind, entity in query.entities:
+            if kind in _LINK_KINDS:
+                row = {"kind": kind, "entity_id": entity, "since": query.since}
+                _collect(entries, conn.execute(sql.entity.sql, sql.entity.params(row)), customers)
+    finally:
+        conn.rollback()  # it only read
+
+
+def _apply_sqlite(
+    conn: sqlite3.Connection, sql: _Sql, facts: Sequence[OrderFacts], prune_before: float | None
+) -> int:
+    """``SqlFeatureState.apply`` inside its write transaction; returns how many ledger rows a
+    prune folded (0 without one)."""
+    fresh: dict[str, OrderFacts] = {}
+    for f in facts:
+        if f.order_id not in fresh and not _stored(conn, sql, f.order_id):
+            fresh[f.order_id] = f
+    if fresh:
+        conn.executemany(
+            sql.insert_order.sql,
+            [
+                sql.insert_order.params(
+                    {
+                        "order_id": f.order_id,
+                        "ts": f.ts,
+                        "schema_version": FEATURE_SCHEMA_VERSION,
+                        "features": f.features.astype(np.float32).tobytes(),
+                    }
+                )
+                for f in fresh.values()
+            ],
+        )
+        _insert_events(conn, sql, _fact_rows(list(fresh.values())))
+    return 0 if prune_before is None else _prune_sqlite(conn, sql, prune_before)
+
+
+def _register_sqlite(conn: sqlite3.Connection, sql: _Sql, frame: OrderFrame) -> int:
+    """``SqlFeatureState.register`` inside its write transaction."""
+    stored = {oid for oid in set(frame.order_id) if _stored(conn, sql, oid)}
+    return _insert_events(conn, sql, _ledger_rows(frame, stored))
+
+
+def _prune_sqlite(conn: sqlite3.Connection, sql: _Sql, before_ts: float) -> int:
+    """``SqlFeatureState._prune`` inside a write transaction (which the DELETE's lock makes
+    the only folding one)."""
+    deltas: dict[str, tuple[int, float]] = {}
+    links: set[tuple[str, str, str]] = set()
+    removed = 0
+    for kind, entity, cid, total in conn.execute(
+        sql.fold.sql, sql.fold.params({"before": before_ts})
+    ).fetchall():
+        removed += 1
+        _fold(deltas, links, kind, entity, cid, total)
+    if deltas:
+        conn.executemany(
+            sql.upsert_customer.sql,
+            [
+                sql.upsert_customer.params({"customer_id": c, "n_orders": n, "spend": s})
+                for c, (n, s) in deltas.items()
+            ],
+        )
+    if links:
+        conn.executemany(
+            sql.insert_link.sql,
+            [
+                sql.insert_link.params({"customer_id": c, "kind": k, "value": v})
+                for c, k, v in sorted(links)
+            ],
+        )
+    return removed
+
+
+def _stored(conn: sqlite3.Connection, sql: _Sql, order_id: str) -> bool:
+    return (
+        conn.execute(sql.stored.sql, sql.stored.params({"order_id": order_id})).fetchone()
+        is not None
+    )
+
+
+def _insert_events(
+    conn: sqlite3.Connection, sql: _Sql, rows: Sequence[tuple[str, str, float, float, str, str]]
+) -> int:
+    if not rows:
+        return 0
+    cursor = conn.executemany(
+        sql.insert_event.sql,
+        [
+            sql.insert_event.params(
+                {
+                    "kind": kind,
+                    "entity_id": entity,
+                    "order_id": oid,
+                    "ts": ts,
+                    "total": total,
+                    "customer_id": cid,
+                }
+            )
+            for oid, cid, ts, total, kind, entity in rows
+        ],
+    )
+    return max(cursor.rowcount, 0)  # the rows inserted, the known ones ignored
+
+
+# -- shared by both paths -----------------------------------------------------------------------
+
+
+def _ledger_rows(
+    frame: OrderFrame, stored: set[str]
+) -> list[tuple[str, str, float, float, str, str]]:
+    """The ledger rows of ``frame``'s orders, but those in ``stored``."""
+    rows: list[tuple[str, str, float, float, str, str]] = []
+    for i, oid in enumerate(frame.order_id):
+        if oid in stored:
+            continue
+        for kind, entity in order_entities(frame, i):
+            rows.append(
+                (oid, frame.customer_id[i], float(frame.ts[i]), float(frame.total[i]), kind, entity)
+            )
+    return rows
+
+
+def _fact_rows(fresh: Sequence[OrderFacts]) -> list[tuple[str, str, float, float, str, str]]:
+    """The ledger rows of scored orders."""
+    return [
+        (f.order_id, f.customer_id, f.ts, f.total, kind, entity)
+        for f in fresh
+        for kind, entity in f.entities
+        if kind in _STORED_KINDS
+    ]
+
+
+def _fold(
+    deltas: dict[str, tuple[int, float]],
+    links: set[tuple[str, str, str]],
+    kind: str,
+    entity: str,
+    cid: str,
+    total: float,
+) -> None:
+    """One pruned ledger row into the customers' counts and links."""
+    if kind == "customer":
+        n, s = deltas.get(cid, (0, 0.0))
+        deltas[cid] = (n + 1, s + total)
+    elif kind in _LINK_KINDS:
+        links.add((cid, kind, entity))
+
+
+def _log_prune(removed: int, before_ts: float) -> None:
+    if removed:
+        logger.info("feature state: folded %d ledger rows before %.0f", removed, before_ts)
 
 
 @dataclass(slots=True)

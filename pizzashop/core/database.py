@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Column, MetaData, Table, event, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
@@ -170,17 +170,7 @@ class Database(Resource):
     def prepare(self, statement: ClauseElement, keys: Sequence[str] = ()) -> Prepared:
         """``statement`` compiled once for this database (SQLite: qmark), ready for
         ``Prepared.params`` in ``run_sqlite``. ``keys``: the columns an INSERT sets."""
-        compiled = statement.compile(dialect=self.engine.dialect, column_keys=list(keys))
-        assert isinstance(compiled, SQLCompiler)
-        names = tuple(compiled.positiontup or ())
-        defaults = compiled.construct_params(_check=False) or {}
-        binds: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
-        for name in names:
-            process = compiled._bind_processors.get(name)
-            if process is not None and not callable(process):  # a tuple's, per element
-                raise ValueError(f"bind parameter {name!r}: tuple values are not supported")
-            binds.append((name, process, defaults.get(name)))
-        return Prepared(compiled.string, tuple(binds))
+        return prepare_for(self.engine.dialect, statement, keys)
 
     async def run_sqlite(self, work: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """``work(connection)`` on the pool's SQLite connection, in its aiosqlite thread, in one
@@ -191,16 +181,38 @@ class Database(Resource):
         rolled back when it raises; else it runs outside a transaction (each statement sees
         what is committed). A ``sqlite3`` error comes out as SQLAlchemy's (``IntegrityError``,
         ``OperationalError``), as through the engine. SQLite only."""
-        async with self.engine.connect() as conn:
-            fairy = await conn.get_raw_connection()
-            driver = fairy.driver_connection  # aiosqlite.Connection, as the dialect uses it
-            try:
-                result: T = await driver._execute(_run, driver._conn, work, write)  # type: ignore[union-attr]
-                return result
-            except sqlite3.Error as exc:
-                raise DBAPIError.instance(
-                    None, None, exc, sqlite3.Error, dialect=self.engine.dialect
-                ) from exc
+        return await run_sqlite_on(self.engine, work, write=write)
+
+
+def prepare_for(dialect: Dialect, statement: ClauseElement, keys: Sequence[str] = ()) -> Prepared:
+    """``Database.prepare`` for an engine's dialect (a store that borrows only an engine)."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(keys))
+    assert isinstance(compiled, SQLCompiler)
+    names = tuple(compiled.positiontup or ())
+    defaults = compiled.construct_params(_check=False) or {}
+    binds: list[tuple[str, Callable[[Any], Any] | None, Any]] = []
+    for name in names:
+        process = compiled._bind_processors.get(name)
+        if process is not None and not callable(process):  # a tuple's, per element
+            raise ValueError(f"bind parameter {name!r}: tuple values are not supported")
+        binds.append((name, process, defaults.get(name)))
+    return Prepared(compiled.string, tuple(binds))
+
+
+async def run_sqlite_on(
+    engine: AsyncEngine, work: Callable[[sqlite3.Connection], T], *, write: bool
+) -> T:
+    """``Database.run_sqlite`` on ``engine`` (a store that borrows only an engine)."""
+    async with engine.connect() as conn:
+        fairy = await conn.get_raw_connection()
+        driver = fairy.driver_connection  # aiosqlite.Connection, as the dialect uses it
+        try:
+            result: T = await driver._execute(_run, driver._conn, work, write)  # type: ignore[union-attr]
+            return result
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(
+                None, None, exc, sqlite3.Error, dialect=engine.dialect
+            ) from exc
 
 
 @dataclass(frozen=True, slots=True)
