@@ -24,10 +24,10 @@ placed_at, then read it as of that instant.
   models, so it stays near the head of the topic while the workers lag.
 * ``wait(query)``, before a batch's state is read, returns once the ledger has registered the
   batch's orders and, for every partition of ``orders``, either an order placed after the
-  batch's latest one or everything up to that partition's end (checked after those orders
-  were registered). Orders are published in placed_at order (the outbox relays them as
-  placed; a partition's records are in that order), so no order placed before the batch can
-  turn up later.
+  batch's latest one or everything up to that partition's end as read after the batch's
+  orders were fetched (by the round that registered them, or one begun after the ask).
+  Orders are published in placed_at order (the outbox relays them as placed; a partition's
+  records are in that order), so no order placed before the batch can turn up later.
 * The state is then read in event time (``SqlFeatureState.snapshot``): an order sees exactly
   the orders placed before it, by (placed_at, order id), wherever they were registered.
 
@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 #: Order ids remembered as registered (the batches in flight are far fewer).
 _REMEMBERED = 200_000
+#: Rounds whose end offsets are remembered for the batches waiting (a wait spans a few).
+_ROUNDS_REMEMBERED = 1_024
 
 
 class LedgerBehind(TransientError):
@@ -106,7 +108,11 @@ class OrderLedger(Resource):
         self._latest: dict[TopicPartition, float] = {}  # placed_at of the last order registered
         self._at_end: dict[TopicPartition, bool] = {}
         self._round = 0  # fetch-register-check rounds completed
+        self._checking = 0  # the round whose end check started last
         self._registered: OrderedDict[str, int] = OrderedDict()  # order id → its round
+        # Per round, the ends it read; per partition, the offset registered up to.
+        self._ends: OrderedDict[int, dict[TopicPartition, int]] = OrderedDict()
+        self._done: dict[TopicPartition, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def _start(self) -> None:
@@ -124,10 +130,12 @@ class OrderLedger(Resource):
     async def wait(self, query: StateQuery) -> None:
         """Return once every order placed up to ``query.until`` is registered."""
         asked = self._round
+        check = self._checking + 1  # the first end check to begin after the ask
         try:
             async with self._changed:
                 await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._complete(query, asked)), self._wait_s
+                    self._changed.wait_for(lambda: self._complete(query, check)),
+                    self._wait_s,
                 )
         except TimeoutError:
             behind = [
@@ -141,21 +149,38 @@ class OrderLedger(Resource):
                 f"behind, with their latest order: {', '.join(behind) or 'none'})"
             ) from None
 
-    def _complete(self, query: StateQuery, asked: int) -> bool:
+    def _complete(self, query: StateQuery, check: int) -> bool:
         if not self._partitions:
             return False
         # End checks count only if made after the batch's orders were published: a round
-        # checks the ends after it registers, so any round since the one that registered
+        # reads the ends once it has fetched, so any round since the one that registered
         # them will do, or, for orders this ledger has not read (not yet, or registered
-        # before it started and redelivered now), a round begun after the ask.
-        if self._round <= asked + 1 and not all(oid in self._registered for oid in query.order_ids):
+        # before it started and redelivered now), a round whose check began after the ask
+        # (``check``, numbered in ``wait``).
+        rounds = [self._registered.get(oid) for oid in query.order_ids]
+        if all(r is not None for r in rounds):
+            check = min(check, max((r for r in rounds if r is not None), default=check))
+        elif self._round < check:
             return False
         # An order placed before the batch was published before it, so it is registered or
-        # within a partition's end; past the batch's latest order a partition holds only later.
+        # below a partition's end as read by such a check (``check``, or a later round's if
+        # that one read none), and registered once the ledger is past that end; past the
+        # batch's latest order a partition holds only later ones. Waiting for the ends of one
+        # check rather than for every partition to be at its end in the same round answers
+        # within a round or two while orders keep coming (the end moves on each round).
+        ends = self._ends_since(check)
         return all(
-            self._at_end[tp] or self._latest.get(tp, -math.inf) > query.until
+            self._at_end[tp]
+            or self._latest.get(tp, -math.inf) > query.until
+            or (ends is not None and tp in ends and self._done.get(tp, -1) >= ends[tp])
             for tp in self._partitions
         )
+
+    def _ends_since(self, check: int) -> dict[TopicPartition, int] | None:
+        """The ends read by round ``check``, or by the first later round that read them."""
+        if (ends := self._ends.get(check)) is not None:
+            return ends
+        return next((e for r, e in self._ends.items() if r >= check), None)
 
     # -- the loop -------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -233,40 +258,70 @@ class OrderLedger(Resource):
         await self._round_done([], dict.fromkeys(partitions, False))
         while True:
             batches = await consumer.getmany(timeout_ms=self._fetch_ms, max_records=2_000)
-            orders: list[tuple[TopicPartition, OrderPlaced]] = []
-            for tp, records in batches.items():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        event = decode(record.value, list(record.headers))
-                    except Exception:  # the enricher's runtime dead-letters it; nothing to know
-                        continue
-                    if isinstance(event, OrderPlaced):
-                        orders.append((tp, event))
-            if orders:
+            # The ends are read once the fetch is in hand, while it is registered (see
+            # ``_complete``): a round takes the longer of the two, not both one after the other.
+            self._checking = self._round + 1
+            reading = asyncio.ensure_future(consumer.end_offsets(partitions))
+            try:
+                orders = await self._register(consumer, batches)
+                ends = await reading
+            finally:
+                if not reading.done():
+                    reading.cancel()
+                    await _settle(reading, self._stall_s)
+            done = {tp: await consumer.position(tp) for tp in partitions}
+            at_end = {tp: done[tp] >= ends[tp] for tp in partitions}
+            await self._round_done(orders, at_end, ends=ends, done=done)
+
+    async def _register(
+        self, consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, Sequence[Any]]
+    ) -> list[tuple[TopicPartition, OrderPlaced]]:
+        """The orders of a fetch, registered; on failure the consumer is set back to read the
+        fetch again."""
+        orders: list[tuple[TopicPartition, OrderPlaced]] = []
+        for tp, records in batches.items():
+            for record in records:
+                if record.value is None:
+                    continue
                 try:
-                    await self._store.register([o for _, o in orders])
-                except Exception:
-                    # read again from the first record of this fetch
-                    for tp, records in batches.items():
-                        if records:
-                            consumer.seek(tp, records[0].offset)
-                    raise
-            # The ends are read after the fetch is registered: see ``_complete``.
-            ends = await consumer.end_offsets(partitions)
-            at_end = {tp: await consumer.position(tp) >= ends[tp] for tp in partitions}
-            await self._round_done(orders, at_end)
+                    event = decode(record.value, list(record.headers))
+                except Exception:  # the enricher's runtime dead-letters it; nothing to know
+                    continue
+                if isinstance(event, OrderPlaced):
+                    orders.append((tp, event))
+        if orders:
+            try:
+                await self._store.register([o for _, o in orders])
+            except Exception:
+                # read again from the first record of this fetch
+                for tp, records in batches.items():
+                    if records:
+                        consumer.seek(tp, records[0].offset)
+                raise
+        return orders
 
     async def _round_done(
         self,
         orders: Sequence[tuple[TopicPartition, OrderPlaced]],
         at_end: Mapping[TopicPartition, bool],
+        *,
+        ends: Mapping[TopicPartition, int] | None = None,
+        done: Mapping[TopicPartition, int] | None = None,
     ) -> None:
-        """A fetch is registered and the ends checked since: tell the waiting batches."""
+        """A fetch is registered and the ends checked since: tell the waiting batches.
+        ``ends``: the end offsets the check read; ``done``: the positions registered up to
+        (what this fetch returned, and all before)."""
         async with self._changed:
             self._partitions = sorted(at_end)
             self._round += 1
+            if ends is not None:
+                self._ends[self._round] = dict(ends)
+                while len(self._ends) > _ROUNDS_REMEMBERED:
+                    self._ends.popitem(last=False)
+            for tp, offset in (done or {}).items():
+                # a follower started again reads from the group's offsets: what it had
+                # registered past them stays registered
+                self._done[tp] = max(self._done.get(tp, -1), offset)
             for tp, order in orders:
                 ts = order.placed_at.timestamp()
                 self._latest[tp] = max(self._latest.get(tp, -math.inf), ts)
