@@ -13,17 +13,24 @@ either ready or cancelled, never both.
 Every fact is emitted by the one event that decided it (the ticket remembers which), inside
 the runtime's transaction: a redelivery of that event emits it again only if its first
 transaction never committed, and any other event emits nothing.
+
+On SQLite each batch's transaction runs whole in aiosqlite's thread, in one hand-off
+(``Database.run_sqlite``, ``BEGIN IMMEDIATE``), with the same statements compiled once; through
+the engine each statement, the commit and the pool's reset were a hand-off each, and batches of
+other partitions queued for the one connection meanwhile. PostgreSQL runs them through the engine.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Boolean, Column, DateTime, String, Table, bindparam, select, update
-from sqlalchemy.engine import Row
+from sqlalchemy.engine import Dialect, Row
 
 from ingest.consumer import Delivery, Handler, Output
 from ingest.events import (
@@ -39,7 +46,7 @@ from ingest.events import (
 )
 from ingest.flows import FlowContext, flow
 from ingest.topics import ORDER_EVENTS, ORDERS
-from pizzashop.core.database import Database, chunked, metadata, rows_by_key
+from pizzashop.core.database import Database, Prepared, chunked, metadata, rows_by_key
 from pizzashop.core.menu import Menu, load_menu
 
 logger = logging.getLogger(__name__)
@@ -79,6 +86,7 @@ class Kitchen(Handler):
         self._topic = events_topic
         self._menu = menu
         self._cook = timedelta(seconds=cook_seconds)
+        self._sqlite: _KitchenSql | None = None
 
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         """One transaction for the whole batch: decide, hold, then read back what each event
@@ -87,28 +95,30 @@ class Kitchen(Handler):
         flagged = [d.event for d in batch if isinstance(d.event, OrderFlagged)]
         ready_by = utcnow() + self._cook
         decisions = [(o, has_pineapple(o, self._menu)) for o in placed]
-        async with self._db.engine.begin() as conn:
-            ids = sorted({d.event.order_id for d in batch})
-            await conn.execute(self._db.insert_ignore(tickets), [{"order_id": i} for i in ids])
-            accept = [
-                {"oid": o.order_id, "pid": o.event_id, "rby": ready_by}
-                for o, refuse in decisions
-                if not refuse
-            ]
-            reject = [{"oid": o.order_id, "pid": o.event_id} for o, refuse in decisions if refuse]
-            if accept:
-                await conn.execute(_DECIDE_ACCEPT, accept)
-            if reject:
-                await conn.execute(_DECIDE_REJECT, reject)
-            if flagged:
-                await conn.execute(
-                    _HOLD,
-                    [
-                        {"oid": f.order_id, "fid": f.event_id, "reason": _hold_reason(f)}
-                        for f in flagged
-                    ],
-                )
-            rows = await rows_by_key(conn, tickets.c.order_id, ids)
+        ids = sorted({d.event.order_id for d in batch})
+        accept = [
+            {"oid": o.order_id, "pid": o.event_id, "rby": ready_by}
+            for o, refuse in decisions
+            if not refuse
+        ]
+        reject = [{"oid": o.order_id, "pid": o.event_id} for o, refuse in decisions if refuse]
+        hold = [{"oid": f.order_id, "fid": f.event_id, "reason": _hold_reason(f)} for f in flagged]
+        rows: Mapping[str, Row[Any] | _Ticket]
+        if self._db.dialect == "sqlite":
+            sql = self._sql()
+            rows = await self._db.run_sqlite(
+                lambda conn: _decide_sqlite(conn, sql, ids, accept, reject, hold), write=True
+            )
+        else:
+            async with self._db.engine.begin() as conn:
+                await conn.execute(self._db.insert_ignore(tickets), [{"order_id": i} for i in ids])
+                if accept:
+                    await conn.execute(_DECIDE_ACCEPT, accept)
+                if reject:
+                    await conn.execute(_DECIDE_REJECT, reject)
+                if hold:
+                    await conn.execute(_HOLD, hold)
+                rows = await rows_by_key(conn, tickets.c.order_id, ids)
         out: list[Output] = []
         for delivery in batch:
             emitted = self._implied(delivery.event, rows[delivery.event.order_id])
@@ -116,8 +126,13 @@ class Kitchen(Handler):
                 out.append(delivery.emit(self._topic, emitted))
         return out
 
+    def _sql(self) -> _KitchenSql:
+        if self._sqlite is None:
+            self._sqlite = _KitchenSql.compile(self._db)
+        return self._sqlite
+
     @staticmethod
-    def _implied(event: Event, row: Row[Any]) -> Event | None:
+    def _implied(event: Event, row: Row[Any] | _Ticket) -> Event | None:
         """What ``event`` decided, as the ticket now says; nothing if another event decided."""
         if isinstance(event, OrderPlaced):
             if row.cancelled or row.placed_event_id != event.event_id:
@@ -187,6 +202,7 @@ class Oven(Handler):
     def __init__(self, db: Database, events_topic: str) -> None:
         self._db = db
         self._topic = events_topic
+        self._sqlite: _OvenSql | None = None
 
     def due_at(self, event: Event) -> datetime | None:
         assert isinstance(event, OrderAccepted)
@@ -195,24 +211,22 @@ class Oven(Handler):
     async def handle(self, batch: Sequence[Delivery]) -> list[Output]:
         ids = [d.event.order_id for d in batch]
         ready: set[str] = set()
-        async with self._db.engine.begin() as conn:
-            for chunk in chunked(ids):
-                await conn.execute(
-                    update(tickets)
-                    .where(
-                        tickets.c.order_id.in_(chunk),
-                        tickets.c.accepted.is_(True),
-                        tickets.c.ready.is_(False),
-                        tickets.c.cancelled.is_(False),
-                    )
-                    .values(ready=True)
+        if self._db.dialect == "sqlite":
+            if self._sqlite is None:
+                self._sqlite = _OvenSql(
+                    self._db.prepare(_TAKE_OUT.where(tickets.c.order_id == bindparam("oid"))),
+                    self._db.prepare(_READY.where(tickets.c.order_id == bindparam("oid"))),
                 )
-                rows = await conn.execute(
-                    select(tickets.c.order_id).where(
-                        tickets.c.order_id.in_(chunk), tickets.c.ready.is_(True)
-                    )
-                )
-                ready.update(r.order_id for r in rows)
+            sql = self._sqlite
+            ready = await self._db.run_sqlite(
+                lambda conn: _take_out_sqlite(conn, sql, ids), write=True
+            )
+        else:
+            async with self._db.engine.begin() as conn:
+                for chunk in chunked(ids):
+                    await conn.execute(_TAKE_OUT.where(tickets.c.order_id.in_(chunk)))
+                    rows = await conn.execute(_READY.where(tickets.c.order_id.in_(chunk)))
+                    ready.update(r.order_id for r in rows)
         # Only OrderAccepted takes a ticket out, and an order is accepted once: each ready
         # ticket here was taken out by this very event.
         return [
@@ -226,6 +240,127 @@ class Oven(Handler):
             for d in batch
             if d.event.order_id in ready
         ]
+
+
+# Taking a ticket out, and which tickets are out, for a list of order ids (an IN list through
+# the engine, one id per statement on SQLite).
+_TAKE_OUT = (
+    update(tickets)
+    .where(
+        tickets.c.accepted.is_(True),
+        tickets.c.ready.is_(False),
+        tickets.c.cancelled.is_(False),
+    )
+    .values(ready=True)
+)
+_READY = select(tickets.c.order_id).where(tickets.c.ready.is_(True))
+
+
+# -- SQLite: each batch's transaction one function in the connection's thread ------------------
+#
+# The same statements, compiled once (``Database.prepare``); lists go one key per statement
+# (executemany, or one lookup by primary key each): a prepared statement takes no ``IN (...)``
+# of any length, and a lookup by key costs SQLite microseconds.
+
+
+class _Ticket(NamedTuple):
+    """What ``Kitchen._implied`` reads of a ticket (on SQLite; the engine's ``Row`` elsewhere)."""
+
+    order_id: str
+    placed_event_id: str | None
+    ready_by: datetime  # None on a ticket never accepted: never read there
+    rejected: bool
+    cancelled: bool
+    cancel_event_id: str | None
+    cancel_reason: str | None
+
+
+_TICKET_COLUMNS = tuple(tickets.c[name] for name in _Ticket._fields)
+# The columns' Python-side defaults, which the engine fills in on an INSERT and a prepared
+# statement does not (all scalars: the flags start false).
+_NEW_TICKET = {
+    c.key: c.default.arg  # type: ignore[attr-defined]
+    for c in tickets.c
+    if c.default is not None and c.default.is_scalar
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _KitchenSql:
+    """The kitchen's statements compiled for SQLite, and how to type a ticket read back."""
+
+    insert: Prepared
+    accept: Prepared
+    reject: Prepared
+    hold: Prepared
+    ticket: Prepared
+    ticket_types: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def compile(cls, db: Database) -> _KitchenSql:
+        return cls(
+            insert=db.prepare(db.insert_ignore(tickets), ("order_id",)),
+            accept=db.prepare(_DECIDE_ACCEPT),
+            reject=db.prepare(_DECIDE_REJECT),
+            hold=db.prepare(_HOLD),
+            ticket=db.prepare(
+                select(*_TICKET_COLUMNS).where(tickets.c.order_id == bindparam("oid"))
+            ),
+            ticket_types=_result_processors(db.engine.dialect, _TICKET_COLUMNS),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _OvenSql:
+    take_out: Prepared
+    ready: Prepared
+
+
+def _decide_sqlite(
+    conn: sqlite3.Connection,
+    sql: _KitchenSql,
+    ids: Sequence[str],
+    accept: Sequence[dict[str, Any]],
+    reject: Sequence[dict[str, Any]],
+    hold: Sequence[dict[str, Any]],
+) -> dict[str, _Ticket]:
+    """``Kitchen.handle``'s transaction in the SQLite connection's thread (``run_sqlite``):
+    the same statements in the same order, then each ticket read back."""
+    conn.executemany(
+        sql.insert.sql, [sql.insert.params({**_NEW_TICKET, "order_id": i}) for i in ids]
+    )
+    for stmt, rows in ((sql.accept, accept), (sql.reject, reject), (sql.hold, hold)):
+        if rows:
+            conn.executemany(stmt.sql, [stmt.params(row) for row in rows])
+    tickets_: dict[str, _Ticket] = {}
+    for order_id in ids:
+        row = conn.execute(sql.ticket.sql, sql.ticket.params({"oid": order_id})).fetchone()
+        ticket = _Ticket(
+            *(
+                process(value) if process else value
+                for process, value in zip(sql.ticket_types, row, strict=True)
+            )
+        )
+        tickets_[ticket.order_id] = ticket
+    return tickets_
+
+
+def _take_out_sqlite(conn: sqlite3.Connection, sql: _OvenSql, ids: Sequence[str]) -> set[str]:
+    """``Oven.handle``'s transaction in the SQLite connection's thread (``run_sqlite``)."""
+    conn.executemany(sql.take_out.sql, [sql.take_out.params({"oid": i}) for i in ids])
+    ready: set[str] = set()
+    for order_id in dict.fromkeys(ids):
+        if conn.execute(sql.ready.sql, sql.ready.params({"oid": order_id})).fetchone():
+            ready.add(order_id)
+    return ready
+
+
+def _result_processors(
+    dialect: Dialect, columns: Sequence[Column[Any]]
+) -> tuple[Callable[[Any], Any] | None, ...]:
+    """SQLAlchemy's result processing of each column's type on ``dialect`` (SQLite: text to
+    ``datetime``, 0/1 to ``bool``), as the engine applies it to a row."""
+    return tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
 
 
 def _utc(value: datetime) -> datetime:

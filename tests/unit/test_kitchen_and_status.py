@@ -120,3 +120,37 @@ async def test_an_order_held_before_the_kitchen_saw_it_is_never_started(db: Data
     held = await k.handle([Delivery("e", 0, 0, flag(order.order_id), [], 0)])
     assert types(held) == ["OrderCancelled"]
     assert await k.handle([Delivery("o", 0, 0, order, [], 0)]) == []
+
+
+async def test_one_batch_decides_holds_and_reads_back_in_one_transaction(db: Database) -> None:
+    """Orders placed and flagged within one batch (the SQLite path runs it as one function):
+    a hold after the acceptance cancels it, a refusal stands, a repeat decides nothing more."""
+    k = kitchen(db, 30)
+    held, refused, kept = make_order(), make_order(skus=[("hawaiian_m", "13.25", 1)]), make_order()
+    batch = [
+        Delivery("o", 0, 0, held, [], 0),
+        Delivery("o", 0, 1, refused, [], 0),
+        Delivery("o", 0, 2, kept, [], 0),
+        Delivery("o", 0, 3, kept, [], 0),  # the same event twice: emitted for each delivery
+        Delivery("e", 0, 0, flag(held.order_id), [], 0),
+        Delivery("e", 0, 1, flag(refused.order_id), [], 0),
+    ]
+    out = await k.handle(batch)
+    assert [(o.event.event_type, o.event.order_id) for o in out] == [
+        ("OrderRejected", refused.order_id),
+        ("OrderAccepted", kept.order_id),
+        ("OrderAccepted", kept.order_id),
+        ("OrderCancelled", held.order_id),
+    ]
+    accepted = out[1].event
+    assert isinstance(accepted, OrderAccepted) and accepted.ready_by.utcoffset() is not None
+    assert 25 < (accepted.ready_by - utcnow()).total_seconds() <= 30
+    again = out[2].event
+    assert isinstance(again, OrderAccepted)
+    assert (again.event_id, again.ready_by) == (accepted.event_id, accepted.ready_by)
+    # Only the kept order comes out of the oven; the held one was accepted, then cancelled.
+    taken = [Delivery("e", 0, 9, OrderAccepted(order_id=held.order_id, ready_by=utcnow()), [], 0)]
+    ready = await bake(db, out[1:2]) + await Oven(db, "events").handle(taken)
+    assert [(o.event.event_type, o.event.order_id) for o in ready] == [
+        ("OrderReady", kept.order_id)
+    ]
