@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -105,10 +105,15 @@ class Kitchen(Handler):
         hold = [{"oid": f.order_id, "fid": f.event_id, "reason": _hold_reason(f)} for f in flagged]
         rows: Mapping[str, Row[Any] | _Ticket]
         if self._db.dialect == "sqlite":
+            # Every parameter is bound here, on the loop, and every row typed here: the
+            # connection's thread only runs SQLite.
             sql = self._sql()
-            rows = await self._db.run_sqlite(
-                lambda conn: _decide_sqlite(conn, sql, ids, accept, reject, hold), write=True
+            writes = sql.writes(ids, accept, reject, hold)
+            reads = [sql.read(chunk) for chunk in chunked(ids)]
+            raw = await self._db.run_sqlite(
+                lambda conn: _decide_sqlite(conn, writes, reads), write=True
             )
+            rows = {t.order_id: t for t in map(sql.ticket, raw)}
         else:
             async with self._db.engine.begin() as conn:
                 await conn.execute(self._db.insert_ignore(tickets), [{"order_id": i} for i in ids])
@@ -218,8 +223,11 @@ class Oven(Handler):
                     self._db.prepare(_READY.where(tickets.c.order_id == bindparam("oid"))),
                 )
             sql = self._sqlite
+            once = [{"oid": i} for i in dict.fromkeys(ids)]
+            take_out = [sql.take_out.params(key) for key in once]
+            out = [sql.ready.params(key) for key in once]
             ready = await self._db.run_sqlite(
-                lambda conn: _take_out_sqlite(conn, sql, ids), write=True
+                lambda conn: _take_out_sqlite(conn, sql, take_out, out), write=True
             )
         else:
             async with self._db.engine.begin() as conn:
@@ -293,8 +301,12 @@ class _KitchenSql:
     accept: Prepared
     reject: Prepared
     hold: Prepared
-    ticket: Prepared
     ticket_types: tuple[Callable[[Any], Any] | None, ...]
+    db: Database
+    # The read of n tickets by key, ``WHERE order_id IN (?, ... n)``, by n (compiled when first
+    # needed: a prepared statement takes no IN list of any length, and one lookup per key cost
+    # twice as much).
+    reads: dict[int, Prepared] = field(default_factory=dict)
 
     @classmethod
     def compile(cls, db: Database) -> _KitchenSql:
@@ -303,10 +315,41 @@ class _KitchenSql:
             accept=db.prepare(_DECIDE_ACCEPT),
             reject=db.prepare(_DECIDE_REJECT),
             hold=db.prepare(_HOLD),
-            ticket=db.prepare(
-                select(*_TICKET_COLUMNS).where(tickets.c.order_id == bindparam("oid"))
-            ),
             ticket_types=_result_processors(db.engine.dialect, _TICKET_COLUMNS),
+            db=db,
+        )
+
+    def writes(
+        self, order_ids: Sequence[str], *decisions: Sequence[dict[str, Any]]
+    ) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The insert of ``order_ids``'s tickets, then the accept, reject and hold statements
+        (in that order, those with rows), each with its rows bound."""
+        new = [self.insert.params({**_NEW_TICKET, "order_id": i}) for i in order_ids]
+        pairs = zip((self.accept, self.reject, self.hold), decisions, strict=True)
+        return [
+            (self.insert.sql, new),
+            *((stmt.sql, [stmt.params(row) for row in rows]) for stmt, rows in pairs if rows),
+        ]
+
+    def read(self, order_ids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        """The read of ``order_ids``'s tickets (at most ``chunked``'s size), bound."""
+        stmt = self.reads.get(len(order_ids))
+        if stmt is None:
+            keys = [f"k{n}" for n in range(len(order_ids))]
+            stmt = self.reads[len(order_ids)] = self.db.prepare(
+                select(*_TICKET_COLUMNS).where(
+                    tickets.c.order_id.in_([bindparam(key) for key in keys])
+                )
+            )
+        return stmt.sql, stmt.params({f"k{n}": i for n, i in enumerate(order_ids)})
+
+    def ticket(self, row: Sequence[Any]) -> _Ticket:
+        """A ticket read back, typed as the engine types it."""
+        return _Ticket(
+            *(
+                process(value) if process else value
+                for process, value in zip(self.ticket_types, row, strict=True)
+            )
         )
 
 
@@ -318,41 +361,26 @@ class _OvenSql:
 
 def _decide_sqlite(
     conn: sqlite3.Connection,
-    sql: _KitchenSql,
-    ids: Sequence[str],
-    accept: Sequence[dict[str, Any]],
-    reject: Sequence[dict[str, Any]],
-    hold: Sequence[dict[str, Any]],
-) -> dict[str, _Ticket]:
+    writes: Sequence[tuple[str, Sequence[tuple[Any, ...]]]],
+    reads: Sequence[tuple[str, tuple[Any, ...]]],
+) -> list[Any]:
     """``Kitchen.handle``'s transaction in the SQLite connection's thread (``run_sqlite``):
-    the same statements in the same order, then each ticket read back."""
-    conn.executemany(
-        sql.insert.sql, [sql.insert.params({**_NEW_TICKET, "order_id": i}) for i in ids]
-    )
-    for stmt, rows in ((sql.accept, accept), (sql.reject, reject), (sql.hold, hold)):
-        if rows:
-            conn.executemany(stmt.sql, [stmt.params(row) for row in rows])
-    tickets_: dict[str, _Ticket] = {}
-    for order_id in ids:
-        row = conn.execute(sql.ticket.sql, sql.ticket.params({"oid": order_id})).fetchone()
-        ticket = _Ticket(
-            *(
-                process(value) if process else value
-                for process, value in zip(sql.ticket_types, row, strict=True)
-            )
-        )
-        tickets_[ticket.order_id] = ticket
-    return tickets_
+    the insert and the decisions, in order, then the tickets read back (raw rows)."""
+    for statement, params in writes:
+        conn.executemany(statement, params)
+    return [row for statement, params in reads for row in conn.execute(statement, params)]
 
 
-def _take_out_sqlite(conn: sqlite3.Connection, sql: _OvenSql, ids: Sequence[str]) -> set[str]:
-    """``Oven.handle``'s transaction in the SQLite connection's thread (``run_sqlite``)."""
-    conn.executemany(sql.take_out.sql, [sql.take_out.params({"oid": i}) for i in ids])
-    ready: set[str] = set()
-    for order_id in dict.fromkeys(ids):
-        if conn.execute(sql.ready.sql, sql.ready.params({"oid": order_id})).fetchone():
-            ready.add(order_id)
-    return ready
+def _take_out_sqlite(
+    conn: sqlite3.Connection,
+    sql: _OvenSql,
+    take_out: Sequence[tuple[Any, ...]],
+    out: Sequence[tuple[Any, ...]],
+) -> set[str]:
+    """``Oven.handle``'s transaction in the SQLite connection's thread (``run_sqlite``): each
+    order id taken out, then those out read back (the parameters bound by the caller)."""
+    conn.executemany(sql.take_out.sql, take_out)
+    return {row[0] for params in out for row in conn.execute(sql.ready.sql, params)}
 
 
 def _result_processors(

@@ -154,3 +154,10 @@ async def test_one_batch_decides_holds_and_reads_back_in_one_transaction(db: Dat
     assert [(o.event.event_type, o.event.order_id) for o in ready] == [
         ("OrderReady", kept.order_id)
     ]
+
+
+async def test_a_batch_longer_than_one_in_list_reads_back_every_ticket(db: Database) -> None:
+    orders = [make_order() for _ in range(501)]  # chunked reads: 500 keys, then 1
+    out = await kitchen(db).handle([Delivery("o", 0, n, o, [], 0) for n, o in enumerate(orders)])
+    assert types(out) == ["OrderAccepted"] * 501
+    assert [o.event.order_id for o in out] == [o.order_id for o in orders]
