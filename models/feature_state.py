@@ -401,17 +401,7 @@ class SqlFeatureState(Resource):
         stmt = self._insert(events_table).on_conflict_do_nothing()
         result = await conn.execute(
             stmt,
-            [
-                {
-                    "kind": kind,
-                    "entity_id": entity,
-                    "order_id": oid,
-                    "ts": ts,
-                    "total": total,
-                    "customer_id": cid,
-                }
-                for oid, cid, ts, total, kind, entity in rows
-            ],
+            [_event_row(row) for row in rows],
         )
         return max(int(result.rowcount or 0), 0)
 
@@ -719,19 +709,7 @@ def _insert_events(
         return 0
     cursor = conn.executemany(
         sql.insert_event.sql,
-        [
-            sql.insert_event.params(
-                {
-                    "kind": kind,
-                    "entity_id": entity,
-                    "order_id": oid,
-                    "ts": ts,
-                    "total": total,
-                    "customer_id": cid,
-                }
-            )
-            for oid, cid, ts, total, kind, entity in rows
-        ],
+        [sql.insert_event.params(_event_row(row)) for row in rows],
     )
     return max(cursor.rowcount, 0)  # the rows inserted, the known ones ignored
 
@@ -877,3 +855,16 @@ __all__ = [
     "features_for_stream",
     "metadata",
 ]
+
+
+def _event_row(row: tuple[str, str, float, float, str, str]) -> dict[str, object]:
+    """One registered (order, entity) as the events table's columns, on either path."""
+    oid, cid, ts, total, kind, entity = row
+    return {
+        "kind": kind,
+        "entity_id": entity,
+        "order_id": oid,
+        "ts": ts,
+        "total": total,
+        "customer_id": cid,
+    }
