@@ -30,9 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if __name__ == "__main__":  # run as a script: the repository's packages, bench included
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench._window_profile import profiled_window
 from ingest.codec import decode, encode
 from ingest.producer import EventProducer
 from ingest.topics import Topics, ensure_topics
@@ -110,10 +114,13 @@ async def run_flow(settings: Settings, bootstrap: str, flow: str, n: int, home: 
     )  # fmt: skip
     smtp = flow_settings.smtp.model_copy(update={"port": port})
     try:
-        async with Shop(
-            flow_settings.model_copy(update={"smtp": smtp}),
-            bootstrap,
-            Wiring(api=False, workers=(flow,)),
+        async with (
+            Shop(
+                flow_settings.model_copy(update={"smtp": smtp}),
+                bootstrap,
+                Wiring(api=False, workers=(flow,)),
+            ),
+            profiled_window(),
         ):
             started, cpu_started = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF)
             await wait_committed(bootstrap, group, topics.orders, n)

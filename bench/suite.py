@@ -22,9 +22,13 @@
   ``--connections`` for ``--api-seconds`` by wrk when installed, else by the Python client
   (``bench/_intake_load.py``, shared with ``bench/intake.py``); ``api.tool`` says which.
 
-Every measurement runs as a subprocess, so each can be profiled (``--profile``: py-spy with
-``--gil``, so the samples show what holds the GIL; raw collapsed stacks in ``bench/profiles/``)
-and none competes with this process for the GIL.
+Every measurement runs as a subprocess, so none competes with this process for the GIL and
+each can be profiled: ``--profile`` adds one more run of our stages, not counted in the
+figures, under py-spy with ``--gil`` (the samples show what holds the GIL). The flows are
+sampled over their timed window only (``bench/_window_profile.py``), from a backlog
+``PROFILE_BACKLOG`` times larger so the window is long; the shops' processes whole. Raw
+collapsed stacks go to ``bench/profiles/``, a summary of each to RESULTS.md
+(``bench/_profile_summary.py``).
 Runs are interleaved so a noisy machine's noise falls on all alike; each figure is the median
 of ``--runs`` with min and max. Writes ``--results`` (``bench/RESULTS.md``) and prints the
 JSON.
@@ -47,7 +51,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,8 @@ if __name__ == "__main__":  # run as a script: the repository's packages, bench 
 import httpx
 
 from bench._intake_load import load, wrk_script
+from bench._profile_summary import markdown as profile_markdown
+from bench._window_profile import PROFILE_ENV, py_spy
 from bench.flows import preload
 from ingest.topics import TopicSpec, ensure_topics
 from pizzashop.app.kafka import kafka
@@ -99,17 +104,25 @@ class Suite:
             "PYTHONPATH": str(REPO),
         }
         self.registry = REPO / ".cache" / "bench-registry"
+        #: The profiled run (``--profile``): our stages under py-spy, longer backlogs.
+        self.profiling = False
+        #: The 1-minute load average at the start and end of each measured run.
+        self.loads: list[tuple[float, float]] = []
 
     # -- running one measurement -------------------------------------------------------
     async def measure(
         self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        """Run ``argv`` (under py-spy with --profile) and parse the last JSON line it prints."""
-        argv = self._profiled(name, argv)
+        """Run ``argv`` and parse the last JSON line it prints; in the profiled run, a flow
+        samples its own timed window."""
+        env = env or self.env
+        if self.profiling and name in PROFILED:
+            PROFILES.mkdir(exist_ok=True)
+            env = {**env, PROFILE_ENV: str(PROFILES / f"{name}.txt")}
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=REPO,
-            env=env or self.env,
+            env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -126,12 +139,12 @@ class Suite:
         return found[-1]
 
     def _profiled(self, name: str, argv: Sequence[str]) -> list[str]:
-        if not (self.args.profile and name in PROFILED):
+        """A shop's process whole under py-spy, in the profiled run."""
+        if not (self.profiling and name in PROFILED):
             return list(argv)
         PROFILES.mkdir(exist_ok=True)
-        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         return [
-            py_spy, "record", "--format", "raw", "--rate", "200", "--subprocesses",
+            py_spy(), "record", "--format", "raw", "--rate", "200", "--subprocesses",
             "--gil", "-o", str(PROFILES / f"{name}.txt"), "--", *argv,
         ]  # fmt: skip
 
@@ -181,7 +194,7 @@ class Suite:
                 "--runs",
                 "1",
                 "--orders",
-                str(self.args.orders),
+                str(self.backlog),
                 "--no-passthrough",
                 "--json",
             ],
@@ -201,7 +214,7 @@ class Suite:
                 "--seconds",
                 "1",
                 "--burst",
-                str(self.args.orders),
+                str(self.backlog),
                 "--registry",
                 str(self.registry),
             ],
@@ -330,6 +343,10 @@ class Suite:
             "tool": "wrk" if shutil.which("wrk") else "bench/_peers/http_load.py closed",
         }
 
+    @property
+    def backlog(self) -> int:
+        return int(self.args.orders) * (PROFILE_BACKLOG if self.profiling else 1)
+
     async def ensure_registry(self) -> None:
         from models.registry import Registry
 
@@ -341,6 +358,7 @@ class Suite:
     async def one_run(self) -> dict[str, Any]:
         only = self.args.only
         result: dict[str, Any] = {}
+        load_before = os.getloadavg()[0]
         if "ceiling" in only or "peers" in only:
             which = [n for n in ("confluent", "aiokafka") if "ceiling" in only]
             which += [n for n in ("quix", "faust") if "peers" in only]
@@ -373,8 +391,27 @@ class Suite:
                 result["api"] = await self.api()
             except RuntimeError as exc:
                 result["api"] = {"error": str(exc)[-300:]}
+        if not self.profiling:
+            self.loads.append((load_before, os.getloadavg()[0]))
         return result
 
+    async def profile_run(self) -> None:
+        """Our stages once more under py-spy, their figures dropped: py-spy slows what it
+        samples."""
+        self.profiling = True
+        shutil.rmtree(PROFILES, ignore_errors=True)
+        only, self.args.only = (
+            self.args.only,
+            tuple(s for s in self.args.only if s in ("ours", "latency", "api")),
+        )
+        try:
+            await self.one_run()
+        finally:
+            self.profiling, self.args.only = False, only
+
+
+#: The profiled run's flow backlogs, as a multiple of ``--orders``: a window of seconds.
+PROFILE_BACKLOG = 4
 
 #: Our stages, the ones --profile records.
 PROFILED = frozenset(
@@ -420,19 +457,9 @@ def _merge(dicts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]
     return median, spread
 
 
-def _hot_frames(path: Path, top: int = 12) -> list[tuple[str, float]]:
-    """The frames where a raw py-spy profile spends its samples (self time), as shares."""
-    counts: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        frames = stack.split(";")
-        leaf = frames[-1].split(" (")[0] if frames else "?"
-        counts[leaf] += int(n)
-        total += int(n)
-    return [(frame, n / total) for frame, n in counts.most_common(top)] if total else []
+def _loads(median: dict[str, Any]) -> str:
+    pairs = median.get("machine", {}).get("load_1m", [])
+    return ", ".join(f"{a:.1f} → {b:.1f}" for a, b in pairs) or "not taken"
 
 
 def _number(value: Any, lo_hi: Any = None, digits: int = 0) -> str:
@@ -520,8 +547,9 @@ def write_results(
         f"- runs {runs}; passthrough messages {args.messages}; flow backlogs {args.orders}; "
         f"offered rates {args.rates} for {args.seconds} s each; API connections "
         f"{args.connections} for {args.api_seconds} s; one local Kafka broker",
-        "- **the machine is shared**: other engineers' test suites ran at the same time, so "
-        "every figure is noisy and low",
+        f"- load average (1 min) at the start and end of each run: {_loads(median)}; the "
+        f"machine has {os.cpu_count()} cores, and a load above that means the figures "
+        "waited for a CPU",
         "",
         "## Figures (per second)",
         "",
@@ -564,11 +592,17 @@ def write_results(
         lines += ["", "## Ratios (medians)", "", "| ours | / | ratio |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {r:.3f} |" for a, b, r in ratios]
     if args.profile and PROFILES.exists():
-        lines += ["", "## Where the time goes (py-spy --gil, self time, top frames)", ""]
+        lines += [
+            "",
+            "## Where the time goes (py-spy --gil)",
+            "",
+            "From one more run under py-spy (not in the figures above): the flows over their "
+            f"timed window, from backlogs {PROFILE_BACKLOG}x larger; the shops' processes "
+            "whole. Shares of the samples in which a thread held the GIL.",
+            "",
+        ]
         for profile in sorted(PROFILES.glob("*.txt")):
-            lines += [f"**{profile.stem}** (`bench/profiles/{profile.name}`):", ""]
-            lines += [f"- {share:.1%} {frame}" for frame, share in _hot_frames(profile)]
-            lines.append("")
+            lines += profile_markdown(profile)
     path.write_text("\n".join(lines) + "\n" + _kept_by_hand(path))
 
 
@@ -614,14 +648,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             suite = Suite(args, bootstrap, Path(tmp))
             if {"ours", "latency"} & set(args.only):
                 await suite.ensure_registry()
-            if args.profile and PROFILES.exists():
-                shutil.rmtree(PROFILES)
-            runs = []
-            for i in range(args.runs):
-                # Profile the first run only: py-spy slows what it samples.
-                args.profile = args.profile and i == 0
-                runs.append(await suite.one_run())
+            runs = [await suite.one_run() for _ in range(args.runs)]
+            if args.profile:
+                await suite.profile_run()
     median, spread = _median(runs)
+    median["machine"] = {"cores": os.cpu_count(), "load_1m": [list(p) for p in suite.loads]}
     write_results(args, median, spread, len(runs), Path(args.results))
     return median
 

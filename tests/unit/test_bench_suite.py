@@ -169,3 +169,11 @@ async def test_offer_rate_sustains_a_rate_or_cuts_it_short(enriches: bool) -> No
         assert row["p99"] is None
         assert "in flight" in row["not_sustained_because"]
     assert row["connections"] <= 4
+
+
+def test_results_give_the_load_average_of_each_run(tmp_path: Path) -> None:
+    path = tmp_path / "RESULTS.md"
+    median, spread = _median([a_run(100, 80.0, sustained_500=True)])
+    median["machine"] = {"cores": 2, "load_1m": [[0.5, 1.25], [3.0, 9.5]]}
+    write_results(parse(["--results", str(path)]), median, spread, 2, path)
+    assert "each run: 0.5 → 1.2, 3.0 → 9.5;" in path.read_text()
