@@ -103,12 +103,31 @@ def test_outside_the_runtime_an_output_continues_its_cause() -> None:
 def test_a_record_names_the_current_span_else_starts_a_trace(
     spans: InMemorySpanExporter,
 ) -> None:
-    with tracing.tracer().start_as_current_span("POST /orders") as api:
+    tool = tracing.tracer()
+    assert tool is not None
+    with tool.start_as_current_span("POST /orders") as api:
         record = encode(OrderReady(order_id="ord-5"))
     context = api.get_span_context()
     assert ids(header(record.headers, H_TRACEPARENT)) == (context.trace_id, context.span_id)
     alone = ids(header(encode(OrderReady(order_id="ord-6")).headers, H_TRACEPARENT))
     assert alone[0] != context.trace_id and alone[0] != 0
+
+
+@pytest.mark.parametrize("flags", ["01", "00"])
+def test_with_nothing_to_export_an_output_still_gets_a_span_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, flags: str
+) -> None:
+    monkeypatch.setattr(tracing, "tracer", lambda: None)
+    cause = tracing.new_traceparent()[:-2] + flags
+    traced, untraced = delivery(1, cause), delivery(2, None)
+    with tracing.handling("kitchen", "g.kitchen", [traced, untraced]):
+        child = traced.emit("order-events", OrderReady(order_id="ord-1")).traceparent
+        fresh = untraced.emit("order-events", OrderReady(order_id="ord-2")).traceparent
+    # A new span in the cause's trace, the cause's sampling kept (as parent-based sampling).
+    assert ids(child)[0] == ids(cause)[0] and ids(child)[1] != ids(cause)[1]
+    assert child is not None and child.endswith(f"-{flags}")
+    # No cause: a trace of its own, sampled.
+    assert fresh is not None and fresh.endswith("-01") and ids(fresh)[0] not in (0, ids(cause)[0])
 
 
 def test_a_child_traceparent_keeps_the_trace_and_draws_a_span() -> None:
