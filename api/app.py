@@ -19,6 +19,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
+from opentelemetry import trace
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
@@ -40,6 +41,7 @@ from api.schemas import (
 )
 from api.security import KEY_HEADER, BodySizeLimit, Guard
 from api.stream import ScoreFeed, score_events
+from api.trace_context import TraceContext
 from ingest.codec import Serializer
 from ingest.events import OrderEnriched
 from ingest.outbox import OutboxRelay
@@ -178,11 +180,15 @@ def create_app(shop: ShopServices, *, group_commit: bool = True, lean: bool = Tr
     metrics.registry.register(monitor)
     # A stream's duration is how long someone watched, not a latency.
     app.add_middleware(RequestMetrics, metrics=metrics, skip=frozenset({"/scores/stream"}))
-    # A server span per request, from the installed tracer provider (a no-op until the
-    # composition root installs one); probes and scrapes make none.
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="/health,/metrics", exclude_spans=["receive", "send"]
-    )
+    # A server span per request from the installed tracer provider (the composition root
+    # installs it before building the app); probes and scrapes make none. With none installed
+    # the spans would be no-ops: only the caller's trace context is kept (api/trace_context.py).
+    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        app.add_middleware(TraceContext)
+    else:
+        FastAPIInstrumentor.instrument_app(
+            app, excluded_urls="/health,/metrics", exclude_spans=["receive", "send"]
+        )
     app.include_router(asyncapi_router)
 
     @app.exception_handler(ValidationFailed)
