@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from ingest import tracing
 from ingest.codec import H_TRACEPARENT, encode, header
@@ -154,3 +155,33 @@ def test_an_exporter_is_installed_once_with_the_service_name(
     # A provider is there already (a test's, an operator's): it is kept.
     monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
     assert setup_tracing(TracingSettings(exporter="otlp")) is None
+
+
+T, S = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"00-{T}-{S}-01",
+        f"00-{T}-{S}-00",
+        f"  00-{T}-{S}-01\t",
+        f"01-{T}-{S}-01-future",
+        f"00-{T}-{S}-01-extra",
+        f"ff-{T}-{S}-01",
+        f"00-{'0' * 32}-{S}-01",
+        f"00-{T}-{'0' * 16}-01",
+        f"00-{T.upper()}-{S}-01",
+        f"00-{T}-{S}-1",
+        f"00-{T}-{S}-01" + "x" * 600,
+        "garbage",
+        "",
+    ],
+)
+def test_a_cause_is_read_as_the_w3c_propagator_reads_it(value: str) -> None:
+    headers = [("other", b"x"), (H_TRACEPARENT, value.encode()), (H_TRACEPARENT, b"ignored")]
+    context = trace.get_current_span(
+        TraceContextTextMapPropagator().extract({H_TRACEPARENT: value})
+    ).get_span_context()
+    expected = (context.trace_id, context.trace_flags) if context.is_valid else None
+    assert tracing._cause(headers) == expected
