@@ -103,6 +103,8 @@ def traceparent_of(span: trace.Span | None = None) -> str | None:
 
 def current_traceparent() -> str | None:
     """The current span's ``traceparent``: what a record produced here should carry."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None  # what the propagators would find, without asking them
     return traceparent_of(None)
 
 
@@ -122,14 +124,13 @@ def child_traceparent(parent: str | None) -> str:
 
 
 def _format(trace_id: int, flags: int = trace.TraceFlags.SAMPLED) -> str:
-    span = NonRecordingSpan(
-        SpanContext(
-            trace_id, _ids.generate_span_id(), is_remote=False, trace_flags=trace.TraceFlags(flags)
-        )
-    )
-    carrier: dict[str, str] = {}
-    _w3c.inject(carrier, context=trace.set_span_in_context(span))
-    return carrier[TRACEPARENT]
+    """A new span id in ``trace_id``."""
+    return _traceparent(trace_id, _ids.generate_span_id(), flags)
+
+
+def _traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """The ``traceparent`` value the W3C propagator writes for these ids (version 00)."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
 
 
 def traceparent_for(delivery: Delivery) -> str | None:
@@ -201,9 +202,7 @@ class _Unexported(NonRecordingSpan):
 
     def __init__(self, context: SpanContext) -> None:
         super().__init__(context)
-        self.traceparent = (
-            f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
-        )
+        self.traceparent = _traceparent(context.trace_id, context.span_id, context.trace_flags)
 
 
 def _unexported(headers: RecordHeaders | None) -> _Unexported:

@@ -185,3 +185,20 @@ def test_a_cause_is_read_as_the_w3c_propagator_reads_it(value: str) -> None:
     ).get_span_context()
     expected = (context.trace_id, context.trace_flags) if context.is_valid else None
     assert tracing._cause(headers) == expected
+
+
+@pytest.mark.parametrize("flags", [0, 1])
+@pytest.mark.parametrize("trace_id", [1, int(T, 16), 2**128 - 1])
+def test_a_traceparent_is_written_as_the_w3c_propagator_writes_it(
+    trace_id: int, flags: int
+) -> None:
+    context = trace.SpanContext(trace_id, int(S, 16), False, trace.TraceFlags(flags))
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(
+        carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(context))
+    )
+    assert tracing._traceparent(trace_id, int(S, 16), flags) == carrier[H_TRACEPARENT]
+
+
+def test_no_current_span_no_traceparent() -> None:
+    assert tracing.current_traceparent() is None
