@@ -60,6 +60,7 @@ if __name__ == "__main__":  # run as a script: the repository's packages, bench 
 
 import httpx
 
+from bench._cpu_sampler import MACHINE, CpuSampler
 from bench._intake_load import load, wrk_script
 from bench._profile_summary import markdown as profile_markdown
 from bench._window_profile import PROFILE_ENV, py_spy
@@ -264,9 +265,11 @@ class Suite:
             log.close()
 
     @contextlib.asynccontextmanager
-    async def api_server(self, name: str, env: dict[str, str]) -> AsyncIterator[str]:
-        """The API and its outbox relay, no flows (``--workers ""``); yields its URL once
-        ready."""
+    async def api_server(
+        self, name: str, env: dict[str, str]
+    ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+        """The API and its outbox relay, no flows (``--workers ""``); yields its URL and its
+        process once ready."""
         async with self.shop(name, env, ["--workers", ""]) as proc:
             url = f"http://127.0.0.1:{env['PIZZASHOP_API_PORT']}"
             async with httpx.AsyncClient(base_url=url) as client:
@@ -279,7 +282,7 @@ class Suite:
                     await asyncio.sleep(0.1)
                 else:
                     raise RuntimeError(f"server {name} not ready in 60 s")
-            yield url
+            yield url, proc
 
     async def latency(self) -> dict[str, Any]:
         """The API process first (it creates the topics and migrates the database), then the
@@ -287,8 +290,9 @@ class Suite:
         warm-up orders, until the enricher answers."""
         env, enriched = self.shop_env()
         async with (
-            self.api_server("latency-api", env) as url,
+            self.api_server("latency-api", env) as (url, api),
             self.shop("latency-enricher", env, ["--no-api", "--workers", "enricher"]) as worker,
+            CpuSampler({"api": api.pid, "enricher": worker.pid}) as cpu,
         ):
             load = asyncio.ensure_future(
                 self.measure(
@@ -320,7 +324,13 @@ class Suite:
                     await load
                 raise RuntimeError(f"the enricher's process exited ({worker.returncode})")
             exited.cancel()
-            return load.result()
+            rates: dict[str, Any] = load.result()
+        # Cores busy over each rate's window: the processes are py-spy's in the profiled run.
+        for row in rates.values():
+            if isinstance(row, dict) and row.get("started_at") and row.get("seconds"):
+                start = float(row.pop("started_at"))
+                row["cores"] = cpu.cores(start, start + float(row["seconds"]))
+        return rates
 
     async def api(self) -> dict[str, Any]:
         """wrk when installed (``bench/_intake_load.py``), else the Python closed-loop client;
@@ -329,7 +339,7 @@ class Suite:
         script = self.tmp / "orders.lua"
         if not script.exists():
             wrk_script(script, list(itertools.islice(OrderRequests(load_menu(), seed=1), 500)))
-        async with self.api_server("api", env) as url:
+        async with self.api_server("api", env) as (url, _):
             await load(url, 1, self.args.connections, script)
             result = await load(url, self.args.api_seconds, self.args.connections, script)
         statuses = {str(k): v for k, v in result["statuses"].items()}
@@ -457,6 +467,12 @@ def _merge(dicts: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]
     return median, spread
 
 
+def _cores(cores: Any) -> str:
+    if not isinstance(cores, dict) or not cores:
+        return "-"
+    return ", ".join(_number(cores.get(k), None, 2) for k in ("api", "enricher", MACHINE))
+
+
 def _loads(median: dict[str, Any]) -> str:
     pairs = median.get("machine", {}).get("load_1m", [])
     return ", ".join(f"{a:.1f} → {b:.1f}" for a, b in pairs) or "not taken"
@@ -484,11 +500,13 @@ def _latency_lines(latency: dict[str, Any], spread: dict[str, Any], max_lag_s: f
         "(waiting for a free connection counts) to its committed `OrderEnriched`; "
         '"confirm" is the POST\'s own answer. A rate is sustained when it was offered at '
         "95% or more, never had more than "
-        f"{max_lag_s:g} s of it in flight, and every order was enriched.",
+        f'{max_lag_s:g} s of it in flight, and every order was enriched. "Cores busy" is '
+        "CPU time over the rate's window, from `/proc` (`bench/_cpu_sampler.py`): the API's "
+        "process, the enricher's, and the whole machine (the broker and the load too).",
         "",
         "| offered/s | sustained (runs) | achieved offered/s | p50 | p99 | p99.9 | confirm p99 "
-        "| enriched/orders |",
-        "|---|---|---|---|---|---|---|---|",
+        "| enriched/orders | cores busy: API, enricher, machine |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     notes: list[str] = []
     highest = None
@@ -502,7 +520,8 @@ def _latency_lines(latency: dict[str, Any], spread: dict[str, Any], max_lag_s: f
             f"| {_number(row.get('p99'), lo_hi.get('p99'), 1)} "
             f"| {_number(row.get('p999'), lo_hi.get('p999'), 1)} "
             f"| {_number(row.get('confirm_p99'), lo_hi.get('confirm_p99'), 1)} "
-            f"| {_number(row.get('enriched'))}/{_number(row.get('orders'))} |"
+            f"| {_number(row.get('enriched'))}/{_number(row.get('orders'))} "
+            f"| {_cores(row.get('cores'))} |"
         )
         if row.get("sustained"):
             highest = rate

@@ -235,7 +235,7 @@ async def offer_rate(
     cap = max(50, int(rate * args.max_lag_s))
     arrived_before = len(probe.arrived)
     placed, peak, stopped = 0, 0, None
-    start = time.perf_counter()
+    started_at, start = time.time(), time.perf_counter()
     while placed < n:
         due_now = min(n, int((time.perf_counter() - start) * rate) + 1)
         while placed < due_now:
@@ -287,6 +287,8 @@ async def offer_rate(
         "peak_in_flight": peak,
         "connections": len(offer.connections),
         "seconds": round(window, 2),
+        # Wall clock, for other processes' measures of the same window (CPU by process).
+        "started_at": started_at,
     }
 
 

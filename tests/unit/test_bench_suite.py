@@ -31,6 +31,7 @@ def rate_row(p99: float | None, *, sustained: bool) -> dict[str, Any]:
         "not_sustained_because": None if sustained else "900 orders in flight",
         "orders": 1000,
         "enriched": 1000 if sustained else 400,
+        **({"cores": {"api": 0.5, "enricher": 0.75, "machine": 1.5}} if sustained else {}),
     }
 
 
@@ -83,6 +84,7 @@ def test_results_show_the_new_keys_and_keep_the_hand_written_part(tmp_path: Path
     assert "| ours: kitchen, confluent-kafka transport | 200 |" in text
     assert "| kitchen_confluent | kitchen on aiokafka | 2.000 |" in text
     assert "| 500 | yes (1/1) |" in text
+    assert "| 0.50, 0.75, 1.50 |" in text
     assert "p99 at most 100 ms at 500/s: **met**" in text
     assert "Highest rate sustained: 500/s." in text
     assert "old figures" not in text
@@ -92,7 +94,7 @@ def test_results_show_the_new_keys_and_keep_the_hand_written_part(tmp_path: Path
 
 def test_results_mark_a_rate_not_sustained(tmp_path: Path) -> None:
     text = written(tmp_path, [a_run(100, None, sustained_500=False)])
-    assert "| 500 | no (0/1) | - | - | - | - | - | 400/1,000 |" in text
+    assert "| 500 | no (0/1) | - | - | - | - | - | 400/1,000 | - |" in text
     assert "500/s not sustained (first run): 900 orders in flight" in text
     assert "**not met**" in text
     assert "Highest rate sustained: 200/s." in text
