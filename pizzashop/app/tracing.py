@@ -3,8 +3,9 @@
 The libraries only use the OpenTelemetry API (``ingest.tracing``, the FastAPI instrumentation);
 which provider, exporter and ``service.name`` is decided here, from ``TracingSettings``:
 
-- ``none``: nothing is installed. The API's spans are no-ops and the consumer runtime makes
-  unexported spans of its own, so trace context still travels in every record's header;
+- ``none``: nothing is installed. The API keeps only the caller's trace context
+  (``api/trace_context.py``) and the consumer runtime draws span ids without building spans
+  (``ingest.tracing``), so trace context still travels in every record's header;
 - ``console``: each span printed as JSON on stdout when it ends (development);
 - ``otlp``: spans batched to an OTLP/HTTP endpoint (a collector, Jaeger, Tempo...).
 
