@@ -37,6 +37,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from ingest._fenced_commit import Membership, fence_offsets_by_generation
 from ingest._stable_offsets import stable_committed
+from ingest.producer import TRANSACTION_RETRY_BACKOFF_MS
 from ingest.transport import Outgoing, Partition, RebalanceListener, Record
 from pizzashop.core.errors import BrokerUnavailable
 
@@ -83,6 +84,7 @@ class KafkaTransport:
             "enable_idempotence": True,
             "acks": "all",
             "linger_ms": 2,
+            "retry_backoff_ms": TRANSACTION_RETRY_BACKOFF_MS,
             "transaction_timeout_ms": transaction_timeout_ms,
             "request_timeout_ms": request_timeout_ms,
             **common,

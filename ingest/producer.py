@@ -110,6 +110,16 @@ async def close_client(producer: AIOKafkaProducer, timeout_s: float) -> None:
         logger.warning("producer closed by force after %.0fs", timeout_s)
 
 
+#: The backoff of a transactional producer's retries. A transaction begun right after the last
+#: one committed finds the coordinator still writing that one's markers: AddPartitionsToTxn and
+#: AddOffsetsToTxn answer CONCURRENT_TRANSACTIONS, and aiokafka retries after
+#: ``retry_backoff_ms`` (100 by default, 20 only for a transaction's first partition). Those
+#: 100 ms were the p90 of the enricher's Kafka commit (14 ms median, 105 ms p90) and most of the
+#: end-to-end tail. 20 ms is what aiokafka and the Java client already use for the first case;
+#: other retries (metadata, a leader away) stay bounded by the request timeout, only more often.
+TRANSACTION_RETRY_BACKOFF_MS = 20
+
+
 class _Producer(Resource):
     """What both producers share: an ``acks="all"``, idempotent aiokafka client, made when a
     send needs one (``start()`` opens without the network) and replaced after a failure."""
@@ -285,6 +295,7 @@ class TransactionalProducer(_Producer):
             client_id=client_id,
             transactional_id=transactional_id,
             transaction_timeout_ms=transaction_timeout_ms,
+            retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
             **(client_options or {}),  # security (ingest.security)
         )
         self.transactional_id = transactional_id
