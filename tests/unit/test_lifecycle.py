@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -121,6 +124,20 @@ async def test_the_smtp_sink_suspends_and_resumes_but_never_restarts() -> None:
     with pytest.raises(RuntimeError, match="SmtpSink is stopped"):
         await sink.resume()
 
+
+
+async def test_an_smtp_outage_cuts_open_sessions_and_leaves_no_socket_behind() -> None:
+    async with SmtpSink() as sink:
+        reader, writer = await asyncio.open_connection(sink.host, sink.port)
+        assert (await reader.readline()).startswith(b"220")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await sink.suspend()
+            gc.collect()
+        # The session is cut (the client reads its end), its socket closed, not collected.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 SLOW_TO_STOP = textwrap.dedent(
     """
