@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from email.message import EmailMessage
@@ -24,6 +25,7 @@ from typing import Any
 
 import aiosmtplib
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from pizzashop.core.errors import DeliveryFailed, NotSent, ValidationFailed
 from pizzashop.core.lifecycle import Resource, State
@@ -278,6 +280,30 @@ class _Collector:
         return "250 Message accepted for delivery"
 
 
+class _CuttingController(Controller):
+    """An aiosmtpd ``Controller`` that aborts its open sessions' connections when it stops.
+    Its own stop cancels the sessions' tasks and closes the listener, and Python 3.11's
+    ``Server.wait_closed`` does not wait for connections: a session whose task was cancelled
+    before it ran, or whose socket still had a reply to flush, kept its socket past the loop's
+    end, and the garbage collector's ``ResourceWarning`` then failed whatever test ran next."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    def factory(self) -> SMTP:
+        session: SMTP = super().factory()  # type: ignore[no-untyped-call]
+        self._sessions.add(session)
+        return session
+
+    def cancel_tasks(self, stop_loop: bool = True) -> None:
+        # In the server's loop; the sockets close as it finishes, before it is closed.
+        for session in list(self._sessions):
+            if isinstance(session.transport, asyncio.Transport):
+                session.transport.abort()
+        super().cancel_tasks(stop_loop)
+
+
 class SmtpSink(Resource):
     """A real SMTP server (aiosmtpd) on loopback that keeps what it receives in memory.
 
@@ -301,7 +327,7 @@ class SmtpSink(Resource):
         self._collector = _Collector(temporary_failures=temporary_failures, log_path=log_path)
         self._host = host
         self._port = port or free_port(host)
-        self._controller: Controller | None = None
+        self._controller: _CuttingController | None = None
 
     @property
     def host(self) -> str:
@@ -341,7 +367,7 @@ class SmtpSink(Resource):
         if self._controller is not None:
             return
         # An aiosmtpd Controller closes its event loop when stopped: one per serving period.
-        controller = Controller(self._collector, hostname=self._host, port=self._port)
+        controller = _CuttingController(self._collector, hostname=self._host, port=self._port)
         # Controller.start blocks until its thread serves: keep the event loop free meanwhile.
         await asyncio.to_thread(controller.start)
         self._controller = controller
