@@ -125,7 +125,6 @@ async def test_the_smtp_sink_suspends_and_resumes_but_never_restarts() -> None:
         await sink.resume()
 
 
-
 async def test_an_smtp_outage_cuts_open_sessions_and_leaves_no_socket_behind() -> None:
     async with SmtpSink() as sink:
         reader, writer = await asyncio.open_connection(sink.host, sink.port)
@@ -138,6 +137,7 @@ async def test_an_smtp_outage_cuts_open_sessions_and_leaves_no_socket_behind() -
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
         assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
 
 SLOW_TO_STOP = textwrap.dedent(
     """
