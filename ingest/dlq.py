@@ -173,11 +173,15 @@ async def read_dead_letters(
     *,
     client_options: Mapping[str, Any] | None = None,
 ) -> list[DeadLetter]:
-    """Everything currently in the given dead-letter topics, oldest first."""
-    return [
-        _to_letter(r.topic, r.offset, r.key, r.value, list(r.headers))
-        for r in await read_topics(bootstrap, dlq_topics, client_options=client_options)
-    ]
+    """Everything the given dead-letter topics hold, oldest first: committed letters only.
+
+    A worker writes its dead letters in the batch's transaction; if it dies before the commit,
+    the batch runs again and writes them again. Read uncommitted, the aborted copies would be
+    listed (and replayed) beside the committed ones."""
+    records = await read_topics(
+        bootstrap, dlq_topics, isolation_level="read_committed", client_options=client_options
+    )
+    return [_to_letter(r.topic, r.offset, r.key, r.value, list(r.headers)) for r in records]
 
 
 async def replay(producer: EventProducer, letter: DeadLetter) -> None:
