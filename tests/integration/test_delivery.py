@@ -158,7 +158,17 @@ async def test_receipts_dead_lettered_in_an_smtp_outage_are_sent_once_on_replay(
                 return len({m.message_id for m in sink.messages}) == len(orders)
 
             await eventually(all_mailed, timeout_s=60)
-            await asyncio.sleep(2)  # room for a wrong second mail to show up
+
+            # A mail is in the sink before its ReceiptSent commits; the kitchen is a group of
+            # its own. Wait for both on the topic, then leave room for a wrong second copy.
+            async def all_committed() -> bool:
+                events = await committed_events(shop.bootstrap, [shop.topics.order_events])
+                sent = {e.order_id for e in events if isinstance(e, ReceiptSent)}
+                accepted = {e.order_id for e in events if e.event_type == "OrderAccepted"}
+                return len(sent) == len(accepted) == len(orders)
+
+            await eventually(all_committed, timeout_s=60)
+            await asyncio.sleep(2)
             events = await committed_events(shop.bootstrap, [shop.topics.order_events])
 
     receipts = Counter(m.subject for m in sink.messages)

@@ -43,7 +43,9 @@ def orders(n: int, seed: int = 11) -> list[OrderPlaced]:
 
 
 async def enriched_events(shop: Shop) -> list[OrderEnriched]:
-    records = await read_topics(shop.bootstrap, [shop.topics.enriched])
+    records = await read_topics(
+        shop.bootstrap, [shop.topics.enriched], isolation_level="read_committed"
+    )
     events = [decode(r.value, list(r.headers)) for r in records]
     return [e for e in events if isinstance(e, OrderEnriched)]
 
@@ -105,9 +107,11 @@ async def test_a_flagged_order_is_cancelled_refunded_and_the_customer_told(
             await eventually(refund_notice_sent, timeout_s=60)
 
             # The status projection is its own consumer group: it may see the refund later.
+            # So is the scores view, which folds OrderEnriched from its own group.
             async def refunded() -> bool:
                 status: str = (await http.get(f"/orders/{order_id}")).json()["status"]
-                return status == "refunded"
+                scored = (await http.get(f"/orders/{order_id}/scores")).status_code == 200
+                return status == "refunded" and scored
 
             await eventually(refunded, timeout_s=30)
             state = (await http.get(f"/orders/{order_id}")).json()
@@ -211,7 +215,15 @@ async def test_new_models_are_picked_up_without_restart_and_shadowed(
         second = orders(30, seed=22)
         await shop.producer.publish_many(shop.topics.orders, second)
         await wait_scored(shop, [o.order_id for o in second])
-        records = await read_topics(shop.bootstrap, [shop.topics.enriched])
+
+        # The enricher writes ScoreShadowed after its batch's OrderEnriched: wait for those too.
+        async def all_shadowed() -> bool:
+            return (await shop.scores.summary()).shadowed >= 60
+
+        await eventually(all_shadowed)
+        records = await read_topics(
+            shop.bootstrap, [shop.topics.enriched], isolation_level="read_committed"
+        )
         summary = await shop.scores.summary()
     events = [decode(r.value, list(r.headers)) for r in records]
     enriched = [e for e in events if isinstance(e, OrderEnriched)]
