@@ -33,6 +33,7 @@ if __name__ == "__main__":  # run as a script: the repository's packages, bench 
 
 from aiokafka import AIOKafkaConsumer
 
+from bench._served_heap import as_served
 from bench._window_profile import profiled_window
 from ingest.codec import H_EVENT_TYPE, H_ORDER_ID
 from ingest.events import OrderEnriched, OrderPlaced
@@ -212,6 +213,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         shop = await stack.enter_async_context(
             Shop(settings, bootstrap, Wiring(api=False, workers=("enricher",)))
         )
+        stack.enter_context(as_served())
         probe = Probe(bootstrap, shop.topics.enriched)
         await probe.start()
         stack.push_async_callback(probe.stop)

@@ -36,6 +36,7 @@ if __name__ == "__main__":  # run as a script: the repository's packages, bench 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench._served_heap import as_served
 from bench._window_profile import profiled_window
 from ingest.codec import decode, encode
 from ingest.producer import EventProducer
@@ -114,18 +115,17 @@ async def run_flow(settings: Settings, bootstrap: str, flow: str, n: int, home: 
     )  # fmt: skip
     smtp = flow_settings.smtp.model_copy(update={"port": port})
     try:
-        async with (
-            Shop(
-                flow_settings.model_copy(update={"smtp": smtp}),
-                bootstrap,
-                Wiring(api=False, workers=(flow,)),
-            ),
-            profiled_window(),
+        async with Shop(
+            flow_settings.model_copy(update={"smtp": smtp}),
+            bootstrap,
+            Wiring(api=False, workers=(flow,)),
         ):
-            started, cpu_started = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF)
-            await wait_committed(bootstrap, group, topics.orders, n)
-            elapsed = time.perf_counter() - started
-            process_cpu = (_cpu_s(resource.RUSAGE_SELF) - cpu_started) / elapsed
+            with as_served():
+                async with profiled_window():
+                    started, cpu_started = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF)
+                    await wait_committed(bootstrap, group, topics.orders, n)
+                    elapsed = time.perf_counter() - started
+                    process_cpu = (_cpu_s(resource.RUSAGE_SELF) - cpu_started) / elapsed
     finally:
         # The server's CPU, from start to end (it idles outside the run), once it is reaped.
         children = _cpu_s(resource.RUSAGE_CHILDREN)
