@@ -22,8 +22,10 @@ from pizzashop.app.up import freeze_startup_heap
 def as_served() -> Iterator[None]:
     """Freeze the heap for the block, as ``pizzashop run`` does; thaw it after, so the next
     run in this process starts from the same place."""
+    thresholds = gc.get_threshold()
     freeze_startup_heap()
     try:
         yield
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -28,10 +28,13 @@ def test_uvloop_runs_a_coroutine() -> None:
 
 
 def test_the_start_up_heap_is_frozen_out_of_the_collectors_reach() -> None:
+    thresholds = gc.get_threshold()
     try:
         freeze_startup_heap()
         frozen = gc.get_freeze_count()
         assert frozen > 10_000  # every module and object of the test session so far
         assert len(gc.get_objects(2)) < frozen
+        assert gc.get_threshold()[0] == 10_000  # not after every 700 allocations
     finally:
         gc.unfreeze()  # the rest of the session collects as usual
+        gc.set_threshold(*thresholds)
