@@ -1,6 +1,6 @@
 """The heap as ``pizzashop run`` serves with: what start-up built, frozen.
 
-``pizzashop run`` calls :func:`pizzashop.app.up.freeze_startup_heap` once its shop has
+``pizzashop run`` calls :func:`pizzashop.app.up.tune_gc_for_serving` once its shop has
 started, so the cycle collector's full passes never walk the models, schemas and clients again.
 A benchmark that starts a shop in its own process measures that process only when it does the
 same: without it, full collections walk the whole start-up heap (for the enricher: torch,
@@ -15,7 +15,7 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-from pizzashop.app.up import freeze_startup_heap
+from pizzashop.app.up import tune_gc_for_serving
 
 
 @contextlib.contextmanager
@@ -23,7 +23,7 @@ def as_served() -> Iterator[None]:
     """Freeze the heap for the block, as ``pizzashop run`` does; thaw it after, so the next
     run in this process starts from the same place."""
     thresholds = gc.get_threshold()
-    freeze_startup_heap()
+    tune_gc_for_serving()
     try:
         yield
     finally:

@@ -15,7 +15,7 @@ report is the median of the runs with their min and max.
   order; with ``--before REF`` the code of that git commit (checked out into a temporary
   worktree) instead of this one's one-transaction path;
 * ``after``: uvloop, httptools, orders grouped into shared commits (``services.group_intake``),
-  the start-up heap frozen (``pizzashop.app.up.api_config``, ``freeze_startup_heap``);
+  the start-up heap frozen (``pizzashop.app.up.api_config``, ``tune_gc_for_serving``);
 * ``base`` (only when asked for, with ``--before REF``): ``after`` served from that commit's
   code, so an optimisation of ``after`` is measured against ``after`` as it was;
 * ``http-only`` (only when asked for): ``after`` with an intake that validates and builds each
@@ -98,7 +98,9 @@ async def serve(variant: str, home: Path, bootstrap: str, port: int, database_ur
             app = create_app(shop)
         if after:  # served as pizzashop.app.up serves it
             config = up.api_config(app, "127.0.0.1", port)
-            up.freeze_startup_heap()
+            # `base` may be an older commit's code, from before the rename.
+            names = ("tune_gc_for_serving", "freeze_startup_heap")
+            next(getattr(up, name) for name in names if hasattr(up, name))()
         else:  # as before this work (an older commit has no api_config)
             config = uvicorn.Config(
                 app,

@@ -226,7 +226,7 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
     from api.app import create_app
     from pizzashop.app.kafka import running_bootstrap
     from pizzashop.app.shop import Shop, Wiring
-    from pizzashop.app.up import SignalFreeServer, api_config, freeze_startup_heap
+    from pizzashop.app.up import SignalFreeServer, api_config, tune_gc_for_serving
 
     stop = _on_signals(asyncio.get_running_loop())
     bootstrap = running_bootstrap(settings)
@@ -237,7 +237,7 @@ async def _run(settings: Settings, workers: tuple[str, ...] | None, api: bool) -
             ",".join(shop.runtimes),
             bootstrap,
         )
-        freeze_startup_heap()
+        tune_gc_for_serving()
         if not api:
             await _serve_worker_metrics(settings, shop, stop)
             return

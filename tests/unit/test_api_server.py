@@ -9,7 +9,7 @@ import gc
 import uvloop
 from fastapi import FastAPI
 
-from pizzashop.app.up import api_config, freeze_startup_heap
+from pizzashop.app.up import api_config, tune_gc_for_serving
 
 
 def test_the_api_is_served_with_httptools_and_without_an_access_log() -> None:
@@ -30,7 +30,7 @@ def test_uvloop_runs_a_coroutine() -> None:
 def test_the_start_up_heap_is_frozen_out_of_the_collectors_reach() -> None:
     thresholds = gc.get_threshold()
     try:
-        freeze_startup_heap()
+        tune_gc_for_serving()
         frozen = gc.get_freeze_count()
         assert frozen > 10_000  # every module and object of the test session so far
         assert len(gc.get_objects(2)) < frozen
