@@ -1,4 +1,5 @@
-"""The heap as ``pizzashop run`` serves with: what start-up built, frozen.
+"""The cycle collector as ``pizzashop run`` serves with: the start-up heap frozen, the
+youngest generation collected every 10,000 allocations.
 
 ``pizzashop run`` calls :func:`pizzashop.app.up.tune_gc_for_serving` once its shop has
 started, so the cycle collector's full passes never walk the models, schemas and clients again.
@@ -20,8 +21,8 @@ from pizzashop.app.up import tune_gc_for_serving
 
 @contextlib.contextmanager
 def as_served() -> Iterator[None]:
-    """Freeze the heap for the block, as ``pizzashop run`` does; thaw it after, so the next
-    run in this process starts from the same place."""
+    """The collector tuned for the block, as ``pizzashop run`` tunes it; thawed and reset
+    after, so the next run in this process starts from the same place."""
     thresholds = gc.get_threshold()
     tune_gc_for_serving()
     try:
